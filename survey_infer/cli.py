@@ -1,0 +1,76 @@
+"""``survey-infer`` command line. Each subcommand lives in the module that does the work and exposes
+``register(subparsers)``; this file only wires them together (imports are lazy so ``--help`` is fast)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+
+# subcommand -> module providing register(subparsers)
+COMMANDS: dict[str, str] = {
+    "simulate": "survey_infer.simulate.cli",
+    "ingest": "survey_infer.io.ingest",
+    "train": "survey_infer.train",
+    "run": "survey_infer.pipeline.cli",
+    "status": "survey_infer.pipeline.status",
+    "evaluate": "survey_infer.evaluate",
+    "export": "survey_infer.io.export",
+    "inspect": "survey_infer.inspect_plot",
+    "demo": "survey_infer.demo",
+}
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one clear line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="survey-infer",
+        description="Survey-scale redshift / stellar mass / SFR inference with an MC-dropout CNN on Dask.",
+    )
+    parser.add_argument("--version", action="version", version=f"survey-infer {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, modname in COMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError as exc:  # a module not built yet must not break the other commands
+            p = sub.add_parser(name, help=f"(unavailable: {exc})")
+            p.set_defaults(func=lambda args, _e=exc: _unavailable(_e))
+            continue
+        mod.register(sub)
+    return parser
+
+
+def _unavailable(exc: Exception) -> int:
+    print(f"survey-infer: this command is unavailable: {exc}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from .io.survey_store import SurveyStoreError
+
+    try:
+        rc = args.func(args)
+    except (UserError, SurveyStoreError, FileNotFoundError, FileExistsError) as exc:
+        print(f"survey-infer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"survey-infer {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
