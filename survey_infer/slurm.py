@@ -1,0 +1,424 @@
+"""Dask workers as Slurm jobs (``--cluster slurm``), with site defaults from ``dask.config``.
+
+This module is the only place that knows about dask-jobqueue. ``survey_infer.cluster.make_cluster`` calls
+:func:`make_slurm_cluster`; the ``run`` command line adds :func:`add_slurm_arguments` and turns them into
+keyword options with :func:`slurm_options_from_args`.
+
+Defaults live in ``survey_infer/slurm.yaml`` and are merged into ``dask.config`` under ``survey-infer.slurm``
+(the dask-jobqueue convention), so that a site configures them once in a YAML file that dask reads (for example
+``~/.config/dask/survey-infer.yaml``; see ``deploy/site-example.yaml``). Precedence, highest first: keyword
+options (``--slurm-*`` on the command line), ``survey-infer.slurm.*``, then dask-jobqueue's own
+``jobqueue.slurm.*`` for keys left null.
+
+dask-jobqueue is an optional dependency (``pip install 'survey-infer[slurm]'``); without it
+:func:`make_slurm_cluster` raises :class:`SlurmError` with that instruction instead of an ImportError traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask.config
+import yaml
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dask_jobqueue import SLURMCluster
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "survey-infer.slurm"
+_DEFAULTS_FILE = Path(__file__).with_name("slurm.yaml")
+
+#: keyword option -> dask.config key under ``survey-infer.slurm``
+OPTION_KEYS: dict[str, str] = {
+    "jobs": "jobs",
+    "cores": "cores",
+    "processes": "processes",
+    "memory": "memory",
+    "walltime": "walltime",
+    "partition": "partition",
+    "account": "account",
+    "gpus_per_job": "gpus-per-job",
+    "gpu_directive": "gpu-directive",
+    "gpu_worker_command": "gpu-worker-command",
+    "extra_directives": "extra-directives",
+    "directives_skip": "directives-skip",
+    "prologue": "prologue",
+    "lifetime": "lifetime",
+    "lifetime_stagger": "lifetime-stagger",
+    "replace_lost_jobs": "replace-lost-jobs",
+    "interface": "interface",
+    "scheduler_interface": "scheduler-interface",
+    "local_directory": "local-directory",
+    "log_directory": "log-directory",
+    "job_name": "job-name",
+    "python": "python",
+    "death_timeout": "death-timeout",
+    "check_submission": "check-submission",
+}
+
+
+def _load_defaults() -> None:
+    """Merge ``slurm.yaml`` into ``dask.config`` underneath anything the user or site already set."""
+    with open(_DEFAULTS_FILE, encoding="utf-8") as fh:
+        defaults = yaml.safe_load(fh)
+    dask.config.update_defaults(defaults)
+
+
+_load_defaults()
+
+
+def _user_error_base() -> type[Exception]:
+    try:
+        from .cli import UserError
+    except ImportError:  # pragma: no cover - cli is part of the package
+        return RuntimeError
+    return UserError
+
+
+class SlurmError(_user_error_base()):  # type: ignore[misc]
+    """A Slurm deployment problem the user can fix (missing dask-jobqueue, no sbatch, rejected job script).
+
+    A subclass of ``survey_infer.cli.UserError``: the command line prints it as one line and exits with 2.
+    """
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def slurm_config(key: str, default: Any = None) -> Any:
+    """Value of ``survey-infer.slurm.<key>`` in ``dask.config`` (dashes, as in the YAML)."""
+    return dask.config.get(f"{CONFIG_KEY}.{key}", default=default)
+
+
+def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Fill every option not given (or None) from ``survey-infer.slurm`` in ``dask.config``.
+
+    Parameters
+    ----------
+    options : dict
+        Keyword options as accepted by :func:`make_slurm_cluster` (unknown keys are kept untouched and passed
+        on to ``SLURMCluster``).
+
+    Returns
+    -------
+    dict
+        A new dict with every key of :data:`OPTION_KEYS` present (None where neither the options nor the config
+        set it).
+    """
+    out = dict(options)
+    for opt, key in OPTION_KEYS.items():
+        if out.get(opt) is None:
+            out[opt] = slurm_config(key)
+    return out
+
+
+def require_dask_jobqueue():
+    """Import and return ``dask_jobqueue``, or raise :class:`SlurmError` saying how to install it."""
+    try:
+        import dask_jobqueue
+    except ImportError as exc:
+        raise SlurmError(
+            "--cluster slurm needs dask-jobqueue, which is not installed "
+            f"({exc}); install it with: pip install 'survey-infer[slurm]'  (or: pip install dask-jobqueue)"
+        ) from None
+    return dask_jobqueue
+
+
+def slurm_available(timeout: float = 10.0) -> bool:
+    """True when a Slurm controller answers ``sinfo`` from this machine (within ``timeout`` seconds)."""
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        res = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def _directive(value: str) -> str:
+    """``'--qos=x'`` or ``'#SBATCH --qos=x'`` -> ``'--qos=x'`` (dask-jobqueue adds the ``#SBATCH`` prefix)."""
+    value = value.strip()
+    if value.startswith("#SBATCH"):
+        value = value[len("#SBATCH"):].strip()
+    return value
+
+
+def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dict[str, Any]]:
+    """Translate survey-infer Slurm options into ``dask_jobqueue.SLURMCluster`` keyword arguments.
+
+    Parameters
+    ----------
+    jobs : int, optional
+        Number of worker jobs (positional only). ``options['jobs']`` (``--slurm-jobs``) wins over it; when
+        neither is given, ``survey-infer.slurm.jobs``.
+    **options
+        See :func:`make_slurm_cluster`.
+
+    Returns
+    -------
+    (jobs, kwargs) : tuple[int, dict]
+        The number of jobs to submit and the ``SLURMCluster`` keyword arguments.
+    """
+    threads_per_worker = options.pop("threads_per_worker", None)
+    explicit_cores = options.get("cores")
+    o = resolve_options(options)
+    n_jobs = options.get("jobs") or jobs or o["jobs"]
+    n_jobs = int(n_jobs)
+    if n_jobs < 1:
+        raise SlurmError(f"--slurm-jobs must be at least 1, got {n_jobs}")
+
+    processes = int(o["processes"] or 1)
+    if explicit_cores is None and threads_per_worker:
+        cores = int(threads_per_worker) * processes
+    else:
+        cores = int(o["cores"] or 1)
+    if cores < processes:
+        raise SlurmError(f"--slurm-cores ({cores}) must be at least the number of processes per job ({processes})")
+    gpus = int(o["gpus_per_job"] or 0)
+
+    kw: dict[str, Any] = {
+        k: v
+        for k, v in options.items()
+        if k not in OPTION_KEYS and k != "threads_per_worker"
+    }  # anything else goes straight to SLURMCluster (security=, protocol=, scheduler_options=, ...)
+    kw.update(cores=cores, processes=processes, memory=str(o["memory"]))
+    if o["walltime"]:
+        kw["walltime"] = str(o["walltime"])
+    if o["partition"]:
+        kw["queue"] = str(o["partition"])
+    if o["account"]:
+        kw["account"] = str(o["account"])
+    if o["job_name"]:
+        kw["job_name"] = str(o["job_name"])
+    kw["python"] = str(o["python"] or sys.executable)
+    if o["death_timeout"] is not None:
+        kw["death_timeout"] = float(o["death_timeout"])
+    if o["interface"]:
+        kw["interface"] = str(o["interface"])
+    if o["scheduler_interface"]:
+        sched = dict(kw.get("scheduler_options") or {})
+        sched.setdefault("interface", str(o["scheduler_interface"]))
+        kw["scheduler_options"] = sched
+    if o["local_directory"]:
+        kw["local_directory"] = str(o["local_directory"])
+    if o["log_directory"]:
+        Path(os.path.expandvars(str(o["log_directory"]))).mkdir(parents=True, exist_ok=True)
+        kw["log_directory"] = str(o["log_directory"])
+
+    directives = [_directive(d) for d in _as_list(o["extra_directives"])]
+    worker_args = list(kw.pop("worker_extra_args", []) or [])
+    if gpus > 0:
+        directives.insert(0, str(o["gpu_directive"] or "--gres=gpu:{n}").format(n=gpus))
+        kw["worker_command"] = str(o["gpu_worker_command"] or "dask cuda worker")
+        if processes != 1:
+            raise SlurmError(
+                f"--slurm-gpus-per-job {gpus} with --slurm-processes {processes}: a dask-cuda worker already "
+                "starts one process per GPU; leave processes at 1"
+            )
+    if o["lifetime"]:
+        worker_args += ["--lifetime", str(o["lifetime"])]
+        if o["lifetime_stagger"]:
+            worker_args += ["--lifetime-stagger", str(o["lifetime_stagger"])]
+    if directives:
+        kw["job_extra_directives"] = directives
+    if o["directives_skip"]:
+        kw["job_directives_skip"] = _as_list(o["directives_skip"])
+    if o["prologue"]:
+        kw["job_script_prologue"] = _as_list(o["prologue"])
+    if worker_args:
+        kw["worker_extra_args"] = worker_args
+    return n_jobs, kw
+
+
+def _check_submission(cluster: "SLURMCluster") -> None:
+    """Validate the generated job script with ``sbatch --test-only``; raise :class:`SlurmError` on rejection."""
+    script = cluster.job_script()
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="survey-infer-job-", delete=False) as fh:
+        fh.write(script)
+        path = fh.name
+    try:
+        res = subprocess.run(["sbatch", "--test-only", path], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise SlurmError("sbatch --test-only did not answer within 60 s: is the Slurm controller up?") from None
+    finally:
+        os.unlink(path)
+    if res.returncode != 0:
+        msg = (res.stderr or res.stdout).strip().replace("\n", " ")
+        raise SlurmError(f"Slurm rejected the worker job script: {msg}\n--- job script ---\n{script}")
+
+
+def make_slurm_cluster(jobs: int | None = None, /, **options: Any) -> "SLURMCluster":
+    """Start a dask-jobqueue ``SLURMCluster`` (scheduler here, workers as Slurm jobs) scaled to ``jobs`` jobs.
+
+    Parameters
+    ----------
+    jobs : int, optional
+        Number of worker jobs (positional only). ``jobs=`` among the options (``--slurm-jobs``) wins over it;
+        with neither, ``survey-infer.slurm.jobs`` from ``dask.config``.
+    cores : int, optional
+        Cores per job (``--cpus-per-task``) = threads per worker x processes per job.
+    threads_per_worker : int, optional
+        Used for ``cores`` (x processes) when ``cores`` is not given.
+    processes : int, optional
+        Dask worker processes per job.
+    memory : str, optional
+        Memory per job, e.g. ``"8GiB"`` (``--mem``; each worker's memory limit is memory / processes).
+    walltime : str, optional
+        ``HH:MM:SS`` per job.
+    partition, account : str, optional
+        ``-p`` and ``-A``.
+    gpus_per_job : int, optional
+        GPUs per job: adds ``--gres=gpu:N`` (``gpu_directive``) and runs ``python -m dask cuda worker``
+        (``gpu_worker_command``, needs dask-cuda on the nodes) instead of a CPU worker.
+    extra_directives, directives_skip, prologue : list of str, optional
+        Extra ``#SBATCH`` lines; generated lines to drop (e.g. ``["--mem"]``); shell lines before the worker.
+    lifetime, lifetime_stagger : str, optional
+        Workers retire gracefully after ``lifetime`` (+- stagger), e.g. ``"55m"``, ``"5m"``: set it shorter than
+        the walltime so tasks are moved off before Slurm kills the job.
+    replace_lost_jobs : bool, optional
+        Keep ``jobs`` jobs running: resubmit a job that ended (lifetime, ``scancel``, node failure). Implemented
+        with ``cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)``.
+    interface, scheduler_interface : str, optional
+        Network interface of the workers (and of the scheduler unless ``scheduler_interface`` is given).
+    local_directory, log_directory : str, optional
+        Node-local scratch for the workers; directory for the jobs' Slurm output files.
+    job_name, python, death_timeout : optional
+        ``-J``; the interpreter on the nodes (default ``sys.executable``); seconds a worker waits for the
+        scheduler.
+    check_submission : bool, optional
+        Validate the job script with ``sbatch --test-only`` first, so a wrong partition/account/directive is a
+        clear error here instead of a silently pending cluster.
+    **options
+        Anything else goes to ``SLURMCluster`` unchanged (``security=``, ``protocol=``, ``scheduler_options=``...).
+
+    Returns
+    -------
+    dask_jobqueue.SLURMCluster
+        Scaled to ``jobs`` jobs (submitted; workers join as Slurm starts them).
+
+    Raises
+    ------
+    SlurmError
+        dask-jobqueue missing, ``sbatch`` not found, or the job script rejected by Slurm.
+    """
+    jq = require_dask_jobqueue()
+    check = options.pop("check_submission", None)
+    if check is None:
+        check = slurm_config("check-submission", True)
+    replace = options.pop("replace_lost_jobs", None)
+    if replace is None:
+        replace = slurm_config("replace-lost-jobs", True)
+    n_jobs, kw = cluster_kwargs(jobs, **options)
+    if shutil.which("sbatch") is None:
+        raise SlurmError("--cluster slurm: 'sbatch' is not on PATH; run on a Slurm login node (or start the "
+                         "local Slurm: deploy/local-slurm/start.sh)")
+    log.info("Slurm cluster: %d job(s) of %d core(s), %s, walltime %s", n_jobs, kw["cores"], kw["memory"],
+             kw.get("walltime"))
+    try:
+        cluster = jq.SLURMCluster(**kw)
+    except ValueError as exc:
+        raise SlurmError(f"invalid Slurm options: {exc}") from None
+    try:
+        if check:
+            _check_submission(cluster)
+        log.debug("worker job script:\n%s", cluster.job_script())
+        cluster.scale(jobs=n_jobs)
+        if replace:
+            cluster.adapt(minimum_jobs=n_jobs, maximum_jobs=n_jobs)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def add_slurm_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add the ``--slurm-*`` options (used with ``--cluster slurm``) to ``parser`` as one argument group.
+
+    Every option defaults to None, meaning "use ``survey-infer.slurm.*`` from dask.config"
+    (``survey_infer/slurm.yaml`` overridden by site/user YAML).
+    """
+    g = parser.add_argument_group(
+        "Slurm (--cluster slurm)",
+        "workers run as Slurm jobs (dask-jobqueue). Unset options come from the 'survey-infer.slurm' dask "
+        "config (site YAML, e.g. ~/.config/dask/survey-infer.yaml); see docs/slurm.md.",
+    )
+    d = lambda key: f" (default: {slurm_config(key)})"  # noqa: E731
+    g.add_argument("--slurm-jobs", type=int, metavar="N",
+                   help="number of worker jobs (default: --workers, else " f"{slurm_config('jobs')})")
+    g.add_argument("--slurm-cores", type=int, metavar="N", help="cores per job" + d("cores"))
+    g.add_argument("--slurm-processes", type=int, metavar="N",
+                   help="Dask worker processes per job" + d("processes"))
+    g.add_argument("--slurm-memory", metavar="SIZE", help="memory per job, e.g. 8GiB" + d("memory"))
+    g.add_argument("--slurm-walltime", metavar="HH:MM:SS", help="walltime per job" + d("walltime"))
+    g.add_argument("--slurm-partition", metavar="NAME", help="partition (-p)" + d("partition"))
+    g.add_argument("--slurm-account", metavar="NAME", help="account (-A)" + d("account"))
+    g.add_argument("--slurm-gpus-per-job", type=int, metavar="N",
+                   help="GPUs per job: --gres=gpu:N and a dask-cuda worker" + d("gpus-per-job"))
+    g.add_argument("--slurm-extra-directive", action="append", metavar="DIRECTIVE", dest="slurm_extra_directives",
+                   help="extra #SBATCH directive, e.g. --slurm-extra-directive=--qos=long (repeatable)")
+    g.add_argument("--slurm-skip-directive", action="append", metavar="TEXT", dest="slurm_directives_skip",
+                   help="drop generated #SBATCH lines containing TEXT, e.g. --mem (repeatable)")
+    g.add_argument("--slurm-prologue", action="append", metavar="SHELL", dest="slurm_prologue",
+                   help="shell line run in the job before the worker, e.g. 'module load cuda' (repeatable)")
+    g.add_argument("--slurm-lifetime", metavar="DURATION",
+                   help="workers retire after this time, e.g. 55m (keep it below the walltime)" + d("lifetime"))
+    g.add_argument("--slurm-lifetime-stagger", metavar="DURATION",
+                   help="random spread of --slurm-lifetime" + d("lifetime-stagger"))
+    g.add_argument("--slurm-interface", metavar="IFACE", help="network interface of the workers, e.g. ib0")
+    g.add_argument("--slurm-scheduler-interface", metavar="IFACE",
+                   help="network interface of the scheduler (on this node)")
+    g.add_argument("--slurm-local-directory", metavar="DIR",
+                   help="node-local scratch directory for the workers, e.g. '$TMPDIR'")
+    g.add_argument("--slurm-log-directory", metavar="DIR", help="directory for the jobs' Slurm output files")
+    return g
+
+
+def slurm_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword options for :func:`make_slurm_cluster` from parsed ``--slurm-*`` arguments.
+
+    Only options given on the command line are returned (the rest come from dask.config);
+    ``jobs`` is included when ``--slurm-jobs`` was given.
+    """
+    names = {
+        "jobs": "slurm_jobs", "cores": "slurm_cores", "processes": "slurm_processes",
+        "memory": "slurm_memory", "walltime": "slurm_walltime", "partition": "slurm_partition",
+        "account": "slurm_account", "gpus_per_job": "slurm_gpus_per_job",
+        "extra_directives": "slurm_extra_directives", "directives_skip": "slurm_directives_skip",
+        "prologue": "slurm_prologue", "lifetime": "slurm_lifetime", "lifetime_stagger": "slurm_lifetime_stagger",
+        "interface": "slurm_interface", "scheduler_interface": "slurm_scheduler_interface",
+        "local_directory": "slurm_local_directory", "log_directory": "slurm_log_directory",
+    }
+    out: dict[str, Any] = {}
+    for opt, attr in names.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[opt] = value
+    return out
+
+
+def describe_job_script(jobs: int | None = None, /, **options: Any) -> str:
+    """The worker job script :func:`make_slurm_cluster` would submit (no scheduler started, nothing submitted)."""
+    jq = require_dask_jobqueue()
+    options.pop("check_submission", None)
+    options.pop("replace_lost_jobs", None)
+    _, kw = cluster_kwargs(jobs, **options)
+    job = jq.slurm.SLURMJob(scheduler="tcp://SCHEDULER:8786", name="NAME", **{
+        k: v for k, v in kw.items() if k not in ("scheduler_options",)})
+    return job.job_script()
+
+
