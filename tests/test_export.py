@@ -1,0 +1,291 @@
+"""Catalog export to FITS and Parquet: round trips, checksums, NODATA rows, overwrite, pz, streaming."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from survey_infer import flags
+from survey_infer.cli import UserError, main as cli_main
+from survey_infer.io.catalog_schema import PASSTHROUGH, PER_OBJECT, PZ_DESCRIPTION
+from survey_infer.io.export import (columns_markdown, encode_checksum, export_catalog, fits_checksum, fits_unit,
+                                    zwarn_markdown)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_catalog(path: Path, n: int = 40, nz: int = 50, chunk: int = 16, pz_dtype: str = "float16",
+                  with_pz: bool = True, nodata: tuple[int, ...] = (3, 7), seed: int = 1,
+                  input_store: str | None = None) -> Path:
+    """Write a small catalog following DESIGN §7 / catalog_schema (Zarr v3, xarray) with NODATA rows."""
+    rng = np.random.default_rng(seed)
+    z_grid = np.linspace(0.0, 3.0, nz)
+    z_true = rng.uniform(0.2, 2.5, n).astype(np.float32)
+    dz = z_grid[1] - z_grid[0]
+    pz = np.exp(-0.5 * ((z_grid[None, :] - z_true[:, None]) / (3 * dz)) ** 2)
+    pz /= pz.sum(1, keepdims=True)
+    data = {}
+    for name, (dtype, units, desc) in PER_OBJECT.items():
+        dt = np.dtype(dtype)
+        if dt.kind == "f":
+            v = rng.normal(1.0, 0.3, n).astype(dt)
+        elif dt.kind == "b":
+            v = rng.random(n) > 0.3
+        else:
+            v = rng.integers(0, 5, n).astype(dt)
+        data[name] = v
+    data["object_id"] = np.arange(1000, 1000 + n, dtype=np.int64)
+    data["ra"] = rng.uniform(0, 360, n)
+    data["dec"] = rng.uniform(-60, 20, n)
+    data["z"] = (z_true + rng.normal(0, 0.002, n)).astype(np.float32)
+    data["z_lo68"], data["z_hi68"] = data["z"] - 0.01, data["z"] + 0.01
+    data["z_lo95"], data["z_hi95"] = data["z"] - 0.03, data["z"] + 0.03
+    zwarn = np.zeros(n, np.int32)
+    zwarn[::5] |= flags.ZWarn.MULTI_PEAK
+    zwarn[1::9] |= flags.ZWarn.LOW_CONFIDENCE
+    for i in nodata:
+        zwarn[i] = flags.ZWarn.NODATA
+        for name, (dtype, _, _) in PER_OBJECT.items():
+            if np.dtype(dtype).kind == "f" and name not in ("ra", "dec"):
+                data[name][i] = np.nan
+        pz[i] = np.nan
+    data["zwarn"] = zwarn
+    data["z_reliable"] = flags.z_reliable(zwarn)
+    data["run_id"] = np.zeros(n, np.int32)
+    ds = xr.Dataset()
+    for name, (dtype, units, desc) in PER_OBJECT.items():
+        ds[name] = xr.Variable(("object",), np.asarray(data[name]).astype(dtype),
+                               attrs={"units": units, "description": desc})
+    ds["z_true"] = xr.Variable(("object",), z_true, attrs={"description": "true redshift (simulation)"})
+    ds["t_exp"] = xr.Variable(("object",), np.full(n, 3600.0, np.float32), attrs={"units": "s",
+                                                                                  "description": "exposure time"})
+    ds["logmstar_true"] = xr.Variable(("object",), rng.normal(10, 1, n).astype(np.float32),
+                                      attrs={"units": "dex(Msun)", "description": "true log10 stellar mass"})
+    ds["kind"] = xr.Variable(("object",), np.zeros(n, np.uint8), attrs={"description": "0 galaxy in range"})
+    ds["z_grid"] = xr.Variable(("zbin",), z_grid, attrs={"description": "redshift bin centres"})
+    if with_pz:
+        ds["pz"] = xr.Variable(("object", "zbin"), pz.astype(pz_dtype), attrs={"description": PZ_DESCRIPTION})
+    fp = {"model_sha256": "ab" * 32, "preprocessing_version": 1, "sky_mask_hash": "deadbeef", "mc_samples": 8,
+          "seed": 42, "z_grid_hash": "cafe", "dtypes": {"pz": pz_dtype}, "torch_version": "2.13",
+          "device_class": "cpu"}
+    ds.attrs = {"software_version": "0.1.0", "model_sha256": "ab" * 32, "fingerprint": fp, "mc_samples": 8,
+                "seed": 42, "created": "2026-01-01T00:00:00+00:00", "zwarn_bits": flags.bit_table(),
+                "runs": [{"run_id": 0, "created": "2026-01-01T00:00:00+00:00", "rows": n}],
+                "provenance": {"software": "survey-infer", "version": "0.1.0", "python": "3.11.7",
+                               "dependencies": {"numpy": "2.0", "torch": "2.13", "zarr": "3.1.6"}}}
+    if input_store:
+        ds.attrs["input_store"] = str(input_store)
+    enc = {v: {"chunks": (chunk,)} for v in ds.data_vars if ds[v].dims == ("object",)}
+    if with_pz:
+        enc["pz"] = {"chunks": (chunk, nz)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(str(path), zarr_format=3, encoding=enc, mode="w", consolidated=False)
+    return Path(path)
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Path:
+    return write_catalog(tmp_path_factory.mktemp("cat") / "catalog.zarr")
+
+
+def _cat(path):
+    return xr.open_zarr(str(path), chunks=None, consolidated=False)
+
+
+def _assert_equal(got, want, name):
+    got, want = np.asarray(got), np.asarray(want)
+    if want.dtype.kind == "f":
+        np.testing.assert_array_equal(got.astype(np.float64), want.astype(np.float64), err_msg=name)
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------------------------
+def test_fits_round_trip_units_values_descriptions_checksums(catalog, tmp_path):
+    from astropy.io import fits
+    from astropy.table import Table
+    import astropy.units as u
+
+    out = export_catalog(catalog, tmp_path / "cat.fits", fmt="fits")
+    assert out.exists() and not list(tmp_path.glob(".cat.fits.tmp-*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any checksum / verification warning fails the test
+        with fits.open(out, checksum=True) as hdul:
+            hdul.verify("exception")
+            assert [h.name for h in hdul] == ["PRIMARY", "CATALOG", "Z_GRID"]
+            for h in hdul:
+                assert "CHECKSUM" in h.header and "DATASUM" in h.header
+                assert h._checksum_valid and h._datasum_valid
+            hdr = hdul["CATALOG"].header
+            zg = hdul["Z_GRID"].data
+        t = Table.read(out, hdu="CATALOG")
+    cat = _cat(catalog)
+    np.testing.assert_array_equal(zg, cat["z_grid"].values)
+    assert hdr["NZBIN"] == 50 and hdr["ZMIN"] == 0.0 and hdr["ZMAX"] == 3.0 and hdr["DZ"] == pytest.approx(3 / 49)
+    assert hdr["MODELSHA"] == "ab" * 32 and hdr["MC_T"] == 8 and hdr["SEED"] == 42
+    assert json.loads(hdr["FINGERPR"])["sky_mask_hash"] == "deadbeef"
+    assert hdr["V_TORCH"] == "2.13" and hdr["SWVERS"] == "0.1.0"
+    assert hdr["ZWBIT00"] == "NODATA" and hdr["ZWBADMSK"] == flags.BAD_MASK
+    names = [c for c in t.colnames]
+    assert names[: len(PER_OBJECT)] == list(PER_OBJECT)
+    assert {"z_true", "t_exp", "logmstar_true", "kind"} <= set(names) and "pz" not in names
+    for i, name in enumerate(names, start=1):
+        want = cat[name]
+        _assert_equal(t[name], want.values, name)
+        units = want.attrs.get("units", "")
+        fu = fits_unit(units)
+        if fu:
+            assert t[name].unit == u.Unit(units), name
+            assert hdr[f"TUNIT{i}"] == fu
+        else:
+            assert t[name].unit is None and f"TUNIT{i}" not in hdr, name
+        desc = want.attrs["description"]
+        assert t[name].description.startswith(desc), name
+        assert hdr[f"TCOMM{i}"].startswith(desc)
+        assert t[name].description.startswith(hdr.comments[f"TTYPE{i}"].rstrip("."))
+    assert t["ra"].unit == u.deg and t["t_exp"].unit == u.s and t["z"].unit is None
+    assert "dex(solMass)" in t["logmstar"].description
+    assert t["z_reliable"].dtype == bool
+    assert t["zwarn"].dtype.newbyteorder("=") == np.int32 and t["pz_npeaks"].dtype.newbyteorder("=") == np.int16
+
+
+def test_fits_nodata_rows_are_nan_and_flagged(catalog, tmp_path):
+    from astropy.table import Table
+
+    out = export_catalog(catalog, tmp_path / "cat.fits")
+    t = Table.read(out, hdu=1, mask_invalid=False)
+    nod = (t["zwarn"] & flags.ZWarn.NODATA) != 0
+    assert nod.sum() == 2
+    assert Table.read(out, hdu=1)["z"].mask.tolist() == nod.tolist()  # astropy masks NaN by default
+    assert np.isnan(t["z"][nod]).all() and np.isfinite(t["z"][~nod]).all()
+    assert not t["z_reliable"][nod].any()
+    np.testing.assert_array_equal(t["z_reliable"], flags.z_reliable(t["zwarn"]))
+
+
+def test_fits_with_pz_shapes(catalog, tmp_path):
+    from astropy.io import fits
+    from astropy.table import Table
+
+    out = export_catalog(catalog, tmp_path / "pz.fits", with_pz=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fits.open(out, checksum=True) as hdul:
+            assert hdul["CATALOG"].columns["pz"].format == "50E"
+    t = Table.read(out, hdu="CATALOG")
+    cat = _cat(catalog)
+    assert t["pz"].shape == (40, 50) and t["pz"].dtype.newbyteorder("=") == np.float32
+    np.testing.assert_array_equal(t["pz"], cat["pz"].values.astype(np.float32))
+    ok = np.isfinite(t["pz"]).all(1)
+    np.testing.assert_allclose(t["pz"][ok].sum(1), 1.0, atol=2e-3)
+
+
+def test_streaming_many_blocks_gives_identical_files(tmp_path):
+    """A catalog larger than one block (and than one Zarr chunk) exports the same values in any blocking."""
+    from astropy.table import Table
+    import pandas as pd
+
+    cat = write_catalog(tmp_path / "big.zarr", n=203, nz=30, chunk=16, pz_dtype="float32", nodata=(0, 100, 202))
+    f1 = export_catalog(cat, tmp_path / "a.fits", with_pz=True, chunk_rows=7)  # blocks across chunk edges
+    f2 = export_catalog(cat, tmp_path / "b.fits", with_pz=True, chunk_rows=10_000)  # one block
+    t1, t2 = Table.read(f1, hdu=1), Table.read(f2, hdu=1)
+    ref = _cat(cat)
+    for name in t1.colnames:
+        _assert_equal(t1[name], t2[name], name)
+        _assert_equal(t1[name], ref[name].values, name)
+    p1 = export_catalog(cat, tmp_path / "a.parquet", fmt="parquet", with_pz=True, chunk_rows=16)
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(p1).metadata.num_row_groups == 13
+    df = pd.read_parquet(p1)
+    np.testing.assert_array_equal(np.stack(df["pz"].to_numpy()), ref["pz"].values)
+    np.testing.assert_array_equal(df["object_id"].to_numpy(), ref["object_id"].values)
+
+
+def test_parquet_round_trip_metadata(catalog, tmp_path):
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from astropy.table import Table
+    import astropy.units as u
+
+    out = export_catalog(catalog, tmp_path / "cat.parquet", fmt="parquet", with_pz=True)
+    df = pd.read_parquet(out)
+    cat = _cat(catalog)
+    assert len(df) == 40 and list(df.columns)[: len(PER_OBJECT)] == list(PER_OBJECT)
+    for name in df.columns:
+        if name == "pz":
+            np.testing.assert_array_equal(np.stack(df[name].to_numpy()), cat[name].values.astype(np.float32))
+        else:
+            _assert_equal(df[name].to_numpy(), cat[name].values, name)
+    schema = pq.read_schema(out)
+    for name in df.columns:
+        md = schema.field(name).metadata
+        assert md[b"units"].decode() == cat[name].attrs.get("units", "")
+        assert md[b"description"].decode() == cat[name].attrs["description"]
+    info = json.loads(schema.metadata[b"survey_infer"])
+    assert info["attrs"]["model_sha256"] == "ab" * 32 and info["attrs"]["fingerprint"]["mc_samples"] == 8
+    assert len(info["z_grid"]) == 50 and info["columns"]["logsfr"]["units"] == "dex(solMass/yr)"
+    assert json.loads(schema.metadata[b"zwarn_bits"]) == flags.bit_table()
+    # astropy reads units and descriptions back from the same file
+    t = Table.read(out)
+    assert t["ra"].unit == u.deg and t["logmstar"].unit == u.Unit("dex(solMass)")
+    assert t["z"].description == PER_OBJECT["z"][2]
+    assert t.meta["model_sha256"] == "ab" * 32
+    nod = (df["zwarn"].to_numpy() & flags.ZWarn.NODATA) != 0
+    assert np.isnan(df["z"].to_numpy()[nod]).all()
+
+
+def test_refuses_overwrite_unless_asked(catalog, tmp_path):
+    out = tmp_path / "cat.fits"
+    out.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_catalog(catalog, out)
+    assert out.read_bytes() == b"precious"
+    export_catalog(catalog, out, overwrite=True)
+    assert out.read_bytes()[:6] == b"SIMPLE"
+    assert not list(tmp_path.glob(".cat.fits.tmp-*"))
+
+
+def test_cli_export(catalog, tmp_path, capsys):
+    out = tmp_path / "cli.parquet"
+    assert cli_main(["export", str(catalog), "--format", "parquet", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out and out.exists()
+    assert cli_main(["export", str(catalog), "--format", "parquet", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli_main(["export", str(catalog), "--format", "fits", "--out", str(tmp_path / "c.fits"),
+                     "--with-pz", "--overwrite"]) == 0
+    assert cli_main(["export", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "x.fits")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_with_pz_requires_stored_pz(tmp_path):
+    cat = write_catalog(tmp_path / "nopz.zarr", n=5, with_pz=False, nodata=())
+    with pytest.raises(UserError, match="no 'pz'"):
+        export_catalog(cat, tmp_path / "x.fits", with_pz=True)
+    export_catalog(cat, tmp_path / "x.fits")  # without pz is fine
+
+
+def test_checksum_helpers_match_astropy():
+    from astropy.io import fits
+
+    hdu = fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.arange(7, dtype=np.float32))])
+    hdu.add_checksum()
+    data = np.arange(7, dtype=">f4").tobytes()  # the raw big-endian data unit
+    data += b"\0" * ((-len(data)) % 2880)
+    assert str(fits_checksum(data)) == hdu.header["DATASUM"]
+    for v in (0, 1, 0xFFFFFFFF, 123456789):
+        assert encode_checksum(v) == hdu._char_encode(~np.uint32(v) & 0xFFFFFFFF)
+
+
+def test_docs_embed_generated_tables():
+    doc = (ROOT / "docs" / "catalog.md").read_text()
+    assert zwarn_markdown() in doc, "regenerate with: python -m survey_infer.io.export --markdown zwarn"
+    assert columns_markdown() in doc, "regenerate with: python -m survey_infer.io.export --markdown columns"
+    for b in flags.ZWARN_BITS:
+        assert f"`{b.name}`" in doc
+    for name in list(PER_OBJECT) + list(PASSTHROUGH):
+        assert f"`{name}`" in doc
