@@ -39,7 +39,7 @@ def uniform(seed: int, object_id: np.ndarray, n_samples: int, n_units: int, stre
     """
     oid = np.asarray(object_id, dtype=np.int64).astype(np.uint64)
     with np.errstate(over="ignore"):
-        k = _splitmix64(_splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ np.uint64(stream * 0x2545F4914F6CDD1D)) ^ oid)
+        k = _splitmix64(_splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ np.uint64((stream * 0x2545F4914F6CDD1D) & 0xFFFFFFFFFFFFFFFF)) ^ oid)
         t = np.arange(n_samples, dtype=np.uint64)
         u = np.arange(n_units, dtype=np.uint64)
         key = _splitmix64(k[:, None] ^ (t[None, :] * np.uint64(0xD1B54A32D192ED03)))

@@ -1,0 +1,313 @@
+"""Training: ``survey-infer train --train STORE --val STORE --out MODEL_DIR [--resume]``.
+
+Multi-task loss = cross-entropy over the redshift bins + "outside" class (Gaussian-smoothed labels)
++ heteroscedastic Gaussian NLL for log M★ and log SFR (galaxies in range) + BCE for the auxiliary
+line-location map. Everything that drives the optimisation is a function of (seed, epoch, step): data order,
+dropout masks (counter-based, :mod:`survey_infer.model.mc`), so a run checkpointed at any step resumes exactly.
+A checkpoint (``MODEL_DIR/train_state/``: safetensors weights + optimizer tensors, JSON for the rest; nothing
+pickled) is written every epoch and every ``--checkpoint-minutes``; ``--max-minutes`` ends a leg cleanly.
+After the last epoch the PDFs are calibrated (temperature) and the screening thresholds set on the validation
+set; both are stored in ``model.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .instrument import load_instrument
+from .io.survey_store import open_survey, store_instrument
+from .model import mc
+from .model.checkpoint import META, save_model
+from .model.network import EMISSION_FOR_AUX, NetConfig, SpectrumNet
+from .model.zgrid import ZGrid
+from .preprocess import PREPROCESSING_VERSION, n_scalars, preprocess
+
+log = logging.getLogger(__name__)
+STATE_DIR = "train_state"
+
+
+def _read_rows(ds, lo: int, hi: int) -> dict[str, np.ndarray]:
+    cols = {"flux": ds["flux"][lo:hi].values, "ivar": ds["ivar"][lo:hi].values,
+            "object_id": ds["object_id"][lo:hi].values}
+    for c in ("z_true", "logmstar_true", "logsfr_true", "kind", "is_passive"):
+        cols[c] = ds[c][lo:hi].values
+    if "mask" in ds:
+        cols["mask"] = ds["mask"][lo:hi].values
+    return cols
+
+
+def _targets(cols: dict, zg: ZGrid, net: SpectrumNet, tnorm: dict, smooth_bins: float = 0.75):
+    n = len(cols["z_true"])
+    Z = zg.n
+    kind = cols["kind"].astype(np.int64)
+    inrange = kind == 0
+    ib = np.clip(zg.index(cols["z_true"]), 0, Z - 1)
+    # Gaussian-smoothed one-hot over Z+1 classes
+    tgt = np.zeros((n, Z + 1), np.float32)
+    j = np.arange(Z)
+    g = np.exp(-0.5 * ((j[None, :] - ib[:, None]) / smooth_bins) ** 2)
+    g /= g.sum(axis=1, keepdims=True)
+    tgt[inrange, :Z] = g[inrange]
+    tgt[~inrange, Z] = 1.0
+    ym = (cols["logmstar_true"] - tnorm["logmstar"][0]) / tnorm["logmstar"][1]
+    ys = (cols["logsfr_true"] - tnorm["logsfr"][0]) / tnorm["logsfr"][1]
+    # auxiliary line-location map at trunk resolution
+    L = net.n_pos
+    aux = np.zeros((n, L), np.float32)
+    wave = net_instrument_wave(net)
+    stride = net.cfg.stride
+    for r in np.flatnonzero((kind != 1) & ~cols["is_passive"].astype(bool)):
+        for k in EMISSION_FOR_AUX:
+            lam = net.cfg.lines[k][1] * (1.0 + float(cols["z_true"][r]))
+            if lam < wave[0] or lam > wave[-1]:
+                continue
+            pix = int(np.searchsorted(wave, lam))
+            if pix <= 0 or pix >= len(wave) or abs(wave[pix] - lam) > 2 * (wave[pix] - wave[pix - 1]):
+                continue  # in an arm gap
+            p = pix // stride
+            aux[r, max(0, p - 1): p + 2] = 1.0
+    return (torch.from_numpy(tgt), torch.from_numpy(ym.astype(np.float32)), torch.from_numpy(ys.astype(np.float32)),
+            torch.from_numpy(inrange), torch.from_numpy(aux))
+
+
+_WAVE_CACHE: dict[int, np.ndarray] = {}
+
+
+def net_instrument_wave(net: SpectrumNet) -> np.ndarray:
+    return _WAVE_CACHE[id(net)]
+
+
+def _loss(out, tgt, ym, ys, inr, aux_t):
+    logits = torch.cat([out["logits_z"][:, 0], out["logit_out"][:, 0, None]], dim=1)
+    ce = -(tgt * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    nll = logits.new_zeros(())
+    if inr.any():
+        for pred, y in ((out["mstar"][:, 0], ym), (out["sfr"][:, 0], ys)):
+            mu, lv = pred[inr, 0], pred[inr, 1].clamp(-7, 5)
+            nll = nll + 0.5 * (lv + (y[inr] - mu) ** 2 * torch.exp(-lv)).mean()
+    aux = F.binary_cross_entropy_with_logits(out["aux"], aux_t, pos_weight=torch.tensor(20.0))
+    return ce + 0.5 * nll + 0.2 * aux, {"ce": ce.item(), "nll": nll.item(), "aux": aux.item()}
+
+
+def _order(n_chunks: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 7]).permutation(n_chunks)
+
+
+def _save_state(out: Path, net, opt, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    sd = out / STATE_DIR
+    sd.mkdir(parents=True, exist_ok=True)
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    osd = opt.state_dict()
+    for pid, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+    tmp = sd / ".state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, sd / "state.safetensors")
+    meta = dict(state)
+    meta["param_groups"] = osd["param_groups"]
+    tmpj = sd / ".state.json.tmp"
+    tmpj.write_text(json.dumps(meta, indent=1))
+    os.replace(tmpj, sd / "state.json")
+
+
+def _load_state(out: Path, net, opt) -> dict:
+    from safetensors.torch import load_file
+
+    sd = out / STATE_DIR
+    meta = json.loads((sd / "state.json").read_text())
+    tensors = load_file(str(sd / "state.safetensors"))
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
+def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | Path, *, epochs: int = 6,
+                batch_size: int = 64, lr: float = 2e-3, seed: int = 0, resume: bool = False,
+                threads: int | None = None, device: str = "cpu", arch: dict | None = None,
+                max_minutes: float | None = None, checkpoint_minutes: float = 10.0, n_val: int = 4000,
+                progress: bool = True) -> dict:
+    """Train (or resume) a model; returns a summary dict. See the module docstring."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(int(threads))
+    dev = torch.device(device)
+    ds = open_survey(train_store)
+    inst = store_instrument(train_store)
+    vds = open_survey(val_store)
+    for need in ("z_true", "logmstar_true", "logsfr_true", "kind"):
+        if need not in ds:
+            from .cli import UserError
+
+            raise UserError(f"training store {train_store} has no truth column {need!r} (simulate it with survey-infer simulate)")
+    sky = ds["sky_mask"].values.astype(np.uint8) if "sky_mask" in ds else np.zeros(inst.n_wave, np.uint8)
+    zg = ZGrid()
+    cfg = NetConfig(**{**{"n_scalars": n_scalars(inst)}, **(arch or {})})
+    torch.manual_seed(seed)
+    net = SpectrumNet(cfg, inst, zg).to(dev)
+    _WAVE_CACHE[id(net)] = inst.wave
+    kind = ds["kind"].values
+    inr = kind == 0
+    tnorm = {k: [float(np.nanmean(ds[f"{k}_true"].values[inr])), float(np.nanstd(ds[f"{k}_true"].values[inr]))]
+             for k in ("logmstar", "logsfr")}
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    N = ds.sizes["object"]
+    chunk = int(ds["flux"].encoding.get("chunks", (256,))[0]) if ds["flux"].encoding.get("chunks") else 256
+    group = max(chunk, 1024 // chunk * chunk)  # rows read and shuffled together
+    n_groups = -(-N // group)
+    steps_per_epoch = sum(-(-min(group, N - g * group) // batch_size) for g in range(n_groups))
+    total_steps = epochs * steps_per_epoch
+    state = {"epoch": 0, "group_pos": 0, "step": 0, "seconds": 0.0, "seed": seed, "epochs": epochs,
+             "batch_size": batch_size, "lr": lr, "target_norm": tnorm, "history": [], "device": str(dev),
+             "train_store": str(train_store), "val_store": str(val_store), "n_train": int(N),
+             "architecture": cfg.to_dict(), "threads": torch.get_num_threads()}
+    if resume and (out / STATE_DIR / "state.json").exists():
+        saved = _load_state(out, net, opt)
+        for k in ("epoch", "group_pos", "step", "seconds", "history", "target_norm"):
+            state[k] = saved[k]
+        tnorm = state["target_norm"]
+        log.info("resuming at epoch %d, group %d (step %d, %.0f s spent)", state["epoch"], state["group_pos"],
+                 state["step"], state["seconds"])
+    sched = lambda s: lr * 0.5 * (1 + np.cos(np.pi * min(s, total_steps) / total_steps)) * min(1.0, (s + 1) / 200)
+    t_leg = time.time()
+    t_ckpt = time.time()
+    stopped_early = False
+    while state["epoch"] < epochs:
+        ep = state["epoch"]
+        order = _order(n_groups, seed, ep)
+        net.train()
+        bar = tqdm(total=n_groups, initial=state["group_pos"], desc=f"epoch {ep + 1}/{epochs}", disable=not progress,
+                   unit="grp")
+        while state["group_pos"] < n_groups:
+            t0 = time.time()
+            gi = int(order[state["group_pos"]])
+            lo, hi = gi * group, min(N, (gi + 1) * group)
+            cols = _read_rows(ds, lo, hi)
+            perm = np.random.default_rng([seed, ep, gi]).permutation(hi - lo)
+            cols = {k: v[perm] for k, v in cols.items()}
+            pp = preprocess(cols["flux"], cols["ivar"], inst, sky, cols.get("mask"))
+            tgt, ym, ys, inrange, aux_t = _targets(cols, zg, net, tnorm)
+            x = torch.from_numpy(pp.x)
+            sc = torch.from_numpy(pp.scalars)
+            for b0 in range(0, hi - lo, batch_size):
+                sl = slice(b0, min(hi - lo, b0 + batch_size))
+                nb = sl.stop - sl.start
+                masks = {k: torch.from_numpy(mc.keep_masks(seed * 1000 + ep, cols["object_id"][sl], 1, u, cfg.p_drop,
+                                                           stream=10 + i)).to(dev)
+                         for i, (k, u) in enumerate(cfg.mask_units().items())}
+                for g in opt.param_groups:
+                    g["lr"] = sched(state["step"])
+                outp = net(x[sl].to(dev), sc[sl].to(dev), masks)
+                loss, parts = _loss(outp, tgt[sl].to(dev), ym[sl].to(dev), ys[sl].to(dev), inrange[sl].to(dev),
+                                    aux_t[sl].to(dev))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                opt.step()
+                state["step"] += 1
+            state["group_pos"] += 1
+            state["seconds"] += time.time() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", ce=f"{parts['ce']:.3f}", lr=f"{sched(state['step']):.1e}")
+            if time.time() - t_ckpt > checkpoint_minutes * 60:
+                _save_state(out, net, opt, state)
+                t_ckpt = time.time()
+            if max_minutes is not None and time.time() - t_leg > max_minutes * 60:
+                stopped_early = True
+                break
+        bar.close()
+        if stopped_early:
+            break
+        state["epoch"] += 1
+        state["group_pos"] = 0
+        acc = quick_validate(net, vds, inst, sky, zg, n=min(n_val, 1500), dev=dev)
+        state["history"].append({"epoch": ep + 1, "val_acc_deterministic": acc, "seconds": state["seconds"]})
+        log.info("epoch %d done: val |dz|<0.01 (deterministic pass, 1500 obj) = %.3f; %.0f s", ep + 1, acc,
+                 state["seconds"])
+        _save_state(out, net, opt, state)
+        t_ckpt = time.time()
+    _save_state(out, net, opt, state)
+    if stopped_early:
+        log.info("leg ended after %.1f min; resume with --resume", (time.time() - t_leg) / 60)
+        return {"finished": False, **{k: state[k] for k in ("epoch", "step", "seconds")}}
+    training = {k: state[k] for k in ("seed", "epochs", "batch_size", "lr", "step", "seconds", "history", "device",
+                                       "train_store", "val_store", "n_train", "threads")}
+    from .provenance import provenance
+
+    training["provenance"] = provenance()
+    net.eval()
+    calib = {"temperature": 1.0, "target_norm": tnorm, "thresholds": {}}
+    sha = save_model(out, net, inst, sky, PREPROCESSING_VERSION, calib, training)
+    from .calibrate import calibrate_model
+
+    report = calibrate_model(out, val_store, n=n_val)
+    log.info("calibration: %s", json.dumps(report))
+    return {"finished": True, "model_dir": str(out), "calibration": report, **training}
+
+
+@torch.no_grad()
+def quick_validate(net, vds, inst, sky, zg, n: int, dev) -> float:
+    """|Δz| < 0.01 fraction of a deterministic pass on the first ``n`` in-range validation objects."""
+    net.eval()
+    from .model.network import ones_masks
+
+    kind = vds["kind"].values[:n]
+    cols = {"flux": vds["flux"][:n].values, "ivar": vds["ivar"][:n].values}
+    pp = preprocess(cols["flux"], cols["ivar"], inst, sky)
+    zs = []
+    for b0 in range(0, n, 64):
+        x = torch.from_numpy(pp.x[b0:b0 + 64]).to(dev)
+        s = torch.from_numpy(pp.scalars[b0:b0 + 64]).to(dev)
+        out = net(x, s, ones_masks(net.cfg, len(x), 1, dev))
+        zs.append(zg.centres[out["logits_z"][:, 0].argmax(dim=1).cpu().numpy()])
+    z = np.concatenate(zs)
+    zt = vds["z_true"].values[:n]
+    ok = kind == 0
+    net.train()
+    return float((np.abs(z[ok] - zt[ok]) < 0.01).mean())
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model on simulated survey stores",
+                              description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--train", required=True, help="training survey store (with truth columns)")
+    p.add_argument("--val", required=True, help="validation survey store (calibration, thresholds)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/train_state")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max-minutes", type=float, default=None, help="end this leg after this many minutes")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    p.add_argument("--n-val", type=int, default=4000, help="validation objects used for calibration")
+    p.add_argument("--arch", default=None, help="JSON dict overriding NetConfig fields (e.g. '{\"width\": 16}')")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    res = train_model(args.train, args.val, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      seed=args.seed, resume=args.resume, threads=args.threads, device=args.device,
+                      arch=json.loads(args.arch) if args.arch else None, max_minutes=args.max_minutes,
+                      checkpoint_minutes=args.checkpoint_minutes, n_val=args.n_val)
+    print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=1, default=str))
+    return 0 if res.get("finished") else 3
