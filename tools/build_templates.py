@@ -4,7 +4,9 @@
 Source: the five NMF templates of kcorrect (Blanton & Roweis 2007; ``kcorrect-default-v4.fits`` in the kcorrect
 5.1.9 wheel on PyPI, BSD-3-Clause). They are Bruzual & Charlot (2003) stellar populations with a Chabrier (2003)
 IMF, each normalised to 1 M☉ formed, flux in erg/s/cm²/Å at 10 pc, and carry the mass remaining (MREMAIN) and the
-mass formed in the last 300 Myr and 1 Gyr (M300, M1000). They include nebular emission lines; these are removed
+mass formed in the last 300 Myr and 1 Gyr (M300, M1000). The nebular Hα each template carried gives its
+instantaneous SFR (``sfr_halpha``, M☉/yr per M☉ formed; Kennicutt & Evans 2012, Chabrier), so that the
+simulator's SFR labels and the Hα it adds back are consistent with the continuum. They include nebular emission lines; these are removed
 here: in a window of ±0.35% around each line of a list of 60 nebular lines (Lyα to Brγ) the flux is replaced by
 min(flux, straight line between the window edges), keeping stellar absorption, then any remaining narrow peak
 (> 3% above a 41-pixel running median, inside a line window) is clipped.
@@ -62,17 +64,28 @@ def build(src: Path, out: Path, wmin: float = 900.0, wmax: float = 30000.0) -> d
     wave = wave[sel]
     clean = np.stack([remove_lines(wave, f[sel]) for f in flux])
     removed = 1 - clean.sum(1) / flux[:, sel].sum(1)
+    # Instantaneous SFR of each template from its own (removed) nebular Hα, with the same Kennicutt & Evans
+    # (2012) Chabrier calibration the simulator uses for its lines: SFR = L(Hα) / 10^41.27 erg/s. The template
+    # resolution blends Hα with [NII]6548,6583; [NII]/Hα = 0.35 (total) is assumed to deblend.
+    fourpi_d2 = 4 * np.pi * (10 * 3.0856775814913673e18) ** 2
+    sfr_ha = np.zeros(len(flux))
+    for t in range(len(flux)):
+        d = flux[t, sel] - clean[t]
+        win = (wave > 6564.6 * 0.993) & (wave < 6564.6 * 1.007)
+        sfr_ha[t] = max(np.trapezoid(d[win], wave[win]), 0.0) / 1.35 * fourpi_d2 / 10**41.27
     np.savez_compressed(
         out,
         wave=wave.astype(np.float64),
         flux=clean.astype(np.float32),
         intsfh=meta["INTSFH"], mremain=meta["MREMAIN"], mets=meta["METS"], m300=meta["M300"], m1000=meta["M1000"],
+        sfr_halpha=sfr_ha,
         flux_units=np.asarray("erg / (s cm2 Angstrom) at 10 pc per Msun formed"),
         imf=np.asarray("Chabrier 2003"),
         source=np.asarray("kcorrect 5.1.9 kcorrect-default-v4.fits (Blanton & Roweis 2007; BC03, Chabrier IMF), "
                           "nebular lines removed by tools/build_templates.py"),
     )
-    return {"n_wave": int(wave.size), "size_bytes": out.stat().st_size, "flux_removed_frac": removed.round(4).tolist()}
+    return {"n_wave": int(wave.size), "size_bytes": out.stat().st_size, "flux_removed_frac": removed.round(4).tolist(),
+            "sfr_halpha_per_msun_formed": sfr_ha.tolist()}
 
 
 def main() -> None:

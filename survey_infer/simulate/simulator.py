@@ -36,7 +36,7 @@ class SimConfig:
     z_range : (float, float)
         Redshift range of target galaxies (kind 0), drawn uniformly.
     passive_fraction : float
-        Fraction of galaxies that are quiescent (SFR 1.5 dex below the main sequence, weak lines).
+        Fraction of galaxies that are quiescent (SFR 2.0 ± 0.4 dex below the main sequence, weak lines).
     interloper_fraction : float
         Fraction of rows that are interlopers; split by ``interloper_mix`` into stars (z ≈ 0), galaxies at
         ``lowz_range`` (kind 2) and at ``highz_range`` (kind 3).
@@ -122,37 +122,40 @@ def _N(u: np.ndarray) -> np.ndarray:
     return ndtri(np.clip(u, 1e-12, 1 - 1e-12))
 
 
-def _shape_per_unit_mass(tb: dict, z: np.ndarray, lssfr: np.ndarray, old_w: np.ndarray, young_w: np.ndarray,
-                         av: np.ndarray):
-    """Per-unit-stellar-mass rest spectrum (n, L) at 10 pc with dust, and its actual log sSFR (yr⁻¹)."""
-    r, p = tb["mremain"], tb["m300"]
-    old_idx, young_idx = (0, 2, 3), (1, 4)
-    # old and young mixtures, per M☉ formed
-    r_o = sum(old_w[:, j] * r[t] for j, t in enumerate(old_idx))
-    p_o = sum(old_w[:, j] * p[t] for j, t in enumerate(old_idx))
-    r_y = sum(young_w[:, j] * r[t] for j, t in enumerate(young_idx))
-    p_y = sum(young_w[:, j] * p[t] for j, t in enumerate(young_idx))
-    K = 10.0 ** lssfr * 3e8
+OLD_SET = (0, 2, 3, 4)  # continuum templates (mixed with Dirichlet weights)
+YOUNG = 1  # the young, line-emitting template that carries the star formation
+
+
+def _shape_per_unit_mass(tb: dict, z: np.ndarray, lssfr: np.ndarray, old_w: np.ndarray, av: np.ndarray):
+    """Per-unit-stellar-mass rest spectrum (n, L) at 10 pc with dust, and its actual log sSFR (yr⁻¹).
+
+    The galaxy is x M☉ formed of the continuum mixture ``old_w`` over :data:`OLD_SET` plus y M☉ formed of the
+    young template; y/x is solved so that the instantaneous (Hα-calibrated, see ``tools/build_templates.py``)
+    sSFR equals ``lssfr`` where possible (clipped to the pure-young and pure-old limits).
+    """
+    r, s_ha = tb["mremain"], tb["sfr_halpha"]
+    r_o = sum(old_w[:, j] * r[t] for j, t in enumerate(OLD_SET))
+    p_o = sum(old_w[:, j] * s_ha[t] for j, t in enumerate(OLD_SET))
+    r_y, p_y = r[YOUNG], s_ha[YOUNG]
+    K = 10.0 ** lssfr
     num = K * r_o - p_o
     den = p_y - K * r_y
-    # y/x ratio of young to old mass formed; pure young when the target sSFR exceeds the young mix's own
     pure_young = den <= 0
     ratio = np.where(pure_young, 0.0, np.maximum(num, 0.0) / np.where(pure_young, 1.0, den))
     x = np.where(pure_young, 0.0, 1.0 / (1.0 + ratio))
     y = np.where(pure_young, 1.0, ratio / (1.0 + ratio))
     mstar = x * r_o + y * r_y
-    sfr300 = (x * p_o + y * p_y) / 3e8
+    sfr = x * p_o + y * p_y
     F = tb["flux"]
     spec = np.zeros((z.size, F.shape[1]))
-    for j, t in enumerate(old_idx):
+    for j, t in enumerate(OLD_SET):
         spec += (x * old_w[:, j])[:, None] * F[t]
-    for j, t in enumerate(young_idx):
-        spec += (y * young_w[:, j])[:, None] * F[t]
+    spec += y[:, None] * F[YOUNG]
     spec /= mstar[:, None]
     att = 10.0 ** (-0.4 * av[:, None] * ph.calzetti_k(tb["wave"])[None, :] / 4.05)
     spec *= att
     with np.errstate(divide="ignore"):
-        lssfr_act = np.log10(sfr300 / mstar)
+        lssfr_act = np.log10(sfr / mstar)
     return spec, lssfr_act
 
 
@@ -177,10 +180,19 @@ def simulate_block(start: int, n: int, seed: int, config: SimConfig | None = Non
     dict
         ``flux``, ``ivar`` (n, W) float32 in 1e-17 erg/s/cm²/Å (and its inverse square); per-row
         ``object_id`` int64, ``ra``, ``dec`` (deg), ``t_exp`` (s), ``z_true``, ``logmstar_true`` (log M☉,
-        Chabrier), ``logsfr_true`` (log M☉/yr, 300 Myr average of the template mix = Hα calibration),
+        Chabrier), ``logsfr_true`` (log M☉/yr, instantaneous, Hα-calibrated: Kennicutt & Evans 2012, Chabrier),
         ``is_passive``, ``mag_h`` (AB, top-hat 15000–18000 Å), ``kind`` (0 galaxy in z_range, 1 star,
         2 galaxy below, 3 galaxy above). Stars have NaN mass and SFR.
     """
+    return _simulate(start, n, seed, config, instrument, extras=False)
+
+
+def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrument, extras: bool = False) -> dict:
+    """Implementation of :func:`simulate_block`; ``extras=True`` adds noiseless and diagnostic arrays:
+    ``model`` (n, W) noiseless spectrum above the atmosphere, ``sky_flux`` (n, W) sky in flux units (same
+    calibration as ``flux``), ``sky_resid`` (n, W) the sky-subtraction residual in flux units, ``halpha_flux``
+    (observed, attenuated Hα, 1e-17 erg/s/cm²), ``halpha_cont`` (continuum at observed Hα, flux units),
+    ``av`` (stellar A_V), ``sigma_v`` (km/s)."""
     cfg = config or SimConfig()
     cfg.validate()
     inst = instrument if isinstance(instrument, Instrument) else load_instrument(instrument)
@@ -218,15 +230,15 @@ def simulate_block(start: int, n: int, seed: int, config: SimConfig | None = Non
     # --- galaxy continua ----------------------------------------------------------------------------------
     zg = np.where(star, 1.0, z)  # placeholders for stars (overwritten below)
     dl = ph.lum_distance_cm(zg)
-    # old-population mixture (templates 0, 2, 3): Dirichlet(1,1,1) with the oldest (3) down-weighted when the
-    # Universe is young; young mixture (1, 4)
+    # continuum mixture over templates (0, 2, 3, 4): Dirichlet(1,1,1,1); the oldest (3) is down-weighted when
+    # the Universe is young; passive galaxies use only the two line-free old templates (0, 3)
     age = ph.age_gyr(zg)
-    e = -np.log(np.clip(u[:, 9:12], 1e-12, 1.0))
+    e = -np.log(np.clip(u[:, 9:13], 1e-12, 1.0))
     e[:, 2] *= np.clip((age - 1.5) / 4.0, 0.05, 1.0)
+    e[:, 1] = np.where(passive, 0.0, e[:, 1])
+    e[:, 3] = np.where(passive, 0.0, e[:, 3])
     old_w = e / e.sum(axis=1, keepdims=True)
-    ey = -np.log(np.clip(u[:, 12:14], 1e-12, 1.0))
-    young_w = ey / ey.sum(axis=1, keepdims=True)
-    d_ms = np.where(passive, -1.5 + 0.3 * _N(u[:, 14]), cfg.ms_scatter_dex * _N(u[:, 15]))
+    d_ms = np.where(passive, -2.0 + 0.4 * _N(u[:, 14]), cfg.ms_scatter_dex * _N(u[:, 15]))
     av_scatter = _N(u[:, 16])
     dist_fac = (10.0 * ph.PC_CM / dl) ** 2 / (1.0 + zg)
     logm = np.full(n, 10.3)
@@ -235,7 +247,7 @@ def simulate_block(start: int, n: int, seed: int, config: SimConfig | None = Non
         lssfr = ph.main_sequence_logsfr(logm, zg) + d_ms - logm
         av = np.where(passive, 0.3 * u[:, 17],
                       np.clip(0.3 + 0.5 * (logm - 10.0) + 0.3 * av_scatter, 0.0, 2.5))
-        spec, lssfr_act = _shape_per_unit_mass(tb, zg, lssfr, old_w, young_w, av)
+        spec, lssfr_act = _shape_per_unit_mass(tb, zg, lssfr, old_w, av)
 
         def _fh(ws, spec=spec):
             return ph.sample_log_grid(spec, lnw0, dlnw, ws[None, :] / (1.0 + zg[:, None])) * dist_fac[:, None]
@@ -269,6 +281,8 @@ def simulate_block(start: int, n: int, seed: int, config: SimConfig | None = Non
     lf = np.stack([rel[k] for k in ph.LINE_NAMES], axis=1)
     lf *= 10.0 ** (-0.4 * av_neb[:, None] * ph.calzetti_k(ph.LINE_WAVE)[None, :] / 4.05)
     lf = np.where(star[:, None], 0.0, lf)
+    if extras:
+        cont_model = model.copy()
     ph.add_gaussian_lines(model, inst.arms, inst.arm_slices(), ph.LINE_WAVE[None, :] * (1 + zg[:, None]), lf,
                           sig_v, cfg.sigma_v_max_kms)
 
@@ -322,9 +336,17 @@ def simulate_block(start: int, n: int, seed: int, config: SimConfig | None = Non
     flux = obs_e / scale
     ivar = (scale / sig_e) ** 2
 
+    if extras:
+        ia = ph.LINE_NAMES.index("Halpha")
+        lam_ha = ph.LINE_WAVE[ia] * (1 + zg)
+        jj = np.clip(np.searchsorted(wave, lam_ha), 0, W - 1)
+        cont_ha = ph.sample_log_grid(spec, lnw0, dlnw, (lam_ha / (1 + zg))[:, None])[:, 0] * mass_scale
+        ext = {"model": model, "sky_flux": sky_e / scale, "sky_resid": resid_e / scale,
+               "halpha_flux": np.where(star, 0.0, lf[:, ia]), "halpha_cont": cont_ha, "av": av, "sigma_v": sig_v,
+               "line_flux": lf, "continuum": cont_model, "halpha_pix": jj}
     logm_out = np.where(star, np.nan, logm)
     logsfr_out = np.where(star, np.nan, logsfr)
-    return {
+    out = {
         "flux": flux.astype(np.float32),
         "ivar": ivar.astype(np.float32),
         "object_id": np.arange(start, start + n, dtype=np.int64),
@@ -338,13 +360,6 @@ def simulate_block(start: int, n: int, seed: int, config: SimConfig | None = Non
         "mag_h": mag_h.astype(np.float32),
         "kind": kind,
     }
-
-
-def noiseless_block(start: int, n: int, seed: int, config: SimConfig | None = None,
-                    instrument: Instrument | str | None = None) -> dict[str, np.ndarray]:
-    """Like :func:`simulate_block` but without noise or sky residuals (for tests and figures)."""
-    cfg = config or SimConfig()
-    from dataclasses import replace
-
-    out = simulate_block(start, n, seed, replace(cfg, sky_residual=0.0, sky_shift_pix=0.0), instrument)
+    if extras:
+        out.update(ext)
     return out
