@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_catalog(path: Path, n: int = 40, nz: int = 50, chunk: int = 16, pz_dtype: str = "float16",
                   with_pz: bool = True, nodata: tuple[int, ...] = (3, 7), seed: int = 1,
-                  input_store: str | None = None) -> Path:
+                  input_store: str | None = None, z_true: np.ndarray | None = None) -> Path:
     """Write a small catalog following DESIGN §7 / catalog_schema (Zarr v3, xarray) with NODATA rows."""
     rng = np.random.default_rng(seed)
     z_grid = np.linspace(0.0, 3.0, nz)
-    z_true = rng.uniform(0.2, 2.5, n).astype(np.float32)
+    z_true = (rng.uniform(0.2, 2.5, n) if z_true is None else np.asarray(z_true)).astype(np.float32)
     dz = z_grid[1] - z_grid[0]
     pz = np.exp(-0.5 * ((z_grid[None, :] - z_true[:, None]) / (3 * dz)) ** 2)
     pz /= pz.sum(1, keepdims=True)
