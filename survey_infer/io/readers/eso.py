@@ -1,0 +1,152 @@
+"""ESO Phase-3 1D spectra (Science Data Products standard; e.g. LEGA-C DR3, X-shooter, FORS2, MUSE 1D).
+
+Layout: a binary table (normally ``PHASE3SPECTRA``, one row) whose cells are arrays: ``WAVE``, ``FLUX`` (or
+``FLUX_REDUCED``), ``ERR`` (1 sigma; or ``ERR_REDUCED``), optional ``QUAL`` (non-zero = bad). Several rows are read
+as several spectra. Primary ``PRODCATG = 'SCIENCE.SPECTRUM'`` and/or table ``VOCLASS = 'SPECTRUM ...'`` identify
+the format.
+
+Quirks handled:
+
+* units come from ``TUNITn`` (LEGA-C flux is ``10**(-19).erg.cm**(-2).s**(-1).angstrom**(-1)``, i.e. 0.01 of the
+  store unit; X-shooter wavelengths are in nm); absent units mean Angstrom / erg s-1 cm-2 A-1 with a warning;
+* air wavelengths: the wavelength column's ``TUCDn`` contains ``obs.atmos`` (``em.wl;obs.atmos``) for air, as in
+  LEGA-C; they are converted to vacuum. Without it the wavelengths are taken to be vacuum;
+* redshift: from header keywords ``Z``, ``REDSHIFT``, ``Z_SPEC`` or ``Z_BEST`` when present (LEGA-C DR3 spectra
+  carry none: their redshifts are in the DR3 catalogue, so ``z_catalog`` stays unknown);
+* ``target_id``: LEGA-C names ``M<mask>_<id>`` give the UltraVISTA id (shared by repeat observations on different
+  masks); other objects get a stable hash of ``OBJECT``. ``t_exp`` is ``TEXPTIME`` (else ``EXPTIME``).
+* LEGA-C spectra are topocentric (``SPECSYS = 'TOPOCENT'``); the < 30 km/s barycentric offset is not corrected.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, flux_factor, header_float,
+                   header_str, ivar_from_error, log, parse_unit, stable_id, wave_to_angstrom)
+
+_LEGAC_RE = re.compile(r"^M\d+_(\d+)$")
+
+
+def _find(cols: list[str], *cands: str) -> str | None:
+    up = {c.upper(): c for c in cols}
+    for c in cands:
+        if c in up:
+            return up[c]
+    return None
+
+
+class ESOPhase3Reader(SpectrumReader):
+    """Reader for ESO Phase-3 1D spectra (WAVE/FLUX/ERR/QUAL array cells)."""
+
+    name = "eso_phase3"
+    priority = 20
+
+    def _table_hdu(self, probe: FileProbe) -> int | None:
+        for i, (n, t, h) in enumerate(probe.hdus):
+            if t != "table":
+                continue
+            cols = [c.upper() for c in probe.table_columns(i)]
+            if "WAVE" in cols and ("FLUX" in cols or "FLUX_REDUCED" in cols):
+                return i
+        return None
+
+    def can_read_probe(self, probe: FileProbe) -> bool:
+        if probe.kind != "fits":
+            return False
+        i = self._table_hdu(probe)
+        if i is None:
+            return False
+        h0, h = probe.header(0), probe.header(i)
+        prodcatg = str(h0.get("PRODCATG", "")).upper()
+        voclass = str(h.get("VOCLASS", "")).upper()
+        return prodcatg.startswith("SCIENCE.SPECTRUM") or voclass.startswith("SPECTRUM") or probe.hdus[i][0] == "PHASE3SPECTRA"
+
+    def read(self, path: str | os.PathLike) -> list[Spectrum]:
+        from astropy.io import fits
+
+        path = Path(path)
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                hdr0 = hdul[0].header
+                idx = None
+                for i, hdu in enumerate(hdul):
+                    if isinstance(hdu, fits.BinTableHDU):
+                        cols = [c.upper() for c in hdu.columns.names]
+                        if "WAVE" in cols and ("FLUX" in cols or "FLUX_REDUCED" in cols):
+                            idx = i
+                            break
+                if idx is None:
+                    raise ReaderError(path, "ESO Phase-3 file without a WAVE/FLUX table")
+                tab = hdul[idx]
+                h = tab.header
+                names = list(tab.columns.names)
+                cw = _find(names, "WAVE")
+                cf = _find(names, "FLUX", "FLUX_REDUCED")
+                ce = _find(names, "ERR", "ERR_REDUCED", "ERROR")
+                cq = _find(names, "QUAL", "QUALITY")
+                colnum = {n: k + 1 for k, n in enumerate(names)}
+                wunit = h.get(f"TUNIT{colnum[cw]}", "") or ""
+                funit = h.get(f"TUNIT{colnum[cf]}", "") or ""
+                eunit = (h.get(f"TUNIT{colnum[ce]}", "") or funit) if ce else funit
+                wucd = str(h.get(f"TUCD{colnum[cw]}", "") or "")
+                data = tab.data
+                rows = []
+                for r in range(len(data)):
+                    rows.append((np.atleast_1d(np.asarray(data[cw][r], dtype=np.float64)).ravel(),
+                                 np.atleast_1d(np.asarray(data[cf][r], dtype=np.float64)).ravel(),
+                                 np.atleast_1d(np.asarray(data[ce][r], dtype=np.float64)).ravel() if ce else None,
+                                 np.atleast_1d(np.asarray(data[cq][r])).ravel() if cq else None))
+        except ReaderError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ReaderError(path, f"cannot read ESO Phase-3 spectrum ({type(exc).__name__}: {exc})") from exc
+        if not rows:
+            raise ReaderError(path, "ESO Phase-3 table has no rows")
+        if not wunit.strip():
+            log.warning("%s: wavelength unit not given; assuming Angstrom", path)
+            wunit = "Angstrom"
+        if not funit.strip():
+            log.warning("%s: flux unit not given; assuming erg/s/cm2/Angstrom", path)
+            funit = eunit = "erg/s/cm2/Angstrom"
+        air = "obs.atmos" in wucd.lower() or str(h.get("AIRORVAC", hdr0.get("AIRORVAC", ""))).lower().startswith("air")
+        obj = header_str([h, hdr0], "OBJECT")
+        m = _LEGAC_RE.match(obj)
+        tid = int(m.group(1)) if m else (stable_id(obj) if obj else None)
+        z = header_float([h, hdr0], "Z", "REDSHIFT", "Z_SPEC", "Z_BEST")
+        out = []
+        for r, (wave, flux, err, qual) in enumerate(rows):
+            if not (wave.size == flux.size and (err is None or err.size == wave.size)):
+                raise ReaderError(path, f"row {r}: WAVE ({wave.size}), FLUX ({flux.size}) and ERR lengths differ")
+            try:
+                wave = wave_to_angstrom(wave, wunit)
+                if air:
+                    from ..resample import air_to_vacuum
+
+                    wave = air_to_vacuum(wave)
+                ff = flux_factor(parse_unit(funit, "flux"), wave)
+                fe = flux_factor(parse_unit(eunit, "flux"), wave)
+            except ValueError as exc:
+                raise ReaderError(path, str(exc)) from exc
+            order_ok = np.all(np.diff(wave) > 0)
+            if not order_ok:
+                raise ReaderError(path, f"row {r}: WAVE is not strictly increasing")
+            if err is None:
+                raise ReaderError(path, "ESO Phase-3 table has no ERR column: cannot weight the spectrum")
+            ivar = ivar_from_error(err * fe)
+            out.append(Spectrum(
+                arms=[SpectrumArm(wave=wave, flux=flux * ff, ivar=ivar, mask=qual)],
+                source_files=(str(path),),
+                reader=self.name,
+                name=obj or path.stem + (f":{r}" if len(rows) > 1 else ""),
+                ra=header_float([h, hdr0], "RA"),
+                dec=header_float([h, hdr0], "DEC"),
+                target_id=tid,
+                z_catalog=z,
+                t_exp=header_float([hdr0, h], "TEXPTIME", "EXPTIME"),
+                meta={"air_wavelengths": bool(air), "specsys": header_str([hdr0, h], "SPECSYS")},
+            ))
+        return out

@@ -1,0 +1,93 @@
+"""JWST/NIRSpec 1D spectra written by msaexp (``*.spec.fits``).
+
+Layout: binary table ``SPEC1D`` with one row per pixel: ``wave`` (TUNIT ``um``), ``flux`` and ``err`` (TUNIT
+``uJy``), plus optional ``valid``; 2D ``SCI``/``WHT``/``PROFILE`` images are ignored. Source metadata sit in the
+``SPEC1D`` header: ``SRCNAME``, ``SRCID``, ``SRCRA``/``SRCDEC``, ``EFFEXPTM`` (s), ``GRATING``.
+
+Quirks handled:
+
+* the units are taken from ``TUNITn`` (the ``BUNIT`` keyword of the same header says ``mJy`` but describes the 2D
+  images); f_nu is converted to f_lambda per pixel: f_lambda = f_nu c / lambda^2, then to 1e-17 erg/s/cm2/A;
+* wavelengths are vacuum (space observatory); the PRISM grid is strongly non-uniform (R ~ 30-300), so pixel edges
+  are mid-points between centres;
+* pixels with ``err <= 0`` or non-finite values (the file pads both ends with zeros / inf) get ivar = 0;
+* a redshift is read from ``REDSHIFT``/``Z`` header keywords if present (msaexp test files carry none).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, as_int_id, flux_factor,
+                   header_float, header_str, ivar_from_error, log, parse_unit, stable_id, wave_to_angstrom)
+
+
+class MsaexpReader(SpectrumReader):
+    """Reader for msaexp ``SPEC1D`` tables (JWST/NIRSpec)."""
+
+    name = "jwst_msaexp"
+    priority = 10
+
+    def can_read_probe(self, probe: FileProbe) -> bool:
+        if probe.kind != "fits" or "SPEC1D" not in probe.hdu_names():
+            return False
+        cols = {c.lower() for c in probe.table_columns("SPEC1D")}
+        return {"wave", "flux", "err"} <= cols
+
+    def read(self, path: str | os.PathLike) -> list[Spectrum]:
+        from astropy.io import fits
+
+        path = Path(path)
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                tab = hdul["SPEC1D"]
+                h = tab.header
+                hdr0 = hdul[0].header
+                names = {c.lower(): c for c in tab.columns.names}
+                units = {c.name.lower(): (c.unit or "") for c in tab.columns}
+                wave = np.asarray(tab.data[names["wave"]], dtype=np.float64)
+                flux = np.asarray(tab.data[names["flux"]], dtype=np.float64)
+                err = np.asarray(tab.data[names["err"]], dtype=np.float64)
+                valid = np.asarray(tab.data[names["valid"]]).astype(bool) if "valid" in names else None
+        except Exception as exc:  # noqa: BLE001
+            raise ReaderError(path, f"cannot read msaexp SPEC1D table ({type(exc).__name__}: {exc})") from exc
+        if wave.size == 0:
+            raise ReaderError(path, "SPEC1D table has no rows")
+        wunit = units.get("wave") or ""
+        funit = units.get("flux") or ""
+        eunit = units.get("err") or funit
+        if not wunit:
+            log.warning("%s: SPEC1D wave has no TUNIT; assuming micron (msaexp convention)", path)
+            wunit = "um"
+        if not funit:
+            log.warning("%s: SPEC1D flux has no TUNIT; assuming microJansky (msaexp convention)", path)
+            funit = eunit = "uJy"
+        try:
+            wave = wave_to_angstrom(wave, wunit)
+            ff = flux_factor(parse_unit(funit, "flux"), wave)
+            fe = flux_factor(parse_unit(eunit, "flux"), wave)
+        except ValueError as exc:
+            raise ReaderError(path, str(exc)) from exc
+        if not np.all(np.diff(wave) > 0):
+            raise ReaderError(path, "SPEC1D wave is not strictly increasing")
+        ivar = ivar_from_error(err * fe)
+        mask = None if valid is None else (~valid).astype(np.uint8)
+        name = header_str([h, hdr0], "SRCNAME") or path.stem
+        tid = as_int_id(h.get("SRCID"))
+        if tid is None:
+            tid = stable_id(name)
+        spec = Spectrum(
+            arms=[SpectrumArm(wave=wave, flux=flux * ff, ivar=ivar, mask=mask, name=header_str([h, hdr0], "GRATING"))],
+            source_files=(str(path),),
+            reader=self.name,
+            name=name,
+            ra=header_float([h, hdr0], "SRCRA", "RA_TARG", "RA"),
+            dec=header_float([h, hdr0], "SRCDEC", "DEC_TARG", "DEC"),
+            target_id=tid,
+            z_catalog=header_float([h, hdr0], "REDSHIFT", "Z"),
+            t_exp=header_float([h, hdr0], "EFFEXPTM", "EXPTIME"),
+            meta={"grating": header_str([h, hdr0], "GRATING"), "filter": header_str([h, hdr0], "FILTER")},
+        )
+        return [spec]
