@@ -372,7 +372,7 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     g.add_argument("--slurm-extra-directive", action="append", metavar="DIRECTIVE", dest="slurm_extra_directives",
                    help="extra #SBATCH directive, e.g. --slurm-extra-directive=--qos=long (repeatable)")
     g.add_argument("--slurm-skip-directive", action="append", metavar="TEXT", dest="slurm_directives_skip",
-                   help="drop generated #SBATCH lines containing TEXT, e.g. --mem (repeatable)")
+                   help="drop generated #SBATCH lines containing TEXT, e.g. --slurm-skip-directive=--mem (repeatable)")
     g.add_argument("--slurm-prologue", action="append", metavar="SHELL", dest="slurm_prologue",
                    help="shell line run in the job before the worker, e.g. 'module load cuda' (repeatable)")
     g.add_argument("--slurm-lifetime", metavar="DURATION",
