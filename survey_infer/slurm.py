@@ -176,8 +176,12 @@ def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dic
     threads_per_worker = options.pop("threads_per_worker", None)
     explicit_cores = options.get("cores")
     o = resolve_options(options)
-    n_jobs = options.get("jobs") or jobs or o["jobs"]
-    n_jobs = int(n_jobs)
+    if options.get("jobs") is not None:
+        n_jobs = int(options["jobs"])
+    elif jobs is not None:
+        n_jobs = int(jobs)
+    else:
+        n_jobs = int(o["jobs"])
     if n_jobs < 1:
         raise SlurmError(f"--slurm-jobs must be at least 1, got {n_jobs}")
 

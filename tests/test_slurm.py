@@ -1,0 +1,249 @@
+"""Slurm deployment on a real Slurm: dask-jobqueue worker jobs, lost jobs, the one-allocation sbatch script.
+
+The tests marked ``slurm`` need a Slurm controller that answers ``sinfo`` from this machine. They are skipped
+unless one answers, or ``SURVEY_INFER_TEST_SLURM=1`` is set; with the flag set they wait for the local Slurm that
+``deploy/local-slurm/start.sh --background`` is starting (its ready-file), and fail instead of skipping when it
+does not come up. Nothing is ever installed from here.
+
+Option translation and the clear error without dask-jobqueue are tested without Slurm.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+
+from survey_infer import slurm as si_slurm
+
+REPO = Path(__file__).resolve().parents[1]
+STATE_DIR = Path(os.environ.get("SURVEY_INFER_SLURM_DIR", "/tmp/survey-infer-slurm"))
+FLAG = os.environ.get("SURVEY_INFER_TEST_SLURM", "") not in ("", "0")
+WAIT_S = float(os.environ.get("SURVEY_INFER_SLURM_WAIT", "900"))
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _sh(*cmd: str, check: bool = True, timeout: float = 60) -> str:
+    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res.stdout
+
+
+def _job_state(job_id: str) -> str:
+    """State of a job (squeue while it is known there, else scontrol), '' when Slurm forgot it."""
+    out = _sh("squeue", "-h", "-j", job_id, "-o", "%T", check=False).strip()
+    if out:
+        return out.splitlines()[0]
+    out = _sh("scontrol", "show", "job", job_id, check=False)
+    for tok in out.split():
+        if tok.startswith("JobState="):
+            return tok.split("=", 1)[1]
+    return ""
+
+
+def _job_field(job_id: str, field: str) -> str:
+    out = _sh("scontrol", "show", "job", job_id, check=False)
+    for tok in out.split():
+        if tok.startswith(field + "="):
+            return tok.split("=", 1)[1]
+    return ""
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _wait_for_local_slurm() -> None:
+    """With the flag set: wait for deploy/local-slurm/start.sh --background (ready/failed files)."""
+    if not STATE_DIR.exists():
+        return  # not our local Slurm: the machine's own Slurm must answer
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if (STATE_DIR / "failed").exists():
+            pytest.fail(f"local Slurm failed to start: {(STATE_DIR / 'failed').read_text().strip()} "
+                        f"(log: {STATE_DIR / 'start.log'})")
+        if (STATE_DIR / "ready").exists():
+            return
+        time.sleep(1)
+    pytest.fail(f"local Slurm not ready after {WAIT_S:.0f} s (log: {STATE_DIR / 'start.log'})")
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    """A reachable Slurm, or skip (fail when SURVEY_INFER_TEST_SLURM=1 asked for one)."""
+    mp = pytest.MonkeyPatch()
+    if FLAG:
+        _wait_for_local_slurm()
+    # the local Slurm's config, when /etc/slurm/slurm.conf does not point to it
+    conf = STATE_DIR / "slurm.conf"
+    if "SLURM_CONF" not in os.environ and conf.exists() and not Path("/etc/slurm/slurm.conf").exists():
+        mp.setenv("SLURM_CONF", str(conf))
+    if not si_slurm.slurm_available():
+        mp.undo()
+        if FLAG:
+            pytest.fail("SURVEY_INFER_TEST_SLURM=1 but sinfo does not answer")
+        pytest.skip("no Slurm answers sinfo (set SURVEY_INFER_TEST_SLURM=1 to require one)")
+    try:
+        import dask_jobqueue  # noqa: F401
+    except ImportError:
+        mp.undo()
+        if FLAG:
+            pytest.fail("SURVEY_INFER_TEST_SLURM=1 but dask-jobqueue is not installed (pip install -e '.[slurm]')")
+        pytest.skip("dask-jobqueue not installed")
+    yield
+    mp.undo()
+
+
+@pytest.fixture
+def jobqueue():
+    return pytest.importorskip("dask_jobqueue")
+
+
+# ------------------------------------------------------------------------------------------------ no Slurm needed
+def test_cli_options_become_job_script(jobqueue):
+    parser = argparse.ArgumentParser()
+    si_slurm.add_slurm_arguments(parser)
+    args = parser.parse_args([
+        "--slurm-jobs", "3", "--slurm-cores", "4", "--slurm-memory", "16GiB", "--slurm-walltime", "02:00:00",
+        "--slurm-partition", "gpu", "--slurm-account", "astro", "--slurm-gpus-per-job", "1",
+        "--slurm-extra-directive=--qos=long", "--slurm-skip-directive=--mem", "--slurm-lifetime", "110m",
+        "--slurm-lifetime-stagger", "4m", "--slurm-local-directory", "$TMPDIR",
+    ])
+    opts = si_slurm.slurm_options_from_args(args)
+    assert opts["jobs"] == 3 and opts["gpus_per_job"] == 1
+    n_jobs, kw = si_slurm.cluster_kwargs(8, **opts)
+    assert n_jobs == 3  # --slurm-jobs wins over the positional (--workers)
+    script = si_slurm.describe_job_script(8, **opts)
+    lines = script.splitlines()
+    assert "#SBATCH -p gpu" in lines and "#SBATCH -A astro" in lines
+    assert "#SBATCH --cpus-per-task=4" in lines and "#SBATCH -t 02:00:00" in lines
+    assert "#SBATCH --gres=gpu:1" in lines and "#SBATCH --qos=long" in lines
+    assert not any(line.startswith("#SBATCH --mem") for line in lines)  # skipped for --mem-per-gpu sites
+    cmd = lines[-1]
+    assert f"{sys.executable} -m dask cuda worker" in cmd  # `dask_cuda.cli` has no __main__: use `dask cuda`
+    assert "--lifetime 110m --lifetime-stagger 4m" in cmd and "--local-directory $TMPDIR" in cmd
+    assert "--nthreads 4" in cmd
+
+
+def test_site_config_and_precedence(jobqueue):
+    # defaults from survey_infer/slurm.yaml
+    _, kw = si_slurm.cluster_kwargs()
+    assert kw["cores"] == 1 and kw["memory"] == "4GiB" and kw["walltime"] == "01:00:00"
+    assert "worker_command" not in kw  # CPU jobs: dask-jobqueue's own distributed.cli.dask_worker
+    # a site YAML (merged into dask.config) overrides them; keyword options override the site
+    site = {"survey-infer": {"slurm": {"partition": "cpu", "cores": 8, "memory": "30GiB",
+                                       "extra-directives": ["--constraint=skylake"], "jobs": 5}}}
+    with dask.config.set(site):
+        n, kw = si_slurm.cluster_kwargs()
+        assert n == 5 and kw["queue"] == "cpu" and kw["cores"] == 8 and kw["memory"] == "30GiB"
+        assert kw["job_extra_directives"] == ["--constraint=skylake"]
+        n, kw = si_slurm.cluster_kwargs(2, cores=2, threads_per_worker=6)
+        assert n == 2 and kw["cores"] == 2  # explicit cores beat threads_per_worker
+        n, kw = si_slurm.cluster_kwargs(2, threads_per_worker=6, processes=2)
+        assert kw["cores"] == 12 and kw["processes"] == 2
+    # the site example shipped in deploy/ is valid YAML with the same keys
+    import yaml
+
+    example = yaml.safe_load((REPO / "deploy" / "site-example.yaml").read_text())
+    keys = set(example["survey-infer"]["slurm"])
+    assert keys <= set(si_slurm.OPTION_KEYS.values()), keys - set(si_slurm.OPTION_KEYS.values())
+
+
+def test_bad_options_are_clear_errors(jobqueue):
+    with pytest.raises(si_slurm.SlurmError, match="at least 1"):
+        si_slurm.cluster_kwargs(0)
+    with pytest.raises(si_slurm.SlurmError, match="processes"):
+        si_slurm.cluster_kwargs(1, cores=1, processes=2)
+
+
+def test_missing_dask_jobqueue_is_a_clear_error(tmp_path):
+    # a real interpreter in which `import dask_jobqueue` fails (sys.modules entry None == not importable)
+    code = (
+        "import sys; sys.modules['dask_jobqueue'] = None\n"
+        "from survey_infer.slurm import make_slurm_cluster, SlurmError\n"
+        "from survey_infer.cli import UserError\n"
+        "try:\n    make_slurm_cluster(2)\n"
+        "except SlurmError as e:\n    assert isinstance(e, UserError); print(e)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "pip install 'survey-infer[slurm]'" in res.stdout
+    assert "Traceback" not in res.stdout + res.stderr
+
+
+def test_deploy_scripts_are_valid_bash():
+    for script in ["deploy/local-slurm/start.sh", "deploy/local-slurm/stop.sh", "deploy/survey-infer-run.sbatch"]:
+        subprocess.run(["bash", "-n", str(REPO / script)], check=True)
+        assert os.access(REPO / script, os.X_OK), f"{script} is not executable"
+    sbatch = (REPO / "deploy" / "survey-infer-run.sbatch").read_text()
+    for directive in ("#SBATCH --requeue", "#SBATCH --signal=B:USR1@"):
+        assert directive in sbatch
+
+
+# ------------------------------------------------------------------------------------------------ real Slurm
+@pytest.mark.slurm
+def test_two_worker_jobs_compute_a_sum(slurm_env, tmp_path):
+    import dask.array as da
+    from distributed import Client
+
+    t0 = time.monotonic()
+    cluster = si_slurm.make_slurm_cluster(2, memory="1GiB", walltime="00:10:00", log_directory=str(tmp_path))
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(2, timeout=180)
+            joined = time.monotonic() - t0
+            print(f"2 Slurm worker jobs joined {joined:.1f} s after make_slurm_cluster")
+            job_ids = sorted(job.job_id for job in cluster.workers.values())
+            assert len(job_ids) == 2
+            # the workers really are the Slurm jobs
+            assert all(_job_state(j) == "RUNNING" for j in job_ids), [(j, _job_state(j)) for j in job_ids]
+            x = da.arange(2_000_000, chunks=100_000, dtype="i8")
+            assert int(x.sum().compute()) == 2_000_000 * 1_999_999 // 2
+            hosts = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+            assert sorted(hosts.values()) == job_ids
+    finally:
+        cluster.close()
+    job_ids = locals().get("job_ids", [])
+    _wait(lambda: all(_job_state(j) in ("", "CANCELLED", "COMPLETED") for j in job_ids), 60, "jobs to end")
+
+
+@pytest.mark.slurm
+def test_lost_worker_job_is_replaced(slurm_env, tmp_path):
+    from distributed import Client
+
+    cluster = si_slurm.make_slurm_cluster(2, memory="1GiB", walltime="00:10:00", log_directory=str(tmp_path))
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(2, timeout=180)
+            victim = next(iter(cluster.workers.values())).job_id
+            _sh("scancel", victim)
+            _wait(lambda: len(client.scheduler_info()["workers"]) < 2, 60, "the cancelled worker to leave")
+            t0 = time.monotonic()
+            _wait(lambda: len(client.scheduler_info()["workers"]) == 2, 120, "a replacement worker job")
+            print(f"replacement worker joined {time.monotonic() - t0:.1f} s after the cancelled one left")
+            new_ids = {job.job_id for job in cluster.workers.values()}
+            assert victim not in new_ids
+            assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
+    finally:
+        cluster.close()
+
+
+@pytest.mark.slurm
+def test_rejected_job_script_is_a_clear_error(slurm_env, tmp_path):
+    with pytest.raises(si_slurm.SlurmError, match="rejected the worker job script"):
+        si_slurm.make_slurm_cluster(1, memory="1GiB", partition="no-such-partition",
+                                    log_directory=str(tmp_path))
