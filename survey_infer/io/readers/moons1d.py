@@ -20,7 +20,8 @@ Quirks handled:
   ``apply_sky_mask=True`` (``survey-infer ingest --moons1d-sky-mask``);
 * ``z_catalog`` and ``z_true`` are the simulation input redshift ``Z``; ``mag_h`` is ``MAG_H`` when
   ``tools/make_moons1d_set.py`` wrote it (or ``MAG`` when the normalisation filter ``WAVE`` is H);
-  ``t_exp = NDIT * DIT`` unless ``TEXP`` is present; ``RA``/``DEC``/``TARGID`` are read when present.
+  ``t_exp = NDIT * DIT`` unless ``TEXP`` is present; ``RA``/``DEC``/``TARGID``/``OBJNAME`` are read when present,
+  and ``LOGM_T``/``LSFR_T`` become ``logmstar_true``/``logsfr_true``.
 """
 from __future__ import annotations
 
@@ -141,6 +142,10 @@ class Moons1dReader(SpectrumReader):
         columns = {"z_true": z}
         if np.isfinite(mag_h):
             columns["mag_h"] = mag_h
+        for key, col in (("LOGM_T", "logmstar_true"), ("LSFR_T", "logsfr_true")):
+            v = header_float(headers, key)
+            if np.isfinite(v):
+                columns[col] = v
         spec = Spectrum(
             arms=[arms[b][0] for b in order],
             source_files=tuple(str(arms[b][2]) for b in order),
