@@ -7,6 +7,7 @@ chunking of a survey gives identical bytes.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy.special import ndtri
@@ -47,7 +48,10 @@ class SimConfig:
     airmass : float
         1.0–2.0 (sky emission and telluric transmission of the shipped model).
     sky_residual : float
-        rms fractional sky-subtraction error per object and arm (scales the sky spectrum).
+        rms fractional sky-subtraction error of the sky *lines* (sky minus its running-median continuum), per
+        object and arm: residuals at OH lines.
+    sky_residual_continuum : float
+        rms fractional error on the smooth sky continuum, per object and arm.
     sky_shift_pix : float
         rms wavelength-calibration error between object and sky (pixels): P-Cygni residuals at OH lines.
     aperture_efficiency : float
@@ -74,8 +78,9 @@ class SimConfig:
     mag_h_range: tuple[float, float] = (21.0, 25.0)
     exposures_h: tuple[float, ...] = (2.0, 4.0, 8.0)
     airmass: float = 1.0
-    sky_residual: float = 0.03
-    sky_shift_pix: float = 0.03
+    sky_residual: float = 0.02
+    sky_residual_continuum: float = 0.003
+    sky_shift_pix: float = 0.02
     aperture_efficiency: float = 0.6
     sky_sub_variance_factor: float = 2.0
     dit_s: float = 600.0
@@ -104,6 +109,18 @@ class SimConfig:
             raise ValueError(f"bad mag_h_range {self.mag_h_range}")
         if not self.exposures_h or min(self.exposures_h) <= 0:
             raise ValueError(f"bad exposures_h {self.exposures_h}")
+
+
+@lru_cache(maxsize=8)
+def _sky_continuum(inst: Instrument, airmass: float) -> np.ndarray:
+    """Smooth sky continuum (running median over 101 pixels per arm), same units as the sky emission."""
+    from scipy.ndimage import median_filter
+
+    em = load_sky_model(inst, airmass=airmass).emission.astype(np.float64)
+    out = np.empty_like(em)
+    for sl in inst.arm_slices():
+        out[sl] = np.minimum(median_filter(em[sl], size=101, mode="nearest"), em[sl])
+    return out
 
 
 def _draws(seed: int, start: int, n: int, n_wave: int) -> tuple[np.ndarray, np.ndarray]:
@@ -322,12 +339,15 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     var_e = obj_e + cfg.sky_sub_variance_factor * (sky_e + dark_e + ron2)
     # imperfect sky subtraction: per-arm fractional scale error + wavelength shift (P-Cygni at OH lines)
     resid_e = np.zeros((n, W))
+    sky_cont_rate = _sky_continuum(inst, cfg.airmass) * fib * area * thr * dw
     for j, sl in enumerate(inst.arm_slices()):
         a = cfg.sky_residual * _N(u[:, 27 + j])
+        ac = cfg.sky_residual_continuum * _N(u[:, 33 + j])
         sh = cfg.sky_shift_pix * _N(u[:, 30 + j])
         s = sky_e[:, sl]
+        cont = sky_cont_rate[None, sl] * t_exp[:, None]
         grad = np.gradient(s, axis=1)
-        resid_e[:, sl] = a[:, None] * s + sh[:, None] * grad
+        resid_e[:, sl] = a[:, None] * (s - cont) + ac[:, None] * cont + sh[:, None] * grad
     sig_e = np.sqrt(var_e)
     obs_e = obj_e + resid_e + sig_e * gauss
     scale = conv[None, :] * t_exp[:, None]  # e- per flux unit (above the atmosphere)
