@@ -199,6 +199,60 @@ def population_stats(n: int = 2000) -> None:
     print(f"  passive: median ΔMS {np.median(ls[~sf] - main_sequence_logsfr(lm[~sf], z[~sf])):.2f} dex")
 
 
+def make_figure(out: str = "docs/figures/simulated_spectra.png") -> None:
+    """The bright / faint / passive example spectra next to the sky (docs/figures/simulated_spectra.png)."""
+    import numpy as np, matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from dataclasses import replace
+    from survey_infer.instrument import load_instrument
+    from survey_infer.skymodel import load_sky_model
+    from survey_infer.skymask import instrument_sky_mask
+    from survey_infer.simulate.simulator import SimConfig, _simulate
+    inst = load_instrument(); w = inst.wave; sky = load_sky_model(inst); m = instrument_sky_mask(inst).astype(bool)
+    base = replace(SimConfig(), interloper_fraction=0.0)
+    cases = [("bright star-forming", replace(base, passive_fraction=0.0, mag_h_range=(21.3, 21.3), exposures_h=(8.0,)), 3),
+             ("faint star-forming", replace(base, passive_fraction=0.0, mag_h_range=(23.8, 23.8), exposures_h=(8.0,)), 5),
+             ("passive", replace(base, passive_fraction=1.0, mag_h_range=(21.5, 21.5), exposures_h=(8.0,)), 8)]
+    fig, axes = plt.subplots(4, 1, figsize=(13, 11), sharex=True)
+    def gapped(x, y):
+        cut = np.flatnonzero(np.diff(x) > 100) + 1
+        return np.insert(x.astype(float), cut, np.nan), np.insert(np.asarray(y, float), cut, np.nan)
+    axes[0].semilogy(*gapped(w, sky.emission), lw=0.4, color="k")
+    axes[0].set_ylabel("sky\nph/s/cm²/Å/arcsec²")
+    axes[0].set_title("Paranal sky (SkyCalc, airmass 1.0) at MOONS LR resolution; shaded: sky mask (5× arm median, %.1f%% of channels)" % (100 * m.mean()), fontsize=9)
+    def shade(ax):
+        edges = np.flatnonzero(np.diff(np.r_[0, m.astype(int), 0]))
+        for a, b in zip(edges[::2], edges[1::2]):
+            ax.axvspan(w[a], w[b - 1], color="0.85", lw=0, zorder=0)
+    shade(axes[0])
+    for ax, (label, cfg, start) in zip(axes[1:], cases):
+        d = _simulate(start, 1, 42, cfg, inst, extras=True)
+        f, iv, mod = d["flux"][0], d["ivar"][0], d["model"][0]
+        b = 8
+        n = (w.size // b) * b
+        ivm = np.where(m, 0, iv)[:n].reshape(-1, b)
+        fb = (f[:n].reshape(-1, b) * ivm).sum(1) / np.maximum(ivm.sum(1), 1e-30)
+        wb = w[:n].reshape(-1, b).mean(1)
+        ok = ivm.sum(1) > 0
+        gap = np.r_[np.diff(wb) > 100, False]
+        ax.plot(*gapped(w, f), lw=0.3, color="0.7", label="simulated flux (per pixel)")
+        wp = np.where(ok, wb, np.nan)
+        ax.plot(*gapped(wb, np.where(ok, fb, np.nan)), lw=0.7, color="C0", label="binned ×8, sky-masked")
+        ax.plot(*gapped(w, mod), lw=0.6, color="C3", label="noiseless model")
+        lo, hi = np.percentile(mod, [1, 99.5])
+        span = max(hi, 3 * np.median(1 / np.sqrt(iv)))
+        ax.set_ylim(-1.0 * np.median(1 / np.sqrt(iv)) - 0.2 * abs(lo), 1.6 * span)
+        ax.set_ylabel("f$_λ$ [1e-17 erg/s/cm²/Å]")
+        ax.set_title(f"{label}: z = {d['z_true'][0]:.3f}, m_H = {d['mag_h'][0]:.1f} AB, t = {d['t_exp'][0]/3600:.0f} h, "
+                     f"log M* = {d['logmstar_true'][0]:.2f}, log SFR = {d['logsfr_true'][0]:.2f}", fontsize=9)
+        shade(ax)
+    axes[1].legend(fontsize=8, loc="upper left", ncol=3)
+    axes[-1].set_xlabel("vacuum wavelength [Å]")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2048)
@@ -207,10 +261,14 @@ def main() -> None:
     ap.add_argument("--compare-moons1d", action="store_true")
     ap.add_argument("--moons1d-path", default="/tmp/m1dlib")
     ap.add_argument("--population", action="store_true", help="print Hα EW and SFR–M* statistics")
+    ap.add_argument("--figure", default=None, help="write the example-spectra figure to this PNG path")
     args = ap.parse_args()
     if args.compare_moons1d:
         compare_moons1d(args.moons1d_path)
         population_stats()
+        return
+    if args.figure:
+        make_figure(args.figure)
         return
     if args.population:
         population_stats()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from ..instrument import Instrument, load_instrument
 from ..io.survey_store import SurveyWriter, create_survey
