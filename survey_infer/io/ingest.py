@@ -391,7 +391,9 @@ class _StoreSink:
                                         columns=dict(BASE_COLUMNS), with_mask=True, overwrite=self.overwrite)
         else:
             self.writer = append_survey(self.out, cap)
-        self.g = zarr.open_group(str(self.writer.work_path), mode="r+")
+        # bypass consolidated metadata: after append_survey's resize it still holds the old shapes, and writes
+        # through such a handle past the old end are silently dropped
+        self.g = zarr.open_group(str(self.writer.work_path), mode="r+", use_consolidated=False)
         n0 = self.writer.start
         if n0 > 0:
             ids = np.asarray(self.g["object_id"][:n0])
