@@ -62,6 +62,8 @@ OPTION_KEYS: dict[str, str] = {
     "python": "python",
     "death_timeout": "death-timeout",
     "check_submission": "check-submission",
+    "tls": "tls",
+    "shared_temp_directory": "shared-temp-directory",
 }
 
 
@@ -223,6 +225,12 @@ def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dic
         Path(os.path.expandvars(str(o["log_directory"]))).mkdir(parents=True, exist_ok=True)
         kw["log_directory"] = str(o["log_directory"])
 
+    tls = o["tls"]
+    if tls and "security" not in kw:
+        kw["security"] = _security(str(tls))
+        if o["shared_temp_directory"]:
+            kw["shared_temp_directory"] = str(o["shared_temp_directory"])
+
     directives = [_directive(d) for d in _as_list(o["extra_directives"])]
     worker_args = list(kw.pop("worker_extra_args", []) or [])
     if gpus > 0:
@@ -246,6 +254,22 @@ def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dic
     if worker_args:
         kw["worker_extra_args"] = worker_args
     return n_jobs, kw
+
+
+def _security(mode: str):
+    """``distributed.Security`` for ``tls`` = ``temporary`` (self-signed, made now) or ``config`` (the site's
+    certificates from ``distributed.comm.tls.*`` in dask.config)."""
+    from distributed.security import Security
+
+    if mode in ("temporary", "true", "True", "yes"):
+        return Security.temporary()
+    if mode == "config":
+        sec = Security(require_encryption=True)
+        if not (sec.tls_ca_file and sec.tls_scheduler_cert and sec.tls_worker_cert and sec.tls_client_cert):
+            raise SlurmError("tls: config needs distributed.comm.tls.ca-file and the scheduler/worker/client "
+                             "cert (and key) entries in the dask config; see docs/slurm.md")
+        return sec
+    raise SlurmError(f"unknown tls mode {mode!r}: use 'temporary' or 'config'")
 
 
 def _check_submission(cluster: "SLURMCluster") -> None:
@@ -303,6 +327,10 @@ def make_slurm_cluster(jobs: int | None = None, /, **options: Any) -> "SLURMClus
     job_name, python, death_timeout : optional
         ``-J``; the interpreter on the nodes (default ``sys.executable``); seconds a worker waits for the
         scheduler.
+    tls, shared_temp_directory : str, optional
+        ``"temporary"``: TLS with self-signed certificates made now (the workers' copies are written to
+        ``shared_temp_directory``, default the working directory, which must be on a shared file system);
+        ``"config"``: TLS with the site's certificates from ``distributed.comm.tls.*``.
     check_submission : bool, optional
         Validate the job script with ``sbatch --test-only`` first, so a wrong partition/account/directive is a
         clear error here instead of a silently pending cluster.
@@ -389,6 +417,9 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     g.add_argument("--slurm-local-directory", metavar="DIR",
                    help="node-local scratch directory for the workers, e.g. '$TMPDIR'")
     g.add_argument("--slurm-log-directory", metavar="DIR", help="directory for the jobs' Slurm output files")
+    g.add_argument("--slurm-tls", choices=["temporary", "config"],
+                   help="encrypt scheduler/worker/client traffic: 'temporary' self-signed certificates (written to "
+                        "the shared temp directory), or the site's from distributed.comm.tls.* config")
     return g
 
 
@@ -406,6 +437,7 @@ def slurm_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "prologue": "slurm_prologue", "lifetime": "slurm_lifetime", "lifetime_stagger": "slurm_lifetime_stagger",
         "interface": "slurm_interface", "scheduler_interface": "slurm_scheduler_interface",
         "local_directory": "slurm_local_directory", "log_directory": "slurm_log_directory",
+        "tls": "slurm_tls",
     }
     out: dict[str, Any] = {}
     for opt, attr in names.items():
@@ -422,7 +454,7 @@ def describe_job_script(jobs: int | None = None, /, **options: Any) -> str:
     options.pop("replace_lost_jobs", None)
     _, kw = cluster_kwargs(jobs, **options)
     job = jq.slurm.SLURMJob(scheduler="tcp://SCHEDULER:8786", name="NAME", **{
-        k: v for k, v in kw.items() if k not in ("scheduler_options",)})
+        k: v for k, v in kw.items() if k not in ("scheduler_options", "security", "shared_temp_directory")})
     return job.job_script()
 
 

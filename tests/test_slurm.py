@@ -247,3 +247,19 @@ def test_rejected_job_script_is_a_clear_error(slurm_env, tmp_path):
     with pytest.raises(si_slurm.SlurmError, match="rejected the worker job script"):
         si_slurm.make_slurm_cluster(1, memory="1GiB", partition="no-such-partition",
                                     log_directory=str(tmp_path))
+
+
+@pytest.mark.slurm
+def test_tls_between_scheduler_and_worker_jobs(slurm_env, tmp_path):
+    from distributed import Client
+
+    cluster = si_slurm.make_slurm_cluster(1, memory="1GiB", walltime="00:10:00", tls="temporary",
+                                          shared_temp_directory=str(tmp_path), log_directory=str(tmp_path))
+    try:
+        assert cluster.scheduler_address.startswith("tls://")
+        with Client(cluster) as client:  # picks up cluster.security
+            client.wait_for_workers(1, timeout=180)
+            assert all(addr.startswith("tls://") for addr in client.scheduler_info()["workers"])
+            assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+    finally:
+        cluster.close()
