@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, flux_factor, header_float,
-                   header_str, ivar_from_error, log, parse_unit, stable_id, wave_to_angstrom)
+                   header_str, ivar_from_error, log, parse_unit, probe_file, read_table, stable_id,
+                   table_column_keyword, table_units, wave_to_angstrom)
 
 _LEGAC_RE = re.compile(r"^M\d+_(\d+)$")
 
@@ -66,42 +67,30 @@ class ESOPhase3Reader(SpectrumReader):
         return prodcatg.startswith("SCIENCE.SPECTRUM") or voclass.startswith("SPECTRUM") or probe.hdus[i][0] == "PHASE3SPECTRA"
 
     def read(self, path: str | os.PathLike) -> list[Spectrum]:
-        from astropy.io import fits
-
         path = Path(path)
+        probe = probe_file(path)
+        idx = self._table_hdu(probe)
+        if idx is None:
+            raise ReaderError(path, "ESO Phase-3 file without a WAVE/FLUX table")
+        info = probe.hdu(idx)
+        h, hdr0 = info.header, probe.header(0)
+        names = list(table_units(info))
+        cw = _find(names, "WAVE")
+        cf = _find(names, "FLUX", "FLUX_REDUCED")
+        ce = _find(names, "ERR", "ERR_REDUCED", "ERROR")
+        cq = _find(names, "QUAL", "QUALITY")
+        units = table_units(info)
+        wunit, funit = units.get(cw, ""), units.get(cf, "")
+        eunit = (units.get(ce, "") or funit) if ce else funit
+        wucd = table_column_keyword(info, cw, "TUCD")
         try:
-            with fits.open(path, memmap=False) as hdul:
-                hdr0 = hdul[0].header
-                idx = None
-                for i, hdu in enumerate(hdul):
-                    if isinstance(hdu, fits.BinTableHDU):
-                        cols = [c.upper() for c in hdu.columns.names]
-                        if "WAVE" in cols and ("FLUX" in cols or "FLUX_REDUCED" in cols):
-                            idx = i
-                            break
-                if idx is None:
-                    raise ReaderError(path, "ESO Phase-3 file without a WAVE/FLUX table")
-                tab = hdul[idx]
-                h = tab.header
-                names = list(tab.columns.names)
-                cw = _find(names, "WAVE")
-                cf = _find(names, "FLUX", "FLUX_REDUCED")
-                ce = _find(names, "ERR", "ERR_REDUCED", "ERROR")
-                cq = _find(names, "QUAL", "QUALITY")
-                colnum = {n: k + 1 for k, n in enumerate(names)}
-                wunit = h.get(f"TUNIT{colnum[cw]}", "") or ""
-                funit = h.get(f"TUNIT{colnum[cf]}", "") or ""
-                eunit = (h.get(f"TUNIT{colnum[ce]}", "") or funit) if ce else funit
-                wucd = str(h.get(f"TUCD{colnum[cw]}", "") or "")
-                data = tab.data
-                rows = []
-                for r in range(len(data)):
-                    rows.append((np.atleast_1d(np.asarray(data[cw][r], dtype=np.float64)).ravel(),
-                                 np.atleast_1d(np.asarray(data[cf][r], dtype=np.float64)).ravel(),
-                                 np.atleast_1d(np.asarray(data[ce][r], dtype=np.float64)).ravel() if ce else None,
-                                 np.atleast_1d(np.asarray(data[cq][r])).ravel() if cq else None))
-        except ReaderError:
-            raise
+            d = read_table(path, info, [c for c in (cw, cf, ce, cq) if c])
+            rows = []
+            for r in range(len(d[cw])):
+                rows.append((np.atleast_1d(np.asarray(d[cw][r], dtype=np.float64)).ravel(),
+                             np.atleast_1d(np.asarray(d[cf][r], dtype=np.float64)).ravel(),
+                             np.atleast_1d(np.asarray(d[ce][r], dtype=np.float64)).ravel() if ce else None,
+                             np.atleast_1d(np.asarray(d[cq][r])).ravel() if cq else None))
         except Exception as exc:  # noqa: BLE001
             raise ReaderError(path, f"cannot read ESO Phase-3 spectrum ({type(exc).__name__}: {exc})") from exc
         if not rows:

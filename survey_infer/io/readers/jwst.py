@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, as_int_id, flux_factor,
-                   header_float, header_str, ivar_from_error, log, parse_unit, stable_id, wave_to_angstrom)
+                   header_float, header_str, ivar_from_error, log, parse_unit, probe_file, read_table, stable_id,
+                   table_units, wave_to_angstrom)
 
 
 class MsaexpReader(SpectrumReader):
@@ -37,20 +38,19 @@ class MsaexpReader(SpectrumReader):
         return {"wave", "flux", "err"} <= cols
 
     def read(self, path: str | os.PathLike) -> list[Spectrum]:
-        from astropy.io import fits
-
         path = Path(path)
+        probe = probe_file(path)
+        info = probe.hdu("SPEC1D")
+        if info is None:
+            raise ReaderError(path, "no SPEC1D table")
+        h, hdr0 = info.header, probe.header(0)
+        units = {k.lower(): v for k, v in table_units(info).items()}
         try:
-            with fits.open(path, memmap=False) as hdul:
-                tab = hdul["SPEC1D"]
-                h = tab.header
-                hdr0 = hdul[0].header
-                names = {c.lower(): c for c in tab.columns.names}
-                units = {c.name.lower(): (c.unit or "") for c in tab.columns}
-                wave = np.asarray(tab.data[names["wave"]], dtype=np.float64)
-                flux = np.asarray(tab.data[names["flux"]], dtype=np.float64)
-                err = np.asarray(tab.data[names["err"]], dtype=np.float64)
-                valid = np.asarray(tab.data[names["valid"]]).astype(bool) if "valid" in names else None
+            d = read_table(path, info, ["wave", "flux", "err", "valid"])
+            wave = d["WAVE"].astype(np.float64)
+            flux = d["FLUX"].astype(np.float64)
+            err = d["ERR"].astype(np.float64)
+            valid = d["VALID"].astype(bool) if "VALID" in d else None
         except Exception as exc:  # noqa: BLE001
             raise ReaderError(path, f"cannot read msaexp SPEC1D table ({type(exc).__name__}: {exc})") from exc
         if wave.size == 0:

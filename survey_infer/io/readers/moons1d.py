@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, as_int_id, flux_factor,
-                   header_float, header_str, ivar_from_error, log, parse_unit, stable_id)
+                   header_float, header_str, ivar_from_error, log, parse_unit, probe_file, read_image, stable_id)
 
 ARM_ORDER = ("RI", "YJ", "H")
 _BAND_RE = re.compile(r"^(.*)_(RI|YJ|H|YJH|[A-Z]+)$")
@@ -67,8 +67,6 @@ class Moons1dReader(SpectrumReader):
 
     def group_key(self, path: str | os.PathLike) -> str:
         p = Path(path).resolve()
-        from .base import probe_file
-
         band = _band_of(p, probe_file(p).header(0))
         stem = p.stem
         if band and stem.upper().endswith("_" + band):
@@ -76,19 +74,22 @@ class Moons1dReader(SpectrumReader):
         return str(p.parent / stem)
 
     def _read_arm(self, path: Path) -> tuple[str, SpectrumArm, dict]:
-        from astropy.io import fits
-
+        probe = probe_file(path)
+        if not self.can_read_probe(probe):
+            raise ReaderError(path, f"not a moons1d output file ({probe.describe()})")
         try:
-            with fits.open(path, memmap=False) as hdul:
-                hdr0 = hdul[0].header.copy()
-                h1 = hdul[1].header
-                flux = np.asarray(hdul[1].data, dtype=np.float64).ravel()
-                err = np.asarray(hdul[2].data, dtype=np.float64).ravel()
-                qual = np.asarray(hdul[3].data).ravel() if len(hdul) > 3 and hdul[3].data is not None else None
-                crval, cdelt = float(h1["CRVAL1"]), float(h1["CDELT1"])
-                crpix = float(h1.get("CRPIX1", 1.0))
-                wunit = str(h1.get("TUNIT1", "") or "Angstrom")
-                funit = str(h1.get("TUNIT2", "") or "")
+            hdr0 = dict(probe.header(0))
+            h1 = probe.header(1)
+            flux = read_image(path, probe.hdu(1)).astype(np.float64).ravel()
+            err = read_image(path, probe.hdu(2)).astype(np.float64).ravel()
+            q = probe.hdu(3)
+            qual = read_image(path, q).ravel() if q is not None and int(q.header.get("NAXIS", 0)) > 0 else None
+            crval, cdelt = float(h1["CRVAL1"]), float(h1["CDELT1"])
+            crpix = float(h1.get("CRPIX1", 1.0))
+            wunit = str(h1.get("TUNIT1", "") or "Angstrom")
+            funit = str(h1.get("TUNIT2", "") or "")
+        except ReaderError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise ReaderError(path, f"cannot read moons1d arm file ({type(exc).__name__}: {exc})") from exc
         if flux.shape != err.shape:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, as_int_id, flux_factor,
-                   header_float, log, parse_unit)
+                   header_float, log, parse_unit, probe_file, read_table)
 
 
 class SDSSReader(SpectrumReader):
@@ -37,64 +37,49 @@ class SDSSReader(SpectrumReader):
         return {"flux", "loglam", "ivar"} <= cols
 
     def read(self, path: str | os.PathLike) -> list[Spectrum]:
-        from astropy.io import fits
-
         path = Path(path)
+        probe = probe_file(path)
+        coadd = probe.hdu("COADD")
+        if coadd is None:
+            raise ReaderError(path, "SDSS spec file without a COADD HDU")
+        hdr0 = probe.header(0)
         try:
-            with fits.open(path, memmap=False) as hdul:
-                hdr0 = hdul[0].header
-                if "COADD" not in hdul:
-                    raise ReaderError(path, "SDSS spec file without a COADD HDU")
-                d = hdul["COADD"].data
-                names = {n.lower(): n for n in d.columns.names}
-                loglam = np.asarray(d[names["loglam"]], dtype=np.float64)
-                flux = np.asarray(d[names["flux"]], dtype=np.float64)
-                ivar = np.asarray(d[names["ivar"]], dtype=np.float64)
-                mask = np.asarray(d[names["and_mask"]]) if "and_mask" in names else None
-                specobj = None
-                for ext in ("SPECOBJ", "SPALL"):
-                    if ext in hdul:
-                        specobj = hdul[ext].data
-                        break
-                meta_row = {}
-                if specobj is not None and len(specobj) > 0:
-                    row = specobj[0]
-                    for c in specobj.columns.names:
-                        if c.upper() in ("Z", "Z_ERR", "ZWARNING", "CLASS", "PLUG_RA", "PLUG_DEC", "BESTOBJID",
-                                         "TARGETOBJID", "SPECOBJID", "PLATE", "MJD", "FIBERID"):
-                            v = row[c]
-                            meta_row[c.upper()] = v.strip() if isinstance(v, str) else v
-        except ReaderError:
-            raise
+            d = read_table(path, coadd, ["flux", "loglam", "ivar", "and_mask"])
+            loglam = d["LOGLAM"].astype(np.float64)
+            flux = d["FLUX"].astype(np.float64)
+            ivar = d["IVAR"].astype(np.float64)
+            mask = d.get("AND_MASK")
+            so = probe.hdu("SPECOBJ") or probe.hdu("SPALL")
+            meta_row = {}
+            if so is not None and int(so.header.get("NAXIS2", 0)) > 0:
+                cols = read_table(path, so, ["Z", "Z_ERR", "ZWARNING", "CLASS", "PLUG_RA", "PLUG_DEC", "BESTOBJID",
+                                             "TARGETOBJID", "SPECOBJID", "PLATE", "MJD", "FIBERID"])
+                meta_row = {k: v[0] for k, v in cols.items()}
+        except (ReaderError, KeyError) as exc:
+            raise ReaderError(path, f"cannot read SDSS spec file: {exc}") from exc
         except Exception as exc:  # noqa: BLE001
             raise ReaderError(path, f"cannot read SDSS spec file ({type(exc).__name__}: {exc})") from exc
         if loglam.size == 0:
             raise ReaderError(path, "SDSS COADD HDU has no pixels")
+        dl = np.median(np.diff(loglam)) if loglam.size > 1 else 1e-4
         wave = 10.0**loglam
-        vac = hdr0.get("VACUUM", True)
-        if vac is False:
+        edges = 10.0 ** np.concatenate([loglam - dl / 2, [loglam[-1] + dl / 2]])
+        if hdr0.get("VACUUM", True) is False:  # SDSS spectra are vacuum; honour an explicit VACUUM = F
             from ..resample import air_to_vacuum
 
-            wave = air_to_vacuum(wave)
+            wave, edges = air_to_vacuum(wave), air_to_vacuum(edges)
         if not np.all(np.diff(wave) > 0):
             raise ReaderError(path, "SDSS loglam is not strictly increasing")
-        dl = np.median(np.diff(loglam))
-        edges = 10.0 ** np.concatenate([loglam - dl / 2, [loglam[-1] + dl / 2]])
-        if vac is False:
-            from ..resample import air_to_vacuum
-
-            edges = air_to_vacuum(edges)
         bunit = hdr0.get("BUNIT")
+        fac = 1.0
         if bunit:
             try:
-                fac = flux_factor(parse_unit(bunit, "flux"), wave)
+                fac = flux_factor(parse_unit(str(bunit), "flux"), wave)
             except ValueError as exc:
                 raise ReaderError(path, f"unusable flux unit BUNIT={bunit!r}: {exc}") from exc
-        else:
-            fac = 1.0
         flux = flux * fac
         ivar = ivar / np.asarray(fac) ** 2
-        z = float(meta_row.get("Z", np.nan)) if "Z" in meta_row else float("nan")
+        z = float(meta_row["Z"]) if "Z" in meta_row else float("nan")
         ra = float(meta_row["PLUG_RA"]) if "PLUG_RA" in meta_row else header_float([hdr0], "PLUG_RA", "RA")
         dec = float(meta_row["PLUG_DEC"]) if "PLUG_DEC" in meta_row else header_float([hdr0], "PLUG_DEC", "DEC")
         tid = None
@@ -102,12 +87,13 @@ class SDSSReader(SpectrumReader):
             tid = as_int_id(meta_row.get(key))
             if tid:
                 break
-        if not tid:
-            tid = None
         plate = meta_row.get("PLATE", hdr0.get("PLATEID"))
         mjd = meta_row.get("MJD", hdr0.get("MJD"))
         fiber = meta_row.get("FIBERID", hdr0.get("FIBERID"))
-        name = f"spec-{int(plate):04d}-{int(mjd):05d}-{int(fiber):04d}" if None not in (plate, mjd, fiber) else path.stem
+        try:
+            name = f"spec-{int(plate):04d}-{int(mjd):05d}-{int(fiber):04d}"
+        except (TypeError, ValueError):
+            name = path.stem
         if not np.isfinite(z):
             log.debug("%s: no SPECOBJ redshift", path)
         spec = Spectrum(
@@ -117,9 +103,9 @@ class SDSSReader(SpectrumReader):
             name=name,
             ra=ra,
             dec=dec,
-            target_id=tid,
+            target_id=tid or None,
             z_catalog=z,
             t_exp=header_float([hdr0], "EXPTIME"),
-            meta={"class": meta_row.get("CLASS", ""), "zwarning": int(meta_row.get("ZWARNING", 0) or 0)},
+            meta={"class": str(meta_row.get("CLASS", "")), "zwarning": int(meta_row.get("ZWARNING", 0) or 0)},
         )
         return [spec]
