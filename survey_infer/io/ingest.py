@@ -109,7 +109,8 @@ class IngestReport:
     bad_files : list of (path, reason)
         Unreadable inputs (only with ``skip_bad``; otherwise the first one raises).
     low_coverage : list of (object_id, name, fraction)
-        Spectra with data in fewer than 5% of the instrument channels.
+        Spectra with data in fewer than 5% of the instrument channels (the first 1000; ``n_low_coverage`` counts
+        them all).
     source_counts : dict
         Invalid source pixels before resampling: ``nonfinite_flux``, ``bad_ivar`` (NaN/inf/negative), ``masked``.
     sanitized : dict
@@ -135,6 +136,7 @@ class IngestReport:
     companions: list[str] = field(default_factory=list)
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     low_coverage: list[tuple[int, str, float]] = field(default_factory=list)
+    n_low_coverage: int = 0
     source_counts: dict = field(default_factory=lambda: {"nonfinite_flux": 0, "bad_ivar": 0, "masked": 0})
     sanitized: dict = field(default_factory=dict)
     by_reader: dict = field(default_factory=dict)
@@ -174,11 +176,13 @@ class IngestReport:
         if any(sc.values()):
             lines.append(f"  source pixels set to ivar=0: {sc['nonfinite_flux']} non-finite flux, {sc['bad_ivar']} "
                          f"NaN/inf/negative ivar, {sc['masked']} masked by the reduction")
-        if self.sanitized and any(self.sanitized.values()):
-            lines.append(f"  stored channels sanitized: {self.sanitized}")
-        if self.low_coverage:
-            lines.append(f"  {len(self.low_coverage)} spectra cover < {LOW_COVERAGE_FRACTION:.0%} of the grid "
-                         f"(e.g. {self.low_coverage[0][1]}: {self.low_coverage[0][2]:.1%})")
+        st = self.sanitized
+        if st and any(st.values()):
+            lines.append(f"  stored channels: {st.get('nonfinite_flux', 0)} non-finite flux and {st.get('bad_ivar', 0)} "
+                         f"invalid ivar set to 0; {st.get('masked', 0)} flagged in mask (bad source pixels)")
+        if self.n_low_coverage:
+            lines.append(f"  {self.n_low_coverage} spectra have data in < {LOW_COVERAGE_FRACTION:.0%} of the "
+                         f"{self.instrument} channels (e.g. {self.low_coverage[0][1]}: {self.low_coverage[0][2]:.1%})")
         if self.bad_files:
             lines.append(f"  {len(self.bad_files)} UNREADABLE files skipped:")
             lines += [f"    {p}: {r}" for p, r in self.bad_files[:20]]
@@ -665,6 +669,10 @@ def ingest(
             known_sha.setdefault(str(h), str(p))
     inst = inst or load_instrument(None)
     new = (not exists) or overwrite
+    stale = sorted(out.parent.glob(f".{out.name}.tmp-*")) if out.parent.exists() else []
+    if stale:
+        log.warning("%s: temporary folders of interrupted writes found (%s); remove them once no other ingest is "
+                    "running", out, ", ".join(p.name for p in stale[:3]))
     report = IngestReport(store=str(out), instrument=inst.name, created=new, n_inputs=len(inputs),
                           n_duplicate_inputs=n_dup_inputs)
 
@@ -750,7 +758,9 @@ def ingest(
         report.n_files_ingested += len(res["files"])
         for k, m in enumerate(res["meta"]):
             if m["coverage"] < LOW_COVERAGE_FRACTION:
-                report.low_coverage.append((start + k, m["name"], m["coverage"]))
+                report.n_low_coverage += 1
+                if len(report.low_coverage) < 1000:
+                    report.low_coverage.append((start + k, m["name"], m["coverage"]))
                 if n_low_logged < 20:
                     log.warning("%s (%s): data in only %.1f%% of the %s channels", m["name"], res["paths"][0],
                                 100 * m["coverage"], inst.name)
@@ -769,9 +779,9 @@ def ingest(
             for res in _iter_results(units2, workers, init_args, bar):
                 handle(res)
         if sink.writer is None and new:
-            raise IngestError(f"no spectrum read from the {len(pending)} input files"
-                                  + (f" ({len(report.companions)} companion files, {len(report.duplicates)} "
-                                     "duplicates)" if report.companions or report.duplicates else ""))
+            raise IngestError(f"no spectrum read from the {len(pending)} input files ({len(report.companions)} "
+                              f"companion files, {len(report.duplicates)} duplicates, {len(report.bad_files)} "
+                              "unreadable)")
         if sink.writer is not None:
             sink.commit(report, by_reader)
             first_id = sink.first_id if sink.first_id is not None else 0
