@@ -33,12 +33,13 @@ Output: per object three files ``OUT/<name>_RI.fits``, ``<name>_YJ.fits``, ``<na
 ``OBJNAME``, ``TARGID``, ``RA``, ``DEC``, ``MAG_H``, ``TEXP``, ``FAMILY``, ``SEED`` (and ``LOGM_T``, ``LSFR_T``)
 for ``survey-infer ingest`` to carry; plus ``OUT/catalog.csv``.
 
-Running moons1d 1.0.3 here needs two work-arounds, applied by this script: ``numpy.str`` (removed from numpy) is
+Running moons1d 1.0.3 here needs work-arounds, applied by this script: ``numpy.str`` (removed from numpy) is
 aliased to ``str`` and ``E_BV=None`` is passed (its extinction call fails on current synphot). moons1d's
 ``run_1obj_allbands`` drops the redshift (a moons1d bug), so each arm is run with ``run_1obj_1band``; the template
 is handed to moons1d already in the observed frame (moons1d would otherwise smooth a redshifted template with the
-rest-frame pixel scale). moons1d draws its noise from ``numpy.random.default_rng(None)``; the script makes that
-reproducible by seeding those draws from ``--seed``, the object index and the arm.
+rest-frame pixel scale); the exposure keys must be the lower-case ``ndit``/``dit`` (the documented ``NDIT``/``DIT``
+are silently ignored, giving 6 x 600 s). moons1d draws its noise from ``numpy.random.default_rng(None)``; the script
+makes that reproducible by seeding those draws from ``--seed``, the object index and the arm.
 
 Examples::
 
