@@ -289,3 +289,28 @@ def test_docs_embed_generated_tables():
         assert f"`{b.name}`" in doc
     for name in list(PER_OBJECT) + list(PASSTHROUGH):
         assert f"`{name}`" in doc
+
+
+def test_unusual_dtypes_and_format_from_suffix(tmp_path):
+    """Extra per-object columns of other dtypes survive both formats (unsigned via TZERO, int8, float64)."""
+    import pandas as pd
+    from astropy.table import Table
+
+    cat = write_catalog(tmp_path / "c.zarr", n=9, nz=5, chunk=4, nodata=(1,))
+    extra = xr.Dataset({
+        "flag_u16": ("object", np.array([0, 1, 65535, 2, 3, 4, 5, 6, 7], np.uint16)),
+        "count_u32": ("object", np.arange(9, dtype=np.uint32) * 400_000_000),
+        "small_i8": ("object", np.arange(-4, 5, dtype=np.int8)),
+        "weight_f64": ("object", np.linspace(0, 1, 9)),
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extra.to_zarr(str(cat), mode="a", zarr_format=3, consolidated=False)
+    f = export_catalog(cat, tmp_path / "c.fits", chunk_rows=4)
+    p = export_catalog(cat, tmp_path / "c.parquet", chunk_rows=4)  # format from the suffix
+    assert f.read_bytes()[:6] == b"SIMPLE" and p.read_bytes()[:4] == b"PAR1"
+    t, df = Table.read(f, hdu=1), pd.read_parquet(p)
+    for name in extra.data_vars:
+        _assert_equal(t[name], extra[name].values, name)
+        _assert_equal(df[name].to_numpy(), extra[name].values, name)
+    assert t["flag_u16"].dtype.kind == "u" and t["count_u32"].dtype.kind == "u"

@@ -65,6 +65,7 @@ __all__ = [
     "catalog_columns",
     "fits_unit",
     "zwarn_header_cards",
+    "bit_table_of",
     "zwarn_markdown",
     "columns_markdown",
     "provenance_cards",
@@ -76,7 +77,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMATS = ("fits", "parquet")
-TARGET_CHUNK_BYTES = 64 * 2**20
+TARGET_CHUNK_BYTES = 32 * 2**20
 _BLOCK = 2880
 
 
@@ -238,6 +239,8 @@ def _default_chunk_rows(ds, cols: list[Column]) -> int:
             break
     if zc and budget >= zc:
         return int(budget // zc * zc)
+    if zc:  # a fraction of a Zarr chunk, so that blocks rarely straddle two chunks
+        return int(max(1, zc // -(-zc // budget)))
     return int(budget)
 
 
@@ -255,19 +258,38 @@ def _iter_blocks(ds, cols: list[Column], chunk_rows: int) -> Iterator[tuple[int,
 # ----------------------------------------------------------------------------------------------------------
 # zwarn bit table: FITS cards and Markdown
 # ----------------------------------------------------------------------------------------------------------
-def zwarn_header_cards() -> list[tuple[str, object, str]]:
+def bit_table_of(attrs: dict | None = None) -> list[dict]:
+    """The zwarn bit table recorded in catalog ``attrs`` (``zwarn_bits``) when it is well formed, else
+    :func:`survey_infer.flags.bit_table` (an old catalog keeps the meaning its bits had when it was made)."""
+    table = (attrs or {}).get("zwarn_bits")
+    keys = {"name", "bit", "value", "bad", "description"}
+    if isinstance(table, list) and table and all(isinstance(r, dict) and keys <= set(r) for r in table):
+        return table
+    return flags.bit_table()
+
+
+def zwarn_header_cards(table: list[dict] | None = None) -> list[tuple[str, object, str]]:
     """The zwarn bit table as FITS header cards ``(keyword, value, comment)``.
 
-    ``ZWBITnn = 'NAME'`` with comment ``"BAD|info: description"`` (cut to fit the card), the masks
+    ``ZWBITnn = 'NAME'`` with comment ``"bad|info: description"`` (cut to fit the card), the masks
     ``ZWBADMSK``/``ZWINFMSK``/``ZWUSRMSK``, and ``COMMENT`` cards with the full descriptions.
+
+    Parameters
+    ----------
+    table : list of dict, optional
+        A bit table as :func:`survey_infer.flags.bit_table` returns (default: that one).
     """
+    table = table if table is not None else flags.bit_table()
+    single = [r for r in table if isinstance(r["bit"], int)]
+    bad = sum(int(r["value"]) for r in single if r["bad"])
+    info = sum(int(r["value"]) for r in single if not r["bad"])
     cards: list[tuple[str, object, str]] = [
-        ("ZWBADMSK", int(flags.BAD_MASK), "zwarn bits that make z unreliable (BAD_MASK)"),
-        ("ZWINFMSK", int(flags.INFO_MASK), "informational zwarn bits"),
+        ("ZWBADMSK", bad, "zwarn bits that make z unreliable (BAD_MASK)"),
+        ("ZWINFMSK", info, "informational zwarn bits"),
         ("ZWUSRMSK", int(flags.USER_MASK), "zwarn bits 16-23 reserved for users"),
     ]
     comments = ["zwarn: int32 bitmask, 0 = good; z_reliable = (zwarn & ZWBADMSK) == 0"]
-    for row in flags.bit_table():
+    for row in table:
         kind = "bad" if row["bad"] else "info"
         if isinstance(row["bit"], int):
             cards.append((f"ZWBIT{row['bit']:02d}", row["name"], f"{kind}: {row['description']}"))
@@ -329,6 +351,13 @@ def _json(obj) -> str:
         return str(o)
 
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=default)
+
+
+def _scalar(v):
+    """A header value: ints, floats, bools and strings as they are, anything else as JSON."""
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    return _json(v)
 
 
 def _last_provenance(attrs: dict) -> dict:
@@ -398,10 +427,10 @@ def provenance_cards(attrs: dict) -> list[tuple[str, object, str]]:
         cards.append(("MODELSHA", str(sha), "sha256 of the model weights"))
     mc = attrs.get("mc_samples", fp.get("mc_samples"))
     if mc is not None:
-        cards.append(("MC_T", int(mc), "MC-dropout samples per object (T)"))
+        cards.append(("MC_T", _scalar(mc), "MC-dropout samples per object (T)"))
     seed = attrs.get("seed", fp.get("seed"))
     if seed is not None:
-        cards.append(("SEED", int(seed), "random seed of the MC dropout"))
+        cards.append(("SEED", _scalar(seed), "random seed of the MC dropout"))
     if fp:
         cards.append(("FPHASH", hashlib.sha256(_json(fp).encode()).hexdigest()[:16],
                       "sha256 prefix of the numerics fingerprint JSON"))
@@ -409,7 +438,7 @@ def provenance_cards(attrs: dict) -> list[tuple[str, object, str]]:
         for k, (kw, comment) in _FP_KEYWORDS.items():
             if k in fp and kw not in seen:
                 v = fp[k]
-                cards.append((kw, v if isinstance(v, (int, float, str, bool)) else _json(v), comment))
+                cards.append((kw, _scalar(v), comment))
                 seen.add(kw)
         cards.append(("FINGERPR", _json(fp), "numerics fingerprint (JSON)"))
     deps = dict(prov.get("dependencies") or dependency_versions())
@@ -450,8 +479,9 @@ class _Checksum:
                 self._add(np.frombuffer(self._rest, dtype=">u4"))
                 self._rest = b""
         k = len(mv) - len(mv) % 4
-        if k:
-            self._add(np.frombuffer(mv[:k], dtype=">u4"))
+        step = 1 << 22  # 4 MiB slices keep the temporaries small
+        for a in range(0, k, step):
+            self._add(np.frombuffer(mv[a : min(k, a + step)], dtype=">u4"))
         if k < len(mv):
             self._rest = bytes(mv[k:])
 
@@ -596,7 +626,8 @@ def _row_dtype(layout: list[_FitsColumn]) -> np.dtype:
                      for f in layout])
 
 
-def _encode_rows(layout: list[_FitsColumn], data: dict[str, np.ndarray], n: int) -> bytes:
+def _encode_rows(layout: list[_FitsColumn], data: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Rows as a big-endian structured array in FITS BINTABLE layout (write its buffer)."""
     rec = np.zeros(n, dtype=_row_dtype(layout))
     for f in layout:
         v = np.asarray(data[f.col.name])
@@ -610,7 +641,7 @@ def _encode_rows(layout: list[_FitsColumn], data: dict[str, np.ndarray], n: int)
             rec[f.col.name] = v.astype(f.storage)
         else:
             rec[f.col.name] = v
-    return rec.tobytes()
+    return rec
 
 
 def _astropy_yaml_comments(cols: list[Column], fits_dtypes: dict[str, np.dtype]) -> list[str]:
@@ -714,7 +745,7 @@ def _write_fits(ds, cols: list[Column], tmp: Path, chunk_rows: int, attrs: dict)
         ("COMMENT", "survey-infer redshift catalog: table in HDU 1 (CATALOG), z grid in HDU 2 (Z_GRID)", ""),
     ])
     extra = [("NOBJECT", n, "rows (objects) in the catalog"), *prov_cards, *_grid_keywords(zg),
-             *zwarn_header_cards()]
+             *zwarn_header_cards(bit_table_of(attrs))]
     extra += [("COMMENT", line, "") for line in _astropy_yaml_comments(cols, fits_dtypes)]
     thdr = _table_header(layout, n, extra, "CATALOG")
 
@@ -726,10 +757,13 @@ def _write_fits(ds, cols: list[Column], tmp: Path, chunk_rows: int, attrs: dict)
         acc = _Checksum()
         nbytes = 0
         for a, b, data in _iter_blocks(ds, cols, chunk_rows):
-            raw = _encode_rows(layout, data, b - a)
+            rec = _encode_rows(layout, data, b - a)
+            del data
+            raw = memoryview(rec).cast("B")
             acc.update(raw)
             fh.write(raw)
             nbytes += len(raw)
+            del raw, rec
             log.debug("export: FITS rows %d..%d written", a, b)
         pad = _pad(nbytes)
         acc.update(pad)
@@ -823,19 +857,22 @@ def _write_parquet(ds, cols: list[Column], tmp: Path, chunk_rows: int, attrs: di
         "attrs": attrs,
         "z_grid": None if zg is None else zg.tolist(),
         "columns": {c.name: {"units": c.units, "description": c.description} for c in cols},
-        "bad_mask": int(flags.BAD_MASK),
+        "bad_mask": int(sum(int(r["value"]) for r in bit_table_of(attrs)
+                            if r["bad"] and isinstance(r["bit"], int))),
         "exported_by": provenance(),
     }
     small_meta = {k: attrs[k] for k in ("software_version", "model_sha256", "mc_samples", "seed", "created")
                   if k in attrs}
-    small_meta["zwarn_bad_mask"] = int(flags.BAD_MASK)
+    small_meta["zwarn_bad_mask"] = info["bad_mask"]
     metadata = {
         b"survey_infer": _json(info).encode(),
-        b"zwarn_bits": _json(flags.bit_table()).encode(),
+        b"zwarn_bits": _json(bit_table_of(attrs)).encode(),
         b"table_meta_yaml": _astropy_parquet_yaml(cols, json.loads(_json(small_meta))).encode(),
     }
     schema = pa.schema(fields, metadata=metadata)
-    with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
+    # dictionary encoding is useless for float PDFs and costs memory: only for the scalar columns
+    dict_cols = [c.name for c in cols if not c.shape]
+    with pq.ParquetWriter(str(tmp), schema, compression="zstd", use_dictionary=dict_cols) as writer:
         for a, b, data in _iter_blocks(ds, cols, chunk_rows):
             arrays = [_arrow_array(c, data[c.name], f.type) for c, f in zip(cols, fields)]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=max(1, b - a))
@@ -856,7 +893,7 @@ def _infer_format(out: Path) -> str | None:
     return None
 
 
-def export_catalog(catalog: str | Path, out: str | Path, fmt: str | None = "fits", with_pz: bool = False,
+def export_catalog(catalog: str | Path, out: str | Path, fmt: str | None = None, with_pz: bool = False,
                    overwrite: bool = False, chunk_rows: int | None = None) -> Path:
     """Export a catalog to FITS or Parquet, streaming it in row blocks.
 
@@ -867,13 +904,14 @@ def export_catalog(catalog: str | Path, out: str | Path, fmt: str | None = "fits
     out : path
         Output file. Written under a temporary name in the same folder, then renamed into place.
     fmt : {"fits", "parquet"} or None
-        Output format; None infers it from the suffix of ``out`` (``.fits``, ``.parquet``).
+        Output format; None infers it from the suffix of ``out`` (``.parquet``/``.pq`` → Parquet, anything
+        else → FITS).
     with_pz : bool
         Also export ``pz(object, zbin)`` as a fixed-length float32 vector column.
     overwrite : bool
         Replace an existing ``out``; otherwise an existing file is an error.
     chunk_rows : int, optional
-        Rows per streamed block; default: whole Zarr chunks, about 64 MiB of data per block.
+        Rows per streamed block; default: whole Zarr chunks, about 32 MiB of data per block.
 
     Returns
     -------
@@ -890,7 +928,7 @@ def export_catalog(catalog: str | Path, out: str | Path, fmt: str | None = "fits
         Bad format, unreadable catalog, ``with_pz`` without a stored ``pz``.
     """
     out = Path(out)
-    fmt = (fmt or _infer_format(out) or "").lower()
+    fmt = (fmt or _infer_format(out) or "fits").lower()
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r} for {out}; use one of {', '.join(FORMATS)}")
     if out.name.lower().endswith((".gz", ".bz2", ".fz")):
@@ -930,7 +968,7 @@ def _cmd(args: argparse.Namespace) -> int:
     out = export_catalog(args.catalog, args.out, fmt=args.format, with_pz=args.with_pz,
                          overwrite=args.overwrite, chunk_rows=args.chunk_rows)
     size = out.stat().st_size
-    print(f"wrote {out} ({args.format or _infer_format(out)}, {size / 2**20:.1f} MiB)")
+    print(f"wrote {out} ({size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -950,7 +988,7 @@ def register(subparsers) -> None:
     p.add_argument("--with-pz", action="store_true", help="also export pz(object, zbin) as a vector column")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--chunk-rows", type=int, default=None, metavar="N",
-                   help="rows per streamed block (default: whole Zarr chunks, ~64 MiB per block)")
+                   help="rows per streamed block (default: whole Zarr chunks, ~32 MiB per block)")
     p.set_defaults(func=_cmd)
 
 
