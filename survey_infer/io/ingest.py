@@ -278,6 +278,8 @@ def _process_unit(unit: tuple) -> dict:
                 st = pp.stat()
             except OSError as exc:
                 raise ReaderError(pp, "file does not exist" if isinstance(exc, FileNotFoundError) else str(exc))
+            if pp.is_dir():
+                raise ReaderError(pp, "is a directory, not a spectrum file (list the files, or use --from-list)")
             res["files"].append({"path": str(pp), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns),
                                  "sha256": _sha256(pp)})
         readers = _W["readers"]
@@ -408,6 +410,13 @@ class _StoreSink:
         self.with_mask = "mask" in self.g
         for name, dt in BASE_COLUMNS.items():
             self._ensure_column(name, dt)
+        if not self.new:
+            known = set(BASE_COLUMNS) | set(EXTRA_COLUMNS) | {"flux", "ivar", "mask", "object_id"}
+            other = sorted(k for k in self.g.array_keys() if k not in known
+                           and (self.g[k].metadata.dimension_names or ("",))[0] == "object")
+            if other:
+                log.warning("%s: the appended rows leave column(s) %s at their fill values (ingested files do not "
+                            "carry them; e.g. kind=0, is_passive=False in a simulated store)", self.out, other)
 
     def _ensure_column(self, name: str, dtype: str) -> None:
         if name in self.g:
