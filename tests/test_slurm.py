@@ -263,3 +263,187 @@ def test_tls_between_scheduler_and_worker_jobs(slurm_env, tmp_path):
             assert client.submit(sum, [1, 2]).result(timeout=60) == 3
     finally:
         cluster.close()
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline on Slurm
+N_OBJECTS = 600
+BLOCK = 25          # 24 blocks: small enough to interrupt a run in the middle
+T_MC = 10
+
+
+def _pipeline_available() -> bool:
+    try:
+        from survey_infer.pipeline.runner import run_catalog  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_pipeline = pytest.mark.skipif(not _pipeline_available(), reason="survey_infer.pipeline not available yet")
+
+
+def _cli(*args: str, env: dict | None = None, timeout: float = 900, cwd=None) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "survey_infer.cli", *args], capture_output=True, text=True,
+                         timeout=timeout, env=env, cwd=cwd)
+    return res
+
+
+def _run_args(store: Path, catalog: Path, model: Path) -> list[str]:
+    return ["run", "--input", str(store), "--output", str(catalog), "--model", str(model),
+            "--mc-samples", str(T_MC), "--seed", "3", "--block-objects", str(BLOCK), "--no-progress",
+            "--lease-seconds", "10"]
+
+
+def _open(path: Path):
+    from survey_infer.io.catalog_store import open_catalog
+
+    return open_catalog(path)
+
+
+def assert_identical_catalogs(a_path: Path, b_path: Path) -> None:
+    """Every data variable and coordinate equal bit for bit (attrs such as times excluded)."""
+    a, b = _open(a_path), _open(b_path)
+    assert sorted(a.data_vars) == sorted(b.data_vars)
+    assert sorted(a.coords) == sorted(b.coords)
+    for name in [*a.data_vars, *a.coords]:
+        x, y = a[name].values, b[name].values
+        assert x.dtype == y.dtype and x.shape == y.shape, (name, x.dtype, y.dtype, x.shape, y.shape)
+        if x.dtype.kind in "biufc" and x.dtype.kind != "O":
+            same = np.array_equal(np.ascontiguousarray(x).view(np.uint8), np.ascontiguousarray(y).view(np.uint8))
+        else:
+            same = np.array_equal(x, y)
+        assert same, f"{name} differs between {a_path} and {b_path}"
+
+
+def _markers(catalog: Path) -> int:
+    """Blocks with a done-marker so far (progress of a running job)."""
+    return len(list((catalog / "_markers").glob("**/block-*.json")))
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    """A 600-object simulated store, a tiny model (1 epoch, width 8) and the catalog of a local-cluster run."""
+    if not _pipeline_available():
+        pytest.skip("survey_infer.pipeline not available yet")
+    d = tmp_path_factory.mktemp("slurm-pipeline")
+    store, model, ref = d / "survey.zarr", d / "tiny-model", d / "reference.zarr"
+    res = _cli("simulate", "--n", str(N_OBJECTS), "--seed", "1", "--out", str(store), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    res = _cli("train", "--train", str(store), "--val", str(store), "--out", str(model), "--epochs", "1",
+               "--threads", "1", "--n-val", "300", "--arch", '{"width": 8}')
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = _cli(*_run_args(store, ref, model), "--cluster", "local", "--workers", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return {"dir": d, "store": store, "model": model, "reference": ref}
+
+
+def _slurm_env(job_name: str, log_dir: Path) -> dict:
+    env = dict(os.environ)
+    # site configuration through the dask config, as a site would do it (here by environment variables)
+    env["DASK_SURVEY_INFER__SLURM__JOB_NAME"] = job_name
+    env["DASK_SURVEY_INFER__SLURM__MEMORY"] = "1500MiB"
+    env["DASK_SURVEY_INFER__SLURM__WALLTIME"] = "00:20:00"
+    env["DASK_SURVEY_INFER__SLURM__LOG_DIRECTORY"] = str(log_dir)
+    return env
+
+
+def _jobs_named(name: str) -> list[str]:
+    out = _sh("squeue", "-h", "-n", name, "-t", "RUNNING", "-o", "%i", check=False)
+    return sorted(out.split())
+
+
+@pytest.mark.slurm
+@needs_pipeline
+def test_pipeline_on_slurm_matches_local(slurm_env, tiny_inputs, tmp_path):
+    cat = tmp_path / "slurm.zarr"
+    t0 = time.monotonic()
+    res = _cli(*_run_args(tiny_inputs["store"], cat, tiny_inputs["model"]), "--cluster", "slurm",
+               "--slurm-jobs", "2", env=_slurm_env("si-test-match", tmp_path))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    print(f"--cluster slurm (2 jobs), {N_OBJECTS} objects: {time.monotonic() - t0:.1f} s")
+    assert_identical_catalogs(tiny_inputs["reference"], cat)
+    assert not _jobs_named("si-test-match"), "worker jobs left running after the run"
+
+
+@pytest.mark.slurm
+@needs_pipeline
+def test_pipeline_survives_a_cancelled_worker_job(slurm_env, tiny_inputs, tmp_path):
+    cat = tmp_path / "slurm-scancel.zarr"
+    name = "si-test-scancel"
+    proc = subprocess.Popen([sys.executable, "-m", "survey_infer.cli",
+                             *_run_args(tiny_inputs["store"], cat, tiny_inputs["model"]),
+                             "--cluster", "slurm", "--slurm-jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_slurm_env(name, tmp_path))
+    try:
+        _wait(lambda: len(_jobs_named(name)) == 2 and _markers(cat) >= 2, 300, "2 running jobs and 2 done blocks")
+        done_before = _markers(cat)
+        victim = _jobs_named(name)[0]
+        _sh("scancel", victim)
+        print(f"scancel {victim} after {done_before} of {N_OBJECTS // BLOCK} blocks")
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out[-4000:]
+    assert done_before < N_OBJECTS // BLOCK, "the run finished before the job was cancelled: test inconclusive"
+    assert _job_state(victim) in ("CANCELLED", ""), _job_state(victim)
+    assert_identical_catalogs(tiny_inputs["reference"], cat)
+    assert not _jobs_named(name), "worker jobs left running after the run"
+
+
+@pytest.mark.slurm
+@needs_pipeline
+def test_one_allocation_job_requeued_twice_resumes_identically(slurm_env, tiny_inputs, tmp_path):
+    """sbatch deploy/survey-infer-run.sbatch; USR1 (the pre-walltime warning) -> it requeues itself; then an
+    external `scontrol requeue` (preemption); the job resumes each time and ends with the identical catalog."""
+    cat = tmp_path / "one-allocation.zarr"
+    log = tmp_path / "job.out"
+    env = dict(os.environ, SURVEY_INFER_PYTHON=sys.executable, SURVEY_INFER_WORKDIR=str(tmp_path / "work"),
+               SURVEY_INFER_STOP_GRACE="30")
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=1500M", "--time=00:30:00",
+         f"--output={log}", "--job-name=si-test-requeue", str(REPO / "deploy" / "survey-infer-run.sbatch"),
+         *_run_args(tiny_inputs["store"], cat, tiny_inputs["model"])[1:]],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert job.returncode == 0, job.stderr
+    job_id = job.stdout.strip().split(";")[0]
+    n_blocks = N_OBJECTS // BLOCK
+
+    def restart_soon(expected_restarts: int) -> int:
+        _wait(lambda: _job_state(job_id) == "PENDING" and _job_field(job_id, "Restarts") == str(expected_restarts),
+              120, f"job {job_id} requeued (restart {expected_restarts})")
+        # Slurm holds a requeued job for ~2 minutes (and starting it at the very second of the requeue fails
+        # with a revoked credential): wait a little, then let it start now
+        time.sleep(5)
+        _sh("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+        _wait(lambda: _job_state(job_id) == "RUNNING", 120, f"job {job_id} running again")
+        return _markers(cat)  # blocks done when the restarted job begins
+
+    try:
+        _wait(lambda: _job_state(job_id) == "RUNNING", 120, "the job to start")
+        _wait(lambda: _markers(cat) >= 2, 300, "2 done blocks")
+        first = _markers(cat)
+        t0 = time.monotonic()
+        _sh("scancel", "--batch", "--signal=USR1", job_id)  # what Slurm sends 120 s before the walltime
+        at_restart = restart_soon(1)
+        print(f"USR1 after {first}/{n_blocks} blocks: requeued and running again "
+              f"{time.monotonic() - t0:.1f} s later (requeue delay skipped); {at_restart} blocks done then")
+        # the restarted job must itself compute blocks before it is interrupted again
+        _wait(lambda: _markers(cat) >= at_restart + 2, 300, "2 blocks done by the restarted job")
+        second = _markers(cat)
+        _sh("scontrol", "requeue", job_id)  # preemption / node failure: Slurm kills and requeues
+        restart_soon(2)
+        print(f"scontrol requeue after {second}/{n_blocks} blocks")
+        _wait(lambda: _job_state(job_id) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 600,
+              f"job {job_id} to finish")
+    finally:
+        if _job_state(job_id) in ("RUNNING", "PENDING"):
+            _sh("scancel", job_id, check=False)
+    text = log.read_text()
+    assert _job_state(job_id) == "COMPLETED", text[-4000:]
+    assert first < n_blocks and second < n_blocks, "the run finished before it was interrupted: inconclusive"
+    assert "requeueing job" in text and "restart 2" in text, text[-4000:]
+    assert at_restart < second < n_blocks
+    assert_identical_catalogs(tiny_inputs["reference"], cat)
