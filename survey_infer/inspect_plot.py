@@ -237,8 +237,8 @@ def _summary_text(rec: dict, object_id: int, row: int) -> str:
     if truth:
         lines.append("truth: " + "   ".join(truth))
     lines.append("")
-    if zw < 0:
-        lines.append(f"zwarn = {zw}: row not computed yet")
+    if zw < 0 or (zw == 0 and not np.isfinite(float(rec.get("z", np.nan)))):
+        lines.append(f"zwarn = {zw} and no estimate: row not computed yet")
         return "\n".join(lines)
     reliable = bool(flags.z_reliable(np.array([zw]))[0])
     lines.append(f"zwarn = {zw} (0x{zw:x})   z_reliable = {reliable}")
@@ -298,7 +298,8 @@ def inspect_object(catalog: str | Path, object_id: int, out_png: str | Path, inp
     row = find_row(ds["object_id"].variable, object_id)
     if row is None:
         n = int(ds.sizes["object"])
-        raise UserError(f"object {object_id} is not in catalog {catalog} ({n} objects)")
+        raise UserError(f"object {object_id} is not in catalog {catalog} ({n} objects; rows of blocks not computed "
+                        f"yet carry no object_id: see 'survey-infer status')")
     rec = _catalog_record(ds, row)
     zg = np.asarray(ds["z_grid"].values, dtype=np.float64) if "z_grid" in ds.variables else None
     pz = np.asarray(ds["pz"].variable[row].values, dtype=np.float64) if "pz" in ds.variables else None

@@ -11,17 +11,20 @@ import xarray as xr
 
 from survey_infer import flags
 from survey_infer.cli import UserError, main as cli_main
-from survey_infer.io.catalog_schema import PASSTHROUGH, PER_OBJECT, PZ_DESCRIPTION
-from survey_infer.io.export import (columns_markdown, encode_checksum, export_catalog, fits_checksum, fits_unit,
-                                    zwarn_markdown)
+from survey_infer.io.catalog_schema import PASSTHROUGH, PER_OBJECT
+from survey_infer.io.catalog_store import block_bounds, create_catalog, write_block
+from survey_infer.io.export import (catalog_columns, columns_markdown, encode_checksum, export_catalog,
+                                    fits_checksum, fits_unit, open_catalog, zwarn_markdown)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_catalog(path: Path, n: int = 40, nz: int = 50, chunk: int = 16, pz_dtype: str = "float16",
                   with_pz: bool = True, nodata: tuple[int, ...] = (3, 7), seed: int = 1,
-                  input_store: str | None = None, z_true: np.ndarray | None = None) -> Path:
-    """Write a small catalog following DESIGN §7 / catalog_schema (Zarr v3, xarray) with NODATA rows."""
+                  input_store: str | None = None, z_true: np.ndarray | None = None,
+                  skip_last_block: bool = False) -> Path:
+    """Write a small catalog with the pipeline's own writer (io.catalog_store), with NODATA rows and, with
+    ``skip_last_block``, a block never computed (fill values: NaN, -1, False)."""
     rng = np.random.default_rng(seed)
     z_grid = np.linspace(0.0, 3.0, nz)
     z_true = (rng.uniform(0.2, 2.5, n) if z_true is None else np.asarray(z_true)).astype(np.float32)
@@ -56,35 +59,28 @@ def write_catalog(path: Path, n: int = 40, nz: int = 50, chunk: int = 16, pz_dty
     data["zwarn"] = zwarn
     data["z_reliable"] = flags.z_reliable(zwarn)
     data["run_id"] = np.zeros(n, np.int32)
-    ds = xr.Dataset()
-    for name, (dtype, units, desc) in PER_OBJECT.items():
-        ds[name] = xr.Variable(("object",), np.asarray(data[name]).astype(dtype),
-                               attrs={"units": units, "description": desc})
-    ds["z_true"] = xr.Variable(("object",), z_true, attrs={"description": "true redshift (simulation)"})
-    ds["t_exp"] = xr.Variable(("object",), np.full(n, 3600.0, np.float32), attrs={"units": "s",
-                                                                                  "description": "exposure time"})
-    ds["logmstar_true"] = xr.Variable(("object",), rng.normal(10, 1, n).astype(np.float32),
-                                      attrs={"units": "dex(Msun)", "description": "true log10 stellar mass"})
-    ds["kind"] = xr.Variable(("object",), np.zeros(n, np.uint8), attrs={"description": "0 galaxy in range"})
-    ds["z_grid"] = xr.Variable(("zbin",), z_grid, attrs={"description": "redshift bin centres"})
+    data["z_true"] = z_true
+    data["t_exp"] = np.full(n, 3600.0, np.float32)
+    data["logmstar_true"] = rng.normal(10, 1, n).astype(np.float32)
+    data["kind"] = np.zeros(n, np.uint8)
+    passthrough = {"z_true": np.float32, "t_exp": np.float32, "logmstar_true": np.float32, "kind": np.uint8}
     if with_pz:
-        ds["pz"] = xr.Variable(("object", "zbin"), pz.astype(pz_dtype), attrs={"description": PZ_DESCRIPTION})
+        data["pz"] = pz.astype(pz_dtype)
     fp = {"model_sha256": "ab" * 32, "preprocessing_version": 1, "sky_mask_hash": "deadbeef", "mc_samples": 8,
-          "seed": 42, "z_grid_hash": "cafe", "dtypes": {"pz": pz_dtype}, "torch_version": "2.13",
-          "device_class": "cpu"}
-    ds.attrs = {"software_version": "0.1.0", "model_sha256": "ab" * 32, "fingerprint": fp, "mc_samples": 8,
-                "seed": 42, "created": "2026-01-01T00:00:00+00:00", "zwarn_bits": flags.bit_table(),
-                "runs": [{"run_id": 0, "created": "2026-01-01T00:00:00+00:00", "rows": n}],
-                "provenance": {"software": "survey-infer", "version": "0.1.0", "python": "3.11.7",
-                               "dependencies": {"numpy": "2.0", "torch": "2.13", "zarr": "3.1.6"}}}
+          "seed": 42, "z_grid": "cafe", "dtypes": {"pz": pz_dtype if with_pz else None, "estimates": "float32"},
+          "torch": "2.13", "device_class": "cpu", "micro_batch": 64}
+    attrs = {"software_version": "0.1.0", "model_sha256": "ab" * 32, "fingerprint": fp, "mc_samples": 8,
+             "seed": 42, "created": "2026-01-01T00:00:00+00:00", "zwarn_bits": flags.bit_table(),
+             "runs": [{"run_id": 0, "created": "2026-01-01T00:00:00+00:00", "rows": n}],
+             "provenance": {"software": "survey-infer", "version": "0.1.0", "python": "3.11.7",
+                            "dependencies": {"numpy": "2.0", "torch": "2.13", "zarr": "3.1.6"}}}
     if input_store:
-        ds.attrs["input_store"] = str(input_store)
-    enc = {v: {"chunks": (chunk,)} for v in ds.data_vars if ds[v].dims == ("object",)}
-    if with_pz:
-        enc["pz"] = {"chunks": (chunk, nz)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.to_zarr(str(path), zarr_format=3, encoding=enc, mode="w", consolidated=False)
+        attrs["input_store"] = str(input_store)
+    # the lead's real catalog writer: template, then one aligned block at a time
+    create_catalog(path, n, z_grid, chunk, passthrough=passthrough, keep_pz=with_pz, pz_dtype=pz_dtype, attrs=attrs)
+    bounds = block_bounds(n, chunk)
+    for lo, hi in bounds[: len(bounds) - 1 if skip_last_block else len(bounds)]:
+        write_block(path, lo, hi, {k: v[lo:hi] for k, v in data.items()})
     return Path(path)
 
 
@@ -134,21 +130,27 @@ def test_fits_round_trip_units_values_descriptions_checksums(catalog, tmp_path):
     names = [c for c in t.colnames]
     assert names[: len(PER_OBJECT)] == list(PER_OBJECT)
     assert {"z_true", "t_exp", "logmstar_true", "kind"} <= set(names) and "pz" not in names
+    expected = {c.name: c for c in catalog_columns(open_catalog(catalog))}
+    assert names == list(expected)
     for i, name in enumerate(names, start=1):
-        want = cat[name]
-        _assert_equal(t[name], want.values, name)
-        units = want.attrs.get("units", "")
+        _assert_equal(t[name], cat[name].values, name)
+        units, desc = expected[name].units, expected[name].description
+        assert units == cat[name].attrs.get("units", units)  # the catalog's own units when it has them
+        if name in PER_OBJECT:
+            assert desc == cat[name].attrs["description"] and units == PER_OBJECT[name][1]
         fu = fits_unit(units)
         if fu:
             assert t[name].unit == u.Unit(units), name
             assert hdr[f"TUNIT{i}"] == fu
         else:
             assert t[name].unit is None and f"TUNIT{i}" not in hdr, name
-        desc = want.attrs["description"]
         assert t[name].description.startswith(desc), name
         assert hdr[f"TCOMM{i}"].startswith(desc)
         assert t[name].description.startswith(hdr.comments[f"TTYPE{i}"].rstrip("."))
-    assert t["ra"].unit == u.deg and t["t_exp"].unit == u.s and t["z"].unit is None
+    assert t["ra"].unit == u.deg and t["z"].unit is None
+    # passthrough columns: units and meaning from the survey store's column contract
+    assert t["t_exp"].unit == u.s and t["t_exp"].description.startswith("exposure time")
+    assert "dex(Msun)" in t["logmstar_true"].description
     assert "dex(solMass)" in t["logmstar"].description
     assert t["z_reliable"].dtype == bool
     assert t["zwarn"].dtype.newbyteorder("=") == np.int32 and t["pz_npeaks"].dtype.newbyteorder("=") == np.int16
@@ -165,6 +167,30 @@ def test_fits_nodata_rows_are_nan_and_flagged(catalog, tmp_path):
     assert np.isnan(t["z"][nod]).all() and np.isfinite(t["z"][~nod]).all()
     assert not t["z_reliable"][nod].any()
     np.testing.assert_array_equal(t["z_reliable"], flags.z_reliable(t["zwarn"]))
+
+
+def test_uncomputed_rows_export_cleanly(tmp_path):
+    """A catalog whose last block was never computed (fill values) exports to both formats."""
+    import pandas as pd
+    from astropy.io import fits
+    from astropy.table import Table
+
+    cat = write_catalog(tmp_path / "partial.zarr", n=20, nz=10, chunk=8, skip_last_block=True, nodata=(1,))
+    f = export_catalog(cat, tmp_path / "p.fits", with_pz=True)
+    p = export_catalog(cat, tmp_path / "p.parquet", with_pz=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fits.open(f, checksum=True) as hdul:
+            hdul.verify("exception")
+    t, df = Table.read(f, hdu=1, mask_invalid=False), pd.read_parquet(p)
+    ref = _cat(cat)
+    for tab in (t, df):
+        for name in ("object_id", "run_id", "zwarn", "pz_npeaks", "z_reliable"):  # integer fills as stored
+            _assert_equal(np.asarray(tab[name]), ref[name].values, name)
+        z = np.asarray(tab["z"])
+        assert np.isnan(z[16:]).all() and np.isnan(z[1]) and np.isfinite(np.delete(z[:16], 1)).all()
+        assert np.asarray(tab["zwarn"])[1] == flags.ZWarn.NODATA and not np.asarray(tab["z_reliable"])[16:].any()
+    assert np.isnan(t["pz"][16:]).all() and np.isnan(np.stack(df["pz"].to_numpy())[16:]).all()
 
 
 def test_fits_with_pz_shapes(catalog, tmp_path):
@@ -222,10 +248,14 @@ def test_parquet_round_trip_metadata(catalog, tmp_path):
         else:
             _assert_equal(df[name].to_numpy(), cat[name].values, name)
     schema = pq.read_schema(out)
+    expected = {c.name: c for c in catalog_columns(open_catalog(catalog), with_pz=True)}
     for name in df.columns:
         md = schema.field(name).metadata
-        assert md[b"units"].decode() == cat[name].attrs.get("units", "")
-        assert md[b"description"].decode() == cat[name].attrs["description"]
+        assert md[b"units"].decode() == expected[name].units
+        assert md[b"description"].decode() == expected[name].description
+        if name in PER_OBJECT or name == "pz":
+            assert expected[name].description == cat[name].attrs["description"]
+    assert schema.field("t_exp").metadata[b"units"] == b"s"
     info = json.loads(schema.metadata[b"survey_infer"])
     assert info["attrs"]["model_sha256"] == "ab" * 32 and info["attrs"]["fingerprint"]["mc_samples"] == 8
     assert len(info["z_grid"]) == 50 and info["columns"]["logsfr"]["units"] == "dex(solMass/yr)"

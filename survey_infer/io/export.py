@@ -206,25 +206,39 @@ def catalog_columns(ds, with_pz: bool = False) -> list[Column]:
     return cols
 
 
+def _store_column_attrs(name: str) -> dict:
+    try:
+        from .survey_store import COLUMN_ATTRS
+    except ImportError:  # pragma: no cover
+        return {}
+    return dict(COLUMN_ATTRS.get(name, {}))
+
+
 def _units(var, name: str) -> str:
+    """The variable's ``units`` attr; else the contract's (catalog schema, then the survey store's columns)."""
     u = var.attrs.get("units", var.attrs.get("unit"))
     if u is None:
-        u = PER_OBJECT.get(name, ("", "", ""))[1]
+        u = PER_OBJECT[name][1] if name in PER_OBJECT else _store_column_attrs(name).get("units", "")
     return str(u or "")
 
 
-def _description(var, name: str) -> str:
-    d = var.attrs.get("description") or var.attrs.get("long_name")
-    if not d and name in PER_OBJECT:
-        d = PER_OBJECT[name][2]
-    if not d:
-        try:
-            from .survey_store import COLUMN_ATTRS
+_GENERIC_PASSTHROUGH = "passed through from the input store"
 
-            d = COLUMN_ATTRS.get(name, {}).get("description", "")
-        except ImportError:  # pragma: no cover
-            d = ""
-    return str(d or "")
+
+def _description(var, name: str) -> str:
+    """The variable's description; passthrough columns also get the survey store's description of the column."""
+    d = str(var.attrs.get("description") or var.attrs.get("long_name") or "")
+    if name in PER_OBJECT:
+        return d or PER_OBJECT[name][2]
+    store_desc = _store_column_attrs(name).get("description")
+    if store_desc and store_desc not in d:
+        if not d:
+            d = store_desc
+        elif d.startswith(_GENERIC_PASSTHROUGH):
+            d = f"{store_desc} ({_GENERIC_PASSTHROUGH})"
+        else:
+            d = f"{store_desc}; {d}"
+    return d
 
 
 def _default_chunk_rows(ds, cols: list[Column]) -> int:
