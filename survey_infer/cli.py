@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:
+        for noisy in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -72,5 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     return int(rc or 0)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover - use `python -m survey_infer` (one UserError class)
+    from survey_infer.cli import main as _main
+
+    sys.exit(_main())

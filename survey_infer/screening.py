@@ -75,9 +75,11 @@ def hpd_interval(pz: np.ndarray, imode: np.ndarray, z: np.ndarray, zc: np.ndarra
     with np.errstate(all="ignore"):
         frac_l = np.where(pl > 0, np.minimum(excess / 2 / pl, 1.0), 0.0)
         frac_h = np.where(ph > 0, np.minimum(excess / 2 / ph, 1.0), 0.0)
-    single = lo == hi
-    lo_edge = np.where(single, lo_edge, lo_edge + frac_l * dz)
-    hi_edge = np.where(single, hi_edge, hi_edge - frac_h * dz)
+    # never trim the mode bin itself
+    frac_l = np.where(lo == imode, 0.0, frac_l)
+    frac_h = np.where(hi == imode, 0.0, frac_h)
+    lo_edge = lo_edge + frac_l * dz
+    hi_edge = hi_edge - frac_h * dz
     lo_edge = np.minimum(lo_edge, z)
     hi_edge = np.maximum(hi_edge, z)
     return lo_edge, hi_edge
@@ -107,6 +109,7 @@ def pdf_statistics(pz: np.ndarray, zc: np.ndarray, dz: float, thresholds: dict |
     zerr = np.sqrt(np.maximum((pz * (zc ** 2)[None, :]).sum(axis=1) - zmean ** 2, 0.0))
     lo68, hi68 = hpd_interval(pz, imode, z, zc, dz, 0.68)
     lo95, hi95 = hpd_interval(pz, imode, z, zc, dz, 0.95)
+    lo95, hi95 = np.minimum(lo95, lo68), np.maximum(hi95, hi68)  # nested by construction
     near = np.abs(zc[None, :] - z[:, None]) <= th["conf_window"] + 1e-12
     conf = (pz * near).sum(axis=1)
     with np.errstate(all="ignore"):

@@ -145,7 +145,7 @@ class SurveyWriter:
 
     @property
     def group(self) -> zarr.Group:
-        return zarr.open_group(str(self.work_path), mode="r+")
+        return zarr.open_group(str(self.work_path), mode="r+", use_consolidated=False)
 
     def write(self, offset: int, data: Mapping[str, np.ndarray], group: zarr.Group | None = None) -> dict:
         """Write rows ``[start + offset, start + offset + n)``.
@@ -199,7 +199,6 @@ class SurveyWriter:
         if extra_attrs:
             upd.update(dict(extra_attrs))
         g.attrs.update(upd)
-        zarr.consolidate_metadata(str(self.work_path))
         if self.new:
             if self.final_path.exists():
                 shutil.rmtree(self.final_path)
@@ -322,7 +321,7 @@ def _open_group(path: Path, mode: str = "r") -> zarr.Group:
     if not Path(path).exists():
         raise SurveyStoreError(f"survey store {path} does not exist")
     try:
-        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+        return zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)
     except Exception as exc:  # noqa: BLE001 - report any zarr failure with the path
         raise SurveyStoreError(f"{path} is not a readable Zarr v3 survey store: {exc}") from exc
 

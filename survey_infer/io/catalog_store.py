@@ -1,0 +1,131 @@
+"""The catalog store: an xarray Dataset in Zarr v3, written block by block (DESIGN §7–8).
+
+* Created once as a template (``Dataset.to_zarr(compute=False)``: metadata only, no data written).
+* Dims ``object`` (N, the input's rows) and ``zbin``. Every per-object variable is chunked by ``block_objects``
+  and ``pz`` by ``(block_objects, Z)``, so one block = one chunk of every variable = exactly one writer.
+* :func:`write_block` asserts alignment before writing, and refuses when the run's epoch is older than the lock's
+  (a late write from an orphaned worker of a dead run).
+* Not-yet-computed rows read as the fill value (NaN / −1 / False): a chunk file is never proof of completion —
+  the done-markers in ``_markers/`` are (see :mod:`survey_infer.pipeline.resume`).
+
+Data safety: region writes of one block are not atomic; a block whose marker is missing is rewritten whole.
+"""
+from __future__ import annotations
+
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .catalog_schema import PASSTHROUGH, PER_OBJECT, PZ_DESCRIPTION, fill_value
+
+__all__ = ["create_catalog", "write_block", "read_block", "block_bounds", "output_hash", "CatalogError",
+           "open_catalog"]
+
+
+class CatalogError(RuntimeError):
+    """A catalog cannot be created, written or read as asked."""
+
+
+def block_bounds(n_objects: int, block_objects: int) -> list[tuple[int, int]]:
+    """``[(lo, hi), …]`` of every block."""
+    return [(lo, min(n_objects, lo + block_objects)) for lo in range(0, n_objects, block_objects)]
+
+
+def create_catalog(path: str | Path, n_objects: int, z_centres: np.ndarray, block_objects: int, *,
+                   passthrough: dict[str, np.dtype] | None = None, keep_pz: bool = True, pz_dtype: str = "float16",
+                   attrs: dict | None = None) -> None:
+    """Write the catalog template (metadata only) with xarray ``to_zarr(compute=False)``."""
+    import dask.array as da
+    import xarray as xr
+
+    N, Z = int(n_objects), len(z_centres)
+    data_vars = {}
+    for name, (dt, units, desc) in PER_OBJECT.items():
+        a = {"description": desc}
+        if units:
+            a["units"] = units
+        data_vars[name] = (("object",), da.full((N,), fill_value(dt), dtype=dt, chunks=block_objects), a)
+    for name, dt in (passthrough or {}).items():
+        dt = np.dtype(dt)
+        fv = fill_value(dt.name if dt.kind != "b" else "bool")
+        data_vars[name] = (("object",), da.full((N,), fv, dtype=dt, chunks=block_objects),
+                           {"description": f"passed through from the input store ({name})"})
+    if keep_pz:
+        data_vars["pz"] = (("object", "zbin"), da.full((N, Z), np.nan, dtype=pz_dtype, chunks=(block_objects, Z)),
+                           {"description": PZ_DESCRIPTION})
+    ds = xr.Dataset(data_vars, coords={"z_grid": (("zbin",), np.asarray(z_centres, np.float64),
+                                                  {"description": "redshift bin centres"})})
+    ds.attrs.update(attrs or {})
+    enc = {v: {"chunks": ds[v].data.chunksize} for v in ds.data_vars}
+    for v in ds.data_vars:
+        if ds[v].dtype.kind == "f":
+            enc[v]["fill_value"] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, encoding=enc, consolidated=False)
+
+
+def open_catalog(path: str | Path):
+    """Open a catalog as an xarray Dataset (lazy)."""
+    import xarray as xr
+
+    if not Path(path).exists():
+        raise CatalogError(f"catalog {path} does not exist")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xr.open_zarr(str(path), consolidated=False, zarr_format=3)
+
+
+def output_hash(values: dict[str, np.ndarray]) -> str:
+    """CRC32 over the block's arrays in name order (detects torn or overwritten chunks on resume)."""
+    crc = 0
+    for k in sorted(values):
+        a = np.ascontiguousarray(values[k])
+        crc = zlib.crc32(k.encode(), crc)
+        crc = zlib.crc32(a.view(np.uint8).reshape(-1).data if a.size else b"", crc)
+    return f"{crc:08x}"
+
+
+def write_block(path: str | Path, lo: int, hi: int, values: dict[str, np.ndarray], rows: np.ndarray | None = None) -> str:
+    """Write rows ``[lo, hi)`` of every variable in ``values``; returns :func:`output_hash` of what is stored.
+
+    Parameters
+    ----------
+    rows : ndarray of int, optional
+        Partial reprocessing: only these rows (absolute indices within the block) are replaced; the rest of the
+        block is read back and kept, and the whole block is written (one writer per chunk still holds).
+    """
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    stored = {}
+    for name, v in values.items():
+        arr = g[name]
+        chunk = arr.chunks[0]
+        if lo % chunk != 0 or (hi % chunk != 0 and hi != arr.shape[0]):
+            raise CatalogError(f"{path}: block [{lo}, {hi}) of {name} is not aligned with its chunks of {chunk} "
+                               f"(one writer per chunk would be violated)")
+        v = np.asarray(v)
+        if rows is not None:
+            cur = arr[lo:hi]
+            cur[np.asarray(rows) - lo] = v.astype(arr.dtype, copy=False)
+            v = cur
+        if v.shape[0] != hi - lo:
+            raise CatalogError(f"{path}: {name} has {v.shape[0]} rows for block [{lo}, {hi})")
+        v = v.astype(arr.dtype, copy=False)
+        arr[lo:hi] = v
+        stored[name] = v
+    return output_hash(stored)
+
+
+def read_block(path: str | Path, lo: int, hi: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Read rows ``[lo, hi)`` of the named variables (all data variables by default)."""
+    g = zarr.open_group(str(path), mode="r", zarr_format=3)
+    names = names or [k for k in g.array_keys() if k != "z_grid"]
+    return {k: g[k][lo:hi] for k in names}
+
+
+def passthrough_columns(input_group: zarr.Group) -> dict[str, np.dtype]:
+    """Per-row input columns copied into the catalog (truth and identifiers) with their dtypes."""
+    return {c: input_group[c].dtype for c in PASSTHROUGH if c in input_group}

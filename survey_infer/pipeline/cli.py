@@ -1,0 +1,89 @@
+"""``survey-infer run``: the main job (see :mod:`survey_infer.pipeline.runner`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="run the model over a survey store and write (or resume) a catalog",
+        description="Map sky-masking -> preprocessing -> MC-dropout inference -> PDF screening over the blocks of a "
+                    "survey store on a Dask cluster and write an xarray/Zarr catalog. Re-running the same command "
+                    "resumes: only blocks without a valid done-marker are computed. Exit code 0 only when every "
+                    "block is done.")
+    p.add_argument("--input", required=True, help="survey store (Zarr)")
+    p.add_argument("--output", required=True, help="catalog (Zarr): created, or resumed if it exists")
+    p.add_argument("--model", default="default", help="'default' (shipped) or a model directory")
+    p.add_argument("--cluster", default="local",
+                   help="local | cuda | slurm | tcp://HOST:PORT | SCHEDULER_FILE | inprocess (default local)")
+    p.add_argument("--workers", type=int, default=2, help="local worker processes or Slurm jobs (default 2)")
+    p.add_argument("--mc-samples", type=int, default=50, help="MC-dropout samples T (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="MC seed (default 0)")
+    p.add_argument("--no-pz", action="store_true", help="do not store the PDFs (pz)")
+    p.add_argument("--pz-dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--block-objects", type=int, default=None,
+                   help="objects per task / catalog chunk (default: >=4 blocks per worker, <= 32768)")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--chunks", help="reprocess catalog blocks A:B only")
+    sel.add_argument("--objects", help="reprocess the object ids listed in FILE only")
+    sel.add_argument("--where", help="reprocess rows selected by an expression on catalog columns, e.g. 'zwarn != 0'")
+    p.add_argument("--reprocess", action="store_true",
+                   help="allow numerics different from the catalog's (new model, T or seed): a new job/run_id")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda for --cluster cuda, else cpu)")
+    p.add_argument("--max-in-flight", type=int, default=None, help="tasks in flight (default 2 x workers)")
+    p.add_argument("--lease-seconds", type=float, default=60.0, help="lock lease: a silent holder is dead after this")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    try:
+        from ..slurm import add_slurm_arguments
+
+        add_slurm_arguments(p)
+    except ImportError:  # pragma: no cover
+        pass
+    p.set_defaults(func=main)
+
+
+def print_summary(s, out=sys.stdout) -> None:
+    print(f"\ncatalog   {s.catalog}  (job {s.job}, run_id {s.run_id}, epoch {s.epoch})", file=out)
+    print(f"objects   {s.n_objects:,}   blocks {s.n_blocks}: {s.blocks_done_before} already done, "
+          f"{s.blocks_computed} computed, {len(s.blocks_failed)} failed", file=out)
+    print(f"time      {s.seconds:.1f} s   ({s.spectra_per_s:,.0f} spectra/s end to end)", file=out)
+    if s.timings:
+        tot = sum(s.timings.values())
+        print("stages    " + "  ".join(f"{k} {v / tot:.0%}" for k, v in sorted(s.timings.items(), key=lambda x: -x[1])),
+              file=out)
+    flags = ", ".join(f"{k}={v}" for k, v in s.flag_counts.items() if v)
+    print(f"reliable  {s.n_reliable:,} computed objects have z_reliable; flags: {flags or 'none'}", file=out)
+    for f in s.blocks_failed:
+        print(f"FAILED    block {f['block']}: {f['reason']}", file=out)
+    if s.blocks_failed:
+        print("Fix the cause and re-run the same command: only the failed/pending blocks are computed.", file=out)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+    from ..cluster import ClusterError
+    from ..model.checkpoint import CheckpointError
+    from .resume import FingerprintMismatch, LockHeldError
+    from .runner import RunError, run_catalog
+
+    slurm_opts = {}
+    if args.cluster == "slurm":
+        from ..slurm import slurm_options_from_args
+
+        slurm_opts = slurm_options_from_args(args)
+    try:
+        s = run_catalog(args.input, args.output, model=args.model, cluster=args.cluster, workers=args.workers,
+                        mc_samples=args.mc_samples, seed=args.seed, keep_pz=not args.no_pz, pz_dtype=args.pz_dtype,
+                        block_objects=args.block_objects, chunks=args.chunks, objects=args.objects, where=args.where,
+                        reprocess=args.reprocess, progress=not args.no_progress, max_in_flight=args.max_in_flight,
+                        device=args.device, lease_s=args.lease_seconds, slurm_options=slurm_opts)
+    except (RunError, ClusterError, CheckpointError, FingerprintMismatch, LockHeldError) as exc:
+        raise UserError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(s.__dict__, default=str, indent=1))
+    else:
+        print_summary(s)
+    return 0 if s.ok else 1
