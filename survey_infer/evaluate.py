@@ -1,0 +1,172 @@
+"""``survey-infer evaluate CATALOG``: accuracy, calibration and screening metrics against truth columns.
+
+Everything uses the one reliability selection ``z_reliable`` (``(zwarn & BAD_MASK) == 0``). Galaxies in range
+are rows with ``kind == 0``; interlopers (stars, galaxies below or above the range) must be marked not
+reliable. Metrics: |Δz| < 0.01 before screening and among ``z_reliable`` with the fraction set aside (overall,
+per exposure time, per m_H bin); NMAD of Δz/(1+z) and the outlier fraction (|Δz|/(1+z) > 0.05); coverage of
+the 68% / 95% intervals; a PIT histogram (from ``pz``); bias, NMAD, outliers (> 0.5 dex) and 68% coverage of
+log M★ and log SFR. Plots: z_pred vs z_true, PIT, the screening curve (accuracy vs fraction kept).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+DZ_OK = 0.01
+MAG_BINS = ((21.0, 22.0), (22.0, 23.0), (23.0, 24.0), (24.0, 25.0))
+
+
+def _nmad(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if x.size else float("nan")
+
+
+def _zblock(z, zt, rel, sel) -> dict:
+    s = sel & np.isfinite(zt)
+    n = int(s.sum())
+    if n == 0:
+        return {"n": 0}
+    ok = np.abs(z - zt) < DZ_OK
+    ok = np.where(np.isfinite(z), ok, False)
+    kept = s & rel
+    return {"n": n, "acc_all": float(ok[s].mean()), "acc_reliable": float(ok[kept].mean()) if kept.any() else float("nan"),
+            "set_aside": float(1.0 - kept.sum() / n)}
+
+
+def _prop(pred, err, true, sel) -> dict:
+    s = sel & np.isfinite(pred) & np.isfinite(true)
+    if not s.any():
+        return {"n": 0}
+    d = pred[s] - true[s]
+    return {"n": int(s.sum()), "bias": float(np.median(d)), "nmad": _nmad(d), "outliers_0.5dex": float((np.abs(d) > 0.5).mean()),
+            "coverage68": float((np.abs(d) <= err[s]).mean())}
+
+
+def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None) -> dict:
+    """Metrics dict (see the module docstring); PNGs into ``plots`` when given."""
+    from .io.catalog_store import open_catalog
+
+    cat = open_catalog(catalog)
+    need = [c for c in ("z_true", "kind") if c not in cat]
+    if need:
+        from .cli import UserError
+
+        raise UserError(f"catalog {catalog} has no truth column(s) {need}: evaluate needs a simulated input")
+    v = {k: cat[k].values for k in ("z", "z_true", "z_reliable", "kind", "z_lo68", "z_hi68", "z_lo95", "z_hi95",
+                                   "logmstar", "logmstar_err", "logsfr", "logsfr_err", "quality") if k in cat}
+    z, zt, rel = v["z"].astype(np.float64), v["z_true"].astype(np.float64), v["z_reliable"].astype(bool)
+    kind = v["kind"].astype(int)
+    gal = kind == 0
+    has = np.isfinite(z)
+    texp = cat["t_exp"].values if "t_exp" in cat else np.full(len(z), np.nan)
+    mag = cat["mag_h"].values if "mag_h" in cat else np.full(len(z), np.nan)
+    out: dict = {"catalog": str(catalog), "n_objects": int(len(z)), "n_galaxies_in_range": int(gal.sum()),
+                 "n_interlopers": int((~gal).sum()), "n_nodata": int((~has).sum())}
+    out["redshift"] = _zblock(z, zt, rel, gal)
+    out["by_exposure_h"] = {f"{h:g}": _zblock(z, zt, rel, gal & np.isclose(texp, h * 3600.0)) for h in (2, 4, 8)}
+    out["by_mag_h"] = {f"{a:g}-{b:g}": _zblock(z, zt, rel, gal & (mag >= a) & (mag < b)) for a, b in MAG_BINS}
+    out["by_exposure_h_mag"] = {f"{h:g}h/{a:g}-{b:g}": _zblock(z, zt, rel, gal & np.isclose(texp, h * 3600.0) &
+                                                               (mag >= a) & (mag < b))
+                                for h in (2, 4, 8) for a, b in MAG_BINS}
+    dzn = (z - zt) / (1 + zt)
+    g = gal & has
+    out["nmad_dz_1pz"] = _nmad(dzn[g])
+    out["outlier_frac_0.05"] = float((np.abs(dzn[g]) > 0.05).mean()) if g.any() else float("nan")
+    out["coverage68"] = float(((zt >= v["z_lo68"]) & (zt <= v["z_hi68"]))[g].mean()) if g.any() else float("nan")
+    out["coverage95"] = float(((zt >= v["z_lo95"]) & (zt <= v["z_hi95"]))[g].mean()) if g.any() else float("nan")
+    inter = ~gal
+    out["interlopers_not_reliable"] = float((~rel[inter]).mean()) if inter.any() else float("nan")
+    out["interlopers_by_kind"] = {name: float((~rel[kind == k]).mean()) for k, name in
+                                  ((1, "star"), (2, "below_range"), (3, "above_range")) if (kind == k).any()}
+    pit = None
+    if "pz" in cat:
+        pz = cat["pz"].values.astype(np.float64)
+        zg = cat["z_grid"].values
+        dz = float(zg[1] - zg[0])
+        cdf = np.cumsum(pz, axis=1)
+        idx = np.clip(np.floor((zt - (zg[0] - dz / 2)) / dz).astype(int), 0, len(zg) - 1)
+        frac = np.clip((zt - (zg[idx] - dz / 2)) / dz, 0, 1)
+        rows = np.arange(len(zt))
+        prev = np.where(idx > 0, cdf[rows, np.maximum(idx - 1, 0)], 0.0)
+        pit = prev + frac * pz[rows, idx]
+        pit = pit[g & (zt >= zg[0] - dz / 2) & (zt <= zg[-1] + dz / 2)]
+        hist, _ = np.histogram(pit, bins=10, range=(0, 1))
+        out["pit_hist"] = (hist / max(1, hist.sum())).round(4).tolist()
+    out["logmstar"] = _prop(v["logmstar"], v["logmstar_err"], cat["logmstar_true"].values, gal) if "logmstar_true" in cat else {}
+    out["logsfr"] = _prop(v["logsfr"], v["logsfr_err"], cat["logsfr_true"].values, gal) if "logsfr_true" in cat else {}
+    if plots:
+        _plots(Path(plots), z, zt, rel, gal, has, v["quality"], pit)
+        out["plots"] = str(plots)
+    return out
+
+
+def _plots(d: Path, z, zt, rel, gal, has, quality, pit) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.6))
+    s = has & gal
+    ax[0].scatter(zt[s & ~rel], z[s & ~rel], s=3, c="0.6", label="not reliable")
+    ax[0].scatter(zt[s & rel], z[s & rel], s=3, c="C0", label="z_reliable")
+    ax[0].plot([0.9, 2.6], [0.9, 2.6], "k-", lw=0.5)
+    ax[0].set(xlabel="z_true", ylabel="z (mode)", title="redshift", xlim=(0.85, 2.65), ylim=(0.85, 2.65))
+    ax[0].legend(markerscale=3, fontsize=8)
+    if pit is not None:
+        ax[1].hist(pit, bins=20, range=(0, 1), color="C1")
+        ax[1].axhline(len(pit) / 20, color="k", lw=0.8)
+    ax[1].set(xlabel="PIT", ylabel="count", title="PIT (flat = calibrated)")
+    order = np.argsort(-np.nan_to_num(quality[s], nan=-1))
+    ok = (np.abs(z[s] - zt[s]) < DZ_OK)[order]
+    kept = np.arange(1, len(ok) + 1) / max(1, len(ok))
+    ax[2].plot(kept, np.cumsum(ok) / np.arange(1, len(ok) + 1), "C2")
+    ax[2].axhline(0.99, color="k", ls=":", lw=0.8)
+    ax[2].axvline(0.88, color="k", ls=":", lw=0.8)
+    ax[2].set(xlabel="fraction kept (sorted by quality)", ylabel="|dz| < 0.01 among kept", title="screening curve",
+              ylim=(max(0.0, min(0.8, ok.mean() - 0.05)) if len(ok) else 0, 1.001))
+    fig.tight_layout()
+    fig.savefig(d / "evaluate.png", dpi=110)
+    plt.close(fig)
+
+
+def format_report(m: dict) -> str:
+    r = m["redshift"]
+    lines = [f"catalog {m['catalog']}: {m['n_objects']:,} objects ({m['n_galaxies_in_range']:,} galaxies in 0.9-2.6, "
+             f"{m['n_interlopers']:,} interlopers, {m['n_nodata']} without data)",
+             f"{'selection':<18}{'N':>7}{'|dz|<0.01':>11}{'reliable':>10}{'set aside':>11}",
+             f"{'all':<18}{r.get('n', 0):>7}{r.get('acc_all', np.nan):>11.3f}{r.get('acc_reliable', np.nan):>10.3f}"
+             f"{r.get('set_aside', np.nan):>11.3f}"]
+    for group in ("by_exposure_h", "by_mag_h"):
+        for k, b in m[group].items():
+            if b.get("n"):
+                label = f"{k} h" if group == "by_exposure_h" else f"m_H {k}"
+                lines.append(f"{label:<18}{b['n']:>7}{b['acc_all']:>11.3f}{b['acc_reliable']:>10.3f}{b['set_aside']:>11.3f}")
+    lines.append(f"NMAD dz/(1+z) {m['nmad_dz_1pz']:.5f}   outliers (>0.05) {m['outlier_frac_0.05']:.3f}   "
+                 f"coverage 68% {m['coverage68']:.3f}  95% {m['coverage95']:.3f}")
+    lines.append(f"interlopers marked not reliable: {m['interlopers_not_reliable']:.3f} {m['interlopers_by_kind']}")
+    for p in ("logmstar", "logsfr"):
+        q = m.get(p) or {}
+        if q.get("n"):
+            lines.append(f"{p:<9} bias {q['bias']:+.3f}  NMAD {q['nmad']:.3f} dex  outliers(>0.5) {q['outliers_0.5dex']:.3f}  "
+                         f"68% coverage {q['coverage68']:.3f}")
+    if "pit_hist" in m:
+        lines.append("PIT deciles: " + " ".join(f"{x:.3f}" for x in m["pit_hist"]))
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="accuracy / calibration / screening metrics against truth columns")
+    p.add_argument("catalog")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.add_argument("--plots", default=None, help="folder for PNG plots")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    m = evaluate_catalog(args.catalog, args.plots)
+    print(json.dumps(m, indent=1) if args.json else format_report(m))
+    return 0
