@@ -140,7 +140,7 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
                 batch_size: int = 64, lr: float = 2e-3, seed: int = 0, resume: bool = False,
                 threads: int | None = None, device: str = "cpu", arch: dict | None = None,
                 max_minutes: float | None = None, checkpoint_minutes: float = 10.0, n_val: int = 4000,
-                progress: bool = True) -> dict:
+                progress: bool = True, finalize: bool = False) -> dict:
     """Train (or resume) a model; returns a summary dict. See the module docstring."""
     from tqdm import tqdm
 
@@ -178,13 +178,22 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
              "batch_size": batch_size, "lr": lr, "target_norm": tnorm, "history": [], "device": str(dev),
              "train_store": str(train_store), "val_store": str(val_store), "n_train": int(N),
              "architecture": cfg.to_dict(), "threads": torch.get_num_threads()}
-    if resume and (out / STATE_DIR / "state.json").exists():
+    if (resume or finalize) and (out / STATE_DIR / "state.json").exists():
         saved = _load_state(out, net, opt)
         for k in ("epoch", "group_pos", "step", "seconds", "history", "target_norm"):
             state[k] = saved[k]
         tnorm = state["target_norm"]
         log.info("resuming at epoch %d, group %d (step %d, %.0f s spent)", state["epoch"], state["group_pos"],
                  state["step"], state["seconds"])
+    if finalize:
+        if not (out / STATE_DIR / "state.json").exists():
+            from .cli import UserError
+
+            raise UserError(f"--finalize: no training state in {out / STATE_DIR}")
+        log.info("finalizing from the last checkpoint (epoch %d, step %d) without further training",
+                 state["epoch"], state["step"])
+        state["epochs"] = epochs = state["epoch"] + (1 if state["group_pos"] else 0)
+        state["epoch"] = epochs
     sched = lambda s: lr * 0.5 * (1 + np.cos(np.pi * min(s, total_steps) / total_steps)) * min(1.0, (s + 1) / 200)
     t_leg = time.time()
     t_ckpt = time.time()
@@ -243,7 +252,8 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
                  state["seconds"])
         _save_state(out, net, opt, state)
         t_ckpt = time.time()
-    _save_state(out, net, opt, state)
+    if not finalize:
+        _save_state(out, net, opt, state)
     if stopped_early:
         log.info("leg ended after %.1f min; resume with --resume", (time.time() - t_leg) / 60)
         return {"finished": False, **{k: state[k] for k in ("epoch", "step", "seconds")}}
@@ -300,6 +310,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="end this leg after this many minutes")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
     p.add_argument("--n-val", type=int, default=4000, help="validation objects used for calibration")
+    p.add_argument("--finalize", action="store_true",
+                   help="stop here: calibrate and save the model from the last checkpoint (implies --resume)")
     p.add_argument("--arch", default=None, help="JSON dict overriding NetConfig fields (e.g. '{\"width\": 16}')")
     p.set_defaults(func=_main)
 
@@ -308,6 +320,6 @@ def _main(args) -> int:
     res = train_model(args.train, args.val, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       seed=args.seed, resume=args.resume, threads=args.threads, device=args.device,
                       arch=json.loads(args.arch) if args.arch else None, max_minutes=args.max_minutes,
-                      checkpoint_minutes=args.checkpoint_minutes, n_val=args.n_val)
+                      checkpoint_minutes=args.checkpoint_minutes, n_val=args.n_val, finalize=args.finalize)
     print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=1, default=str))
     return 0 if res.get("finished") else 3
