@@ -148,14 +148,16 @@ def _draw_spectrum(ax, spec: dict, z: float, object_id: int) -> None:
     with np.errstate(divide="ignore", invalid="ignore"):
         noise = np.where(ivar > 0, 1.0 / np.sqrt(ivar), np.nan)
     w2, f2, s2, n2 = _with_gaps(wave, f_plot, sm, noise)
-    ax.plot(w2, f2, color="0.6", lw=0.4, label="flux")
+    ax.plot(w2, f2, color="0.72", lw=0.4, label="flux")
     ax.plot(w2, s2, color="k", lw=0.7, label="smoothed (9 ch)")
     ax.plot(w2, n2, color="tab:red", lw=0.5, alpha=0.7, label="1-sigma noise")
     ref = sm[np.isfinite(sm)]
     if ref.size > 10:
         lo, hi = np.percentile(ref, [0.5, 99.5])
         pad = 0.25 * (hi - lo) + 1e-12
-        ax.set_ylim(lo - pad, hi + 2.5 * pad)  # headroom for the line labels
+        # room for the line labels, and for strong emission lines (not for wild spikes)
+        top = max(hi + 2.5 * pad, min(1.08 * float(ref.max()), hi + 12 * (hi - lo)))
+        ax.set_ylim(lo - pad, top)
     ax.set_xlim(np.nanmin(wave), np.nanmax(wave))
     if np.isfinite(z):
         shown = lines_in_range(z, float(np.nanmin(wave)), float(np.nanmax(wave)))
@@ -342,7 +344,7 @@ def register(subparsers) -> None:
         "inspect",
         help="plot one object's spectrum, lines at the estimated z, redshift PDF and flags",
         description="Inspection figure for one object: the spectrum (masked channels shaded, expected lines at "
-                    "the estimated z), the redshift PDF with its 68%%/95%% intervals (and z_true when known) and "
+                    "the estimated z), the redshift PDF with its 68%/95% intervals (and z_true when known) and "
                     "the zwarn flags decoded.",
     )
     p.add_argument("catalog", help="catalog (Zarr) written by 'survey-infer run'")

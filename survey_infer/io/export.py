@@ -974,7 +974,7 @@ def export_catalog(catalog: str | Path, out: str | Path, fmt: str | None = None,
     finally:
         if tmp.exists():
             tmp.unlink()
-    log.info("export: wrote %s (%s, %d rows, %d columns)", out, fmt, int(ds.sizes["object"]), len(cols))
+    log.debug("export: wrote %s (%s, %d rows, %d columns)", out, fmt, int(ds.sizes["object"]), len(cols))
     return out
 
 
@@ -982,7 +982,8 @@ def _cmd(args: argparse.Namespace) -> int:
     out = export_catalog(args.catalog, args.out, fmt=args.format, with_pz=args.with_pz,
                          overwrite=args.overwrite, chunk_rows=args.chunk_rows)
     size = out.stat().st_size
-    print(f"wrote {out} ({size / 2**20:.1f} MiB)")
+    human = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.1f} KiB"
+    print(f"wrote {out} ({human})")
     return 0
 
 
@@ -997,7 +998,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("catalog", help="catalog (Zarr) written by 'survey-infer run'")
     p.add_argument("--format", choices=FORMATS, default=None,
-                   help="output format (default: from the suffix of --out: .fits or .parquet)")
+                   help="output format (default: parquet when --out ends in .parquet or .pq, else fits)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--with-pz", action="store_true", help="also export pz(object, zbin) as a vector column")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
