@@ -660,7 +660,11 @@ def _encode_rows(layout: list[_FitsColumn], data: dict[str, np.ndarray], n: int)
 
 def _astropy_yaml_comments(cols: list[Column], fits_dtypes: dict[str, np.dtype]) -> list[str]:
     """astropy's serialized-column COMMENT block (so Table.read restores each column's description)."""
-    from astropy.io.fits.connect import _encode_mixins
+    try:  # astropy's own (private) encoder, so the block is exactly what Table.read expects
+        from astropy.io.fits.connect import _encode_mixins
+    except ImportError:  # pragma: no cover - descriptions remain in TCOMMn / TTYPEn comments
+        log.debug("export: astropy serialized-column encoder not available; no YAML block")
+        return []
     from astropy.table import Column as ACol, Table
 
     t = Table()
@@ -853,9 +857,13 @@ def _astropy_parquet_yaml(cols: list[Column], meta: dict) -> str:
                 unit = None
         t.add_column(ACol(name=c.name, dtype=dt if dt.kind not in "SU" else np.dtype("U1"), shape=c.shape,
                           length=0, unit=unit, description=c.description))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return "\n".join(ameta.get_yaml_from_table(t))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return "\n".join(ameta.get_yaml_from_table(t))
+    except Exception as exc:  # noqa: BLE001 - units/descriptions remain in the field metadata
+        log.warning("export: cannot write astropy's table_meta_yaml (%s); field metadata still has units", exc)
+        return ""
 
 
 def _write_parquet(ds, cols: list[Column], tmp: Path, chunk_rows: int, attrs: dict) -> None:
@@ -881,8 +889,10 @@ def _write_parquet(ds, cols: list[Column], tmp: Path, chunk_rows: int, attrs: di
     metadata = {
         b"survey_infer": _json(info).encode(),
         b"zwarn_bits": _json(bit_table_of(attrs)).encode(),
-        b"table_meta_yaml": _astropy_parquet_yaml(cols, json.loads(_json(small_meta))).encode(),
     }
+    yaml_meta = _astropy_parquet_yaml(cols, json.loads(_json(small_meta)))
+    if yaml_meta:
+        metadata[b"table_meta_yaml"] = yaml_meta.encode()
     schema = pa.schema(fields, metadata=metadata)
     # dictionary encoding is useless for float PDFs and costs memory: only for the scalar columns
     dict_cols = [c.name for c in cols if not c.shape]
