@@ -24,8 +24,9 @@ Examples::
     python benchmarks/scaling.py --cluster cuda --workers 1 --mode strong --n 20000  # the GPU worker
 
 The timed runs use ``survey_infer.pipeline.runner.run_catalog`` with the client of the cluster, so the cluster's
-start and the workers' joining are excluded (reported separately as ``join_s``); the model loading on the workers
-is included (it happens once per run). Surveys are simulated once into ``--out`` and reused.
+start and the workers' joining are excluded (reported separately as ``join_s``), and an untimed warm-up run on a
+64-object survey imports torch and loads the model on every worker first (``--no-warmup`` to include that).
+Surveys are simulated once into ``--out`` and reused.
 """
 from __future__ import annotations
 
@@ -238,6 +239,8 @@ def parse_args(argv=None):
     p.add_argument("--mc-samples", type=int, default=20, help="MC samples T (default 20)")
     p.add_argument("--no-pz", action="store_true", help="do not store PDFs")
     p.add_argument("--overhead-tasks", type=int, default=2000, help="no-op tasks per overhead pattern")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="time the first run on a fresh cluster too (worker imports and model loading included)")
     p.add_argument("--out", default="benchmark-scaling", help="directory for surveys, JSON and PNG")
     try:
         from survey_infer.slurm import add_slurm_arguments
@@ -267,6 +270,7 @@ def main(argv=None) -> int:
 
     strong_store = simulated_store(out, args.n) if "strong" in do else None
     weak_stores = {w: simulated_store(out, args.n_per_worker * w) for w in workers} if "weak" in do else {}
+    warm_store = simulated_store(out, 64) if args.warmup and do & {"strong", "weak"} else None
     strong_block = max(1, math.ceil(args.n / (args.blocks_per_worker * max(workers))))
     weak_block = max(1, math.ceil(args.n_per_worker / args.blocks_per_worker))
 
@@ -279,8 +283,12 @@ def main(argv=None) -> int:
         print(f"--- {w} worker(s) on {args.cluster}", flush=True)
         client, cluster, join_s = start_cluster(args.cluster, w, slurm_options)
         actual = len(client.scheduler_info()["workers"])
-        r: dict = {"workers": w if not is_address else actual, "join_s": join_s}
+        r: dict = {"workers": w if not is_address else actual, "join_s": join_s,
+                   "load_avg_1min": os.getloadavg()[0]}  # other load on the machine distorts the timings
         try:
+            if args.warmup and ("strong" in do or "weak" in do):
+                # untimed: imports torch and loads the model on every worker, fills the OS page cache
+                timed_run(client, warm_store, out / f"cat-warmup-w{w}.zarr", args, max(1, 64 // (2 * w)))
             if "overhead" in do:
                 r["overhead"] = measure_overhead(client, args.overhead_tasks)
                 print(f"    overhead {r['overhead']}", flush=True)
