@@ -140,7 +140,8 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
                 batch_size: int = 64, lr: float = 2e-3, seed: int = 0, resume: bool = False,
                 threads: int | None = None, device: str = "cpu", arch: dict | None = None,
                 max_minutes: float | None = None, checkpoint_minutes: float = 10.0, n_val: int = 4000,
-                progress: bool = True, finalize: bool = False) -> dict:
+                progress: bool = True, finalize: bool = False, group_rows: int = 1024,
+                max_groups: int | None = None) -> dict:
     """Train (or resume) a model; returns a summary dict. See the module docstring."""
     from tqdm import tqdm
 
@@ -170,7 +171,7 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     N = ds.sizes["object"]
     chunk = int(ds["flux"].encoding.get("chunks", (256,))[0]) if ds["flux"].encoding.get("chunks") else 256
-    group = max(chunk, 1024 // chunk * chunk)  # rows read and shuffled together
+    group = max(chunk, group_rows // chunk * chunk)  # rows read and shuffled together
     n_groups = -(-N // group)
     steps_per_epoch = sum(-(-min(group, N - g * group) // batch_size) for g in range(n_groups))
     total_steps = epochs * steps_per_epoch
@@ -198,6 +199,7 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
     t_leg = time.time()
     t_ckpt = time.time()
     stopped_early = False
+    groups_this_leg = 0
     while state["epoch"] < epochs:
         ep = state["epoch"]
         order = _order(n_groups, seed, ep)
@@ -238,7 +240,9 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
             if time.time() - t_ckpt > checkpoint_minutes * 60:
                 _save_state(out, net, opt, state)
                 t_ckpt = time.time()
-            if max_minutes is not None and time.time() - t_leg > max_minutes * 60:
+            groups_this_leg += 1
+            if (max_minutes is not None and time.time() - t_leg > max_minutes * 60) or \
+                    (max_groups is not None and groups_this_leg >= max_groups):
                 stopped_early = True
                 break
         bar.close()

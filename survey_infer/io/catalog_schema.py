@@ -49,9 +49,14 @@ ZGRID_NAME = "z_grid"
 
 
 def fill_value(dtype: str):
-    """Fill for rows not (yet) computed: NaN for floats, -1 for integers, False for bool."""
+    """Fill for rows not (yet) computed: NaN for floats, -1 for signed integers, the maximum for unsigned
+    integers (e.g. 255 for uint8), False for bool."""
+    import numpy as np
+
     if dtype.startswith("float"):
         return float("nan")
     if dtype == "bool":
         return False
+    if dtype.startswith("uint"):
+        return int(np.iinfo(np.dtype(dtype)).max)
     return -1

@@ -48,11 +48,14 @@ def create_catalog(path: str | Path, n_objects: int, z_centres: np.ndarray, bloc
         if units:
             a["units"] = units
         data_vars[name] = (("object",), da.full((N,), fill_value(dt), dtype=dt, chunks=block_objects), a)
+    from .survey_store import COLUMN_ATTRS
+
     for name, dt in (passthrough or {}).items():
         dt = np.dtype(dt)
         fv = fill_value(dt.name if dt.kind != "b" else "bool")
-        data_vars[name] = (("object",), da.full((N,), fv, dtype=dt, chunks=block_objects),
-                           {"description": f"passed through from the input store ({name})"})
+        a = dict(COLUMN_ATTRS.get(name, {}))
+        a["description"] = a.get("description", name) + " (passed through from the input store)"
+        data_vars[name] = (("object",), da.full((N,), fv, dtype=dt, chunks=block_objects), a)
     if keep_pz:
         data_vars["pz"] = (("object", "zbin"), da.full((N, Z), np.nan, dtype=pz_dtype, chunks=(block_objects, Z)),
                            {"description": PZ_DESCRIPTION})
@@ -61,8 +64,8 @@ def create_catalog(path: str | Path, n_objects: int, z_centres: np.ndarray, bloc
     ds.attrs.update(attrs or {})
     enc = {v: {"chunks": ds[v].data.chunksize} for v in ds.data_vars}
     for v in ds.data_vars:
-        if ds[v].dtype.kind == "f":
-            enc[v]["fill_value"] = np.nan
+        # rows not yet computed read as NaN / -1 / False (never 0: zwarn = 0 means "good")
+        enc[v]["fill_value"] = fill_value("bool" if ds[v].dtype.kind == "b" else ds[v].dtype.name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, encoding=enc, consolidated=False)

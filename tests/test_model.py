@@ -1,0 +1,191 @@
+"""Preprocessing, network shapes, seeded MC determinism, checkpoints, screening, training resume."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_ARCH, make_tiny_model
+from survey_infer.instrument import load_instrument
+from survey_infer.model import mc
+from survey_infer.model.checkpoint import CheckpointError, load_model, model_sha256
+from survey_infer.model.inference import MICRO_BATCH, infer_block
+from survey_infer.model.network import NetConfig, SpectrumNet, gather_table, ones_masks
+from survey_infer.model.zgrid import ZGrid
+from survey_infer.preprocess import N_CHANNELS, n_scalars, preprocess
+from survey_infer.screening import calibrate_thresholds, pdf_statistics
+
+INST = load_instrument()
+
+
+def _spectra(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    W = INST.n_wave
+    cont = 2.0 + np.sin(INST.wave / 900.0)
+    flux = (cont[None, :] + rng.normal(0, 0.5, (n, W))).astype(np.float32)
+    lam = 6564.61 * 2.0  # an H-alpha line at z = 1.0 (YJ arm)
+    flux[:, np.abs(INST.wave - lam) < 4] += 20.0
+    ivar = np.full((n, W), 4.0, np.float32)
+    return flux, ivar
+
+
+def test_preprocess_shapes_and_invariants():
+    flux, ivar = _spectra(6)
+    ivar[1] = 0.0  # no data
+    flux[2, :100] = np.nan  # invalid pixels
+    sky = np.zeros(INST.n_wave, np.uint8)
+    sky[::10] = 1
+    pp = preprocess(flux, ivar, INST, sky)
+    assert pp.x.shape == (6, N_CHANNELS, INST.n_wave) and pp.x.dtype == np.float32
+    assert pp.scalars.shape == (6, n_scalars(INST))
+    assert np.isfinite(pp.x).all() and np.isfinite(pp.scalars).all()
+    assert (pp.x[:, 4, ::10] == 0).all()  # sky channels masked
+    assert pp.n_good[1] == 0 and np.isnan(pp.snr[1]) and (pp.x[1] == 0).all()
+    assert (pp.x[2, 4, :100] == 0).all()
+    # the line stands out in the residual significance channel
+    k = np.argmin(np.abs(INST.wave - 6564.61 * 2.0))
+    assert pp.x[0, 0, k] > 10
+    # continuum channel ~ cont/norm is smooth and positive
+    assert np.median(pp.x[0, 2][pp.x[0, 4] > 0]) > 0.5
+    # per-row: a row's preprocessing does not depend on its neighbours
+    one = preprocess(flux[3:4], ivar[3:4], INST, sky)
+    assert np.array_equal(one.x[0], pp.x[3]) and np.array_equal(one.scalars[0], pp.scalars[3])
+
+
+def test_network_shapes_and_gather_table():
+    cfg = NetConfig(**{"n_scalars": n_scalars(INST), **TINY_ARCH})
+    zg = ZGrid()
+    assert zg.n == 567 and abs(zg.centres[0] - 0.9015) < 1e-12
+    net = SpectrumNet(cfg, INST, zg).eval()
+    x = torch.randn(3, N_CHANNELS, INST.n_wave)
+    s = torch.randn(3, cfg.n_scalars)
+    out = net(x, s, ones_masks(cfg, 3, 5))
+    assert out["logits_z"].shape == (3, 5, 567)
+    assert out["logit_out"].shape == (3, 5) and out["mstar"].shape == (3, 5, 2) and out["sfr"].shape == (3, 5, 2)
+    assert out["aux"].shape == (3, net.n_pos)
+    idx, w = gather_table(INST, zg, cfg.lines, cfg.stride)
+    # H-alpha at z=1.5 lands in YJ; at z=1.1 in the YJ arm too; at z=2.5 off the grid (22976 A)
+    ha = [n for n, _ in cfg.lines].index("Halpha")
+    zb = zg.index(np.array([2.5]))[0]
+    assert idx[ha, zb] == net.n_pos  # padding column
+
+
+def test_mc_masks_keyed_by_object_and_sample():
+    a = mc.keep_masks(3, np.array([10, 11]), 4, 64, 0.2)
+    b = mc.keep_masks(3, np.array([11, 10]), 4, 64, 0.2)
+    assert np.array_equal(a[0], b[1]) and np.array_equal(a[1], b[0])  # keyed by id, not position
+    assert not np.array_equal(a[0, 0], a[0, 1])  # samples differ
+    assert not np.array_equal(a[0], a[1])  # objects differ
+    assert abs((a == 0).mean() - 0.2) < 0.1
+    c = mc.keep_masks(4, np.array([10]), 4, 64, 0.2)
+    assert not np.array_equal(a[0], c[0])  # seeds differ
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_model(make_tiny_model(tmp_path_factory.mktemp("m") / "tiny"))
+
+
+def test_outputs_independent_of_neighbours_slot_and_padding(model):
+    flux, ivar = _spectra(40, seed=2)
+    oid = np.arange(1000, 1040)
+    full = infer_block(model, flux, ivar, oid, 0, mc_samples=6, seed=9)
+    # same object, different neighbours (other rows replaced), same global row
+    flux2 = flux.copy()
+    flux2[:5] += 3.0
+    alt = infer_block(model, flux2, ivar, oid, 0, mc_samples=6, seed=9)
+    # alone, padded micro-batch
+    one = infer_block(model, flux[17:18], ivar[17:18], oid[17:18], 17, mc_samples=6, seed=9)
+    for k in ("z", "z_err", "z_lo68", "z_hi95", "logmstar", "logsfr_err", "pz_conf", "p_outside", "z_mc_std", "pz"):
+        assert np.array_equal(full[k][17], alt[k][17], equal_nan=True), k
+        assert np.array_equal(full[k][17], one[k][0], equal_nan=True), k
+    assert MICRO_BATCH == 32
+
+
+def test_mc_spread_settles_as_T_grows(model):
+    flux, ivar = _spectra(8, seed=4)
+    oid = np.arange(8)
+    spreads = [infer_block(model, flux, ivar, oid, 0, mc_samples=T, seed=1)["logmstar_err_mc"] for T in (2, 16, 64)]
+    assert (spreads[0] >= 0).all() and np.isfinite(spreads[2]).all()
+    # the estimate of the epistemic spread stabilises: T=16 is closer to T=64 than T=2 is
+    assert np.median(np.abs(spreads[1] - spreads[2])) <= np.median(np.abs(spreads[0] - spreads[2])) + 1e-6
+    det = infer_block(model, flux, ivar, oid, 0, mc_samples=1, seed=-1)
+    assert (det["z_mc_std"] == 0).all() and (det["logmstar_err_mc"] == 0).all()
+
+
+def test_checkpoint_round_trip_and_tamper_detection(tmp_path):
+    d = make_tiny_model(tmp_path / "m")
+    m1 = load_model(d)
+    m2 = load_model(d, expected_sha256=m1.sha256)
+    for (k, v), (k2, v2) in zip(m1.net.state_dict().items(), m2.net.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    meta = json.loads((d / "model.json").read_text())
+    for key in ("architecture", "z_grid", "instrument", "sky_mask_hash", "preprocessing_version", "calibration",
+                "training", "weights_sha256"):
+        assert key in meta
+    assert m1.sky_mask.shape == (INST.n_wave,) and 0.1 < m1.sky_mask.mean() < 0.2
+    with pytest.raises(CheckpointError, match="expects"):
+        load_model(d, expected_sha256="0" * 64)
+    raw = bytearray((d / "model.safetensors").read_bytes())
+    raw[-10] ^= 0xFF
+    (d / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_model(d)
+    # calibration is part of the identity
+    d2 = make_tiny_model(tmp_path / "m2")
+    from survey_infer.model.checkpoint import update_meta
+
+    before = model_sha256(d2)
+    after = update_meta(d2, calibration={"temperature": 1.5})
+    assert before != after
+
+
+def test_pdf_statistics_and_intervals():
+    zg = ZGrid()
+    zc = zg.centres
+    z0 = np.array([1.2345, 2.0, 0.95])
+    s = np.array([0.004, 0.02, 0.005])
+    pz = np.exp(-0.5 * ((zc[None] - z0[:, None]) / s[:, None]) ** 2)
+    pz[1] += 0.6 * pz[1].max() * np.exp(-0.5 * ((zc - 1.5) / 0.01) ** 2)  # a second peak
+    pz /= pz.sum(1, keepdims=True)
+    st = pdf_statistics(pz, zc, zg.dz)
+    assert np.allclose(st["z"][[0, 2]], z0[[0, 2]], atol=0.0015)
+    assert (st["z_lo68"] <= st["z"]).all() and (st["z"] <= st["z_hi68"]).all()
+    assert (st["z_lo95"] <= st["z_lo68"]).all() and (st["z_hi95"] >= st["z_hi68"]).all()
+    assert st["pz_npeaks"][0] == 1 and st["pz_npeaks"][1] == 2
+    assert st["pz_conf"][0] > 0.95 and st["pz_conf"][1] < 0.7
+
+
+def test_calibrate_thresholds_reaches_target_or_caps():
+    rng = np.random.default_rng(0)
+    q = rng.random(5000)
+    correct = rng.random(5000) < (0.8 + 0.2 * q)  # better quality, more often right
+    r = calibrate_thresholds(q, correct, target_accuracy=0.95, max_set_aside=0.9)
+    kept = q >= r["quality"]
+    assert r["target_met"] and correct[kept].mean() >= 0.95
+    r2 = calibrate_thresholds(q, correct, target_accuracy=0.999, max_set_aside=0.12)
+    assert not r2["target_met"] and abs(r2["val_set_aside"] - 0.12) < 0.01
+
+
+def test_training_resumes_exactly(small_survey, tmp_path):
+    from safetensors.torch import load_file
+
+    from survey_infer.train import STATE_DIR, train_model
+
+    kw = dict(epochs=1, batch_size=32, lr=1e-3, seed=5, threads=1, arch=TINY_ARCH, n_val=64, progress=False,
+              group_rows=128)
+    straight = train_model(small_survey, small_survey, tmp_path / "a", **kw)
+    assert straight["finished"]
+    leg1 = train_model(small_survey, small_survey, tmp_path / "b", max_groups=1, **kw)
+    assert not leg1["finished"]
+    leg2 = train_model(small_survey, small_survey, tmp_path / "b", resume=True, **kw)
+    assert leg2["finished"]
+    a = load_file(str(tmp_path / "a" / STATE_DIR / "state.safetensors"))
+    b = load_file(str(tmp_path / "b" / STATE_DIR / "state.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    m = load_model(tmp_path / "a")
+    assert "temperature" in m.calibration and "quality" in m.calibration["thresholds"]
