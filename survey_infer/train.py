@@ -43,7 +43,7 @@ def _read_rows(ds, lo: int, hi: int) -> dict[str, np.ndarray]:
     return cols
 
 
-def _targets(cols: dict, zg: ZGrid, net: SpectrumNet, tnorm: dict, smooth_bins: float = 0.75):
+def _targets(cols: dict, zg: ZGrid, net: SpectrumNet, wave: np.ndarray, tnorm: dict, smooth_bins: float = 0.75):
     n = len(cols["z_true"])
     Z = zg.n
     kind = cols["kind"].astype(np.int64)
@@ -61,7 +61,6 @@ def _targets(cols: dict, zg: ZGrid, net: SpectrumNet, tnorm: dict, smooth_bins: 
     # auxiliary line-location map at trunk resolution
     L = net.n_pos
     aux = np.zeros((n, L), np.float32)
-    wave = net_instrument_wave(net)
     stride = net.cfg.stride
     for r in np.flatnonzero((kind != 1) & ~cols["is_passive"].astype(bool)):
         for k in EMISSION_FOR_AUX:
@@ -75,13 +74,6 @@ def _targets(cols: dict, zg: ZGrid, net: SpectrumNet, tnorm: dict, smooth_bins: 
             aux[r, max(0, p - 1): p + 2] = 1.0
     return (torch.from_numpy(tgt), torch.from_numpy(ym.astype(np.float32)), torch.from_numpy(ys.astype(np.float32)),
             torch.from_numpy(inrange), torch.from_numpy(aux))
-
-
-_WAVE_CACHE: dict[int, np.ndarray] = {}
-
-
-def net_instrument_wave(net: SpectrumNet) -> np.ndarray:
-    return _WAVE_CACHE[id(net)]
 
 
 def _loss(out, tgt, ym, ys, inr, aux_t):
@@ -163,7 +155,6 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
     cfg = NetConfig(**{**{"n_scalars": n_scalars(inst)}, **(arch or {})})
     torch.manual_seed(seed)
     net = SpectrumNet(cfg, inst, zg).to(dev)
-    _WAVE_CACHE[id(net)] = inst.wave
     kind = ds["kind"].values
     inr = kind == 0
     tnorm = {k: [float(np.nanmean(ds[f"{k}_true"].values[inr])), float(np.nanstd(ds[f"{k}_true"].values[inr]))]
@@ -214,7 +205,7 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
             perm = np.random.default_rng([seed, ep, gi]).permutation(hi - lo)
             cols = {k: v[perm] for k, v in cols.items()}
             pp = preprocess(cols["flux"], cols["ivar"], inst, sky, cols.get("mask"))
-            tgt, ym, ys, inrange, aux_t = _targets(cols, zg, net, tnorm)
+            tgt, ym, ys, inrange, aux_t = _targets(cols, zg, net, inst.wave, tnorm)
             x = torch.from_numpy(pp.x)
             sc = torch.from_numpy(pp.scalars)
             for b0 in range(0, hi - lo, batch_size):
