@@ -3,17 +3,30 @@
 Done-markers
     ``CATALOG/_markers/<job>/block-<i>.json``, written atomically (temp + rename) after a block's region write.
     A marker holds the numerics fingerprint, the run epoch and run id, the block's input stamp (sizes and
-    mtimes of the input chunk files it read) and input hash (CRC32 of the bytes it read), and the output hash
-    (CRC32 of what it wrote). A block is done only when its marker exists, the fingerprint matches, its input
-    stamp still matches (or, if not, its input hash does) and the stored output still hashes to the marker's
-    output hash — so a torn chunk left by a kill, a chunk overwritten by an orphaned worker, or changed input is
-    recomputed.
+    mtimes of the input chunk files it read), its input hash (CRC32 of the bytes it read), the names of the
+    variables it wrote (``output_names``) and the output hash (CRC32 of those variables as read back from the
+    store after the write). A block is done for a job only when
+
+    * the job's marker exists, with the same block bounds, fingerprint and (for a selection) the same rows;
+    * its input stamp still matches (or, if files were touched, its input hash does);
+    * the stored block still hashes to the output hash of the *latest* marker of that block over all jobs (so
+      a torn, truncated, deleted or overwritten chunk is detected, while a later reprocessing job that legitimately
+      replaced some rows is not mistaken for damage);
+    * no row of the job's selection was rewritten since by an older job (its ``run_id`` is not lower than the
+      job's).
+
+    Before a reprocessing job merges its rows into a block it records an *intent*
+    (``_markers/<job>/intent-<i>.json``) with the hash of the rows it keeps, so that its own interrupted merge can
+    be resumed while damage to the kept rows is refused.
 
 Lease lock
-    ``CATALOG/_lock.json``: owner, epoch, heartbeat time, lease length. A run takes the lock if it is absent,
-    released, or its heartbeat is older than the lease (a dead run, also on another node after a Slurm
-    requeue: the catalog lives on a shared file system); every take-over increments the epoch. Tasks carry
-    their run's epoch and refuse to write when the lock's epoch is newer.
+    ``CATALOG/_lock.json``: owner (host, pid, boot id, process start time), epoch, heartbeat time, lease length.
+    A run takes the lock if it is absent or released, if its holder is provably dead (same host and boot, the
+    process is gone), or if its heartbeat is older than the lease (a dead run on another node, e.g. before a
+    Slurm requeue: the catalog lives on a shared file system). A live holder on another node is recognised by its
+    heartbeat advancing. Every acquisition increments the epoch. Changes to the lock file are serialised by a
+    short-lived exclusive claim file (``_lock.json.claim``, ``O_CREAT | O_EXCL``). Tasks carry their run's epoch
+    and refuse to write (data or marker) when the lock's epoch is newer.
 """
 from __future__ import annotations
 
@@ -31,6 +44,7 @@ import numpy as np
 MARKERS = "_markers"
 LOCK = "_lock.json"
 FAILURES = "_failures"
+CLAIM_STALE_S = 10.0
 
 
 class LockHeldError(RuntimeError):
@@ -45,21 +59,41 @@ class FingerprintMismatch(RuntimeError):
     """The catalog was made with different numerics than this run would use."""
 
 
+class DamagedBlockError(RuntimeError):
+    """A catalog block a reprocessing job must merge into is damaged outside the job's rows."""
+
+
 def atomic_write_json(path: Path, obj: dict) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, sort_keys=True, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing or unreadable (a torn marker is no marker)."""
     try:
         return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
@@ -75,8 +109,43 @@ def marker_path(catalog: Path, job: str, block: int) -> Path:
     return Path(catalog) / MARKERS / job / f"block-{block:06d}.json"
 
 
+def intent_path(catalog: Path, job: str, block: int) -> Path:
+    return Path(catalog) / MARKERS / job / f"intent-{block:06d}.json"
+
+
 def failure_path(catalog: Path, job: str, block: int) -> Path:
     return Path(catalog) / FAILURES / job / f"block-{block:06d}.json"
+
+
+def load_markers(catalog: Path) -> dict[str, dict[int, dict]]:
+    """Every readable done-marker of a catalog: ``{job: {block: marker}}``."""
+    out: dict[str, dict[int, dict]] = {}
+    root = Path(catalog) / MARKERS
+    if not root.is_dir():
+        return out
+    for jd in sorted(p for p in root.iterdir() if p.is_dir()):
+        d = out.setdefault(jd.name, {})
+        for f in jd.glob("block-*.json"):
+            m = read_json(f)
+            if m and "block" in m:
+                d[int(m["block"])] = m
+    return out
+
+
+def marker_order(m: dict) -> tuple:
+    """Sort key of markers by when their write happened: run epoch first (epochs only grow), then time."""
+    return int(m.get("epoch", -1)), float(m.get("time", 0.0))
+
+
+def latest_marker(catalog: Path, block: int, markers: dict[str, dict[int, dict]] | None = None) -> dict | None:
+    """The most recent marker of ``block`` over all jobs: the one whose output hash the stored block must have."""
+    if markers is None:  # read only this block's marker of every job
+        root = Path(catalog) / MARKERS
+        jobs = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+        cands = [m for m in (read_json(marker_path(catalog, j, block)) for j in jobs) if m]
+    else:
+        cands = [j[block] for j in markers.values() if block in j]
+    return max(cands, key=marker_order) if cands else None
 
 
 def input_stamp(input_store: Path, lo: int, hi: int, chunk_rows: dict[str, int]) -> str:
@@ -103,81 +172,226 @@ def input_hash(arrays: list[np.ndarray]) -> str:
     return f"{crc:08x}"
 
 
+def rows_hash(rows: np.ndarray | None) -> str | None:
+    """Identity of a selection of rows inside a block (None = the whole block)."""
+    if rows is None:
+        return None
+    return f"{zlib.crc32(np.ascontiguousarray(rows, dtype=np.int64).tobytes()):08x}:{len(rows)}"
+
+
+def iter_input_rows(group, todo: np.ndarray, sub_rows: int):
+    """Read input rows ``todo`` (sorted absolute indices) in sub-blocks of at most ``sub_rows`` rows.
+
+    Yields ``(rows, a, b, sel, arrays)`` where ``[a, b)`` is the contiguous range read, ``sel`` the positions of
+    ``rows`` inside it and ``arrays`` a dict with ``flux``, ``ivar``, ``object_id`` and ``mask`` (or None) for
+    ``rows`` only. The same reader is used by the task (input hash at compute time) and by the resume check.
+    """
+    has_mask = "mask" in group
+    for s0 in range(0, len(todo), sub_rows):
+        r = todo[s0:s0 + sub_rows]
+        a, b = int(r[0]), int(r[-1]) + 1
+        arrs = {"flux": group["flux"][a:b], "ivar": group["ivar"][a:b],
+                "mask": group["mask"][a:b] if has_mask else None, "object_id": group["object_id"][a:b]}
+        sel = r - a
+        if len(sel) != b - a:
+            arrs = {k: (None if v is None else v[sel]) for k, v in arrs.items()}
+        yield r, a, b, sel, arrs
+
+
+def hash_parts(arrs: dict) -> list[np.ndarray]:
+    """The arrays of one sub-block in input-hash order."""
+    return [arrs["flux"], arrs["ivar"], arrs["object_id"]] + ([arrs["mask"]] if arrs["mask"] is not None else [])
+
+
 # ---- lease lock -------------------------------------------------------------------------------------------------
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _pid_ns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _proc_start(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # noqa: BLE001 - no such process, or psutil missing
+        return None
+
+
+def holder_is_dead(rec: dict) -> bool:
+    """True only when the lock's holder provably no longer exists: same host, same boot, same PID namespace,
+    and its PID is gone or now belongs to a process started later. Holders elsewhere are judged by heartbeat."""
+    ident = rec.get("identity") or {}
+    if not ident or ident.get("host") != socket.gethostname() or ident.get("boot_id") != _boot_id() \
+            or ident.get("pid_ns") != _pid_ns() or not ident.get("boot_id"):
+        return False
+    start = _proc_start(int(ident.get("pid", -1)))
+    return start is None or abs(start - float(ident.get("start", 0.0))) > 1.0
+
+
 class LeaseLock:
     """One writer per catalog: a lease with heartbeat and a monotonically increasing epoch.
 
     Parameters
     ----------
     catalog : path
+        The catalog folder (created if missing: the lock is taken before the catalog is).
     lease_s : float
-        A holder whose heartbeat is older than this is considered dead.
+        Seconds without a heartbeat after which a holder is considered dead. The holder beats every
+        ``lease_s / 4`` seconds.
     """
 
     def __init__(self, catalog: str | Path, lease_s: float = 60.0):
         self.path = Path(catalog) / LOCK
+        self.claim = self.path.with_name(LOCK + ".claim")
         self.lease_s = float(lease_s)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.identity = {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": _boot_id(),
+                         "pid_ns": _pid_ns(), "start": _proc_start(os.getpid()) or 0.0}
         self.epoch = -1
+        self.taken_over_from: dict | None = None
+        self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self, wait_s: float = 0.0) -> int:
-        """Take the lock; returns the new epoch. Raises :class:`LockHeldError` if a live run holds it."""
-        deadline = time.time() + wait_s
+    # -- claim: serialises read-modify-write of the lock file between processes ----------------------------------
+    def _take_claim(self, timeout: float = 5.0) -> bool:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                fd = os.open(self.claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.write(fd, self.owner.encode())
+                os.close(fd)
+                return True
+            except FileExistsError:
+                try:
+                    if time.time() - self.claim.stat().st_mtime > CLAIM_STALE_S:  # its taker died inside the claim
+                        self.claim.unlink()
+                        continue
+                except FileNotFoundError:
+                    continue
+                if time.time() >= deadline:
+                    return False
+                time.sleep(0.05)
+
+    def _drop_claim(self) -> None:
+        try:
+            if self.claim.read_text() == self.owner:
+                self.claim.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _holder_state(self, cur: dict | None, now: float) -> str:
+        if not cur or cur.get("released"):
+            return "free"
+        if holder_is_dead(cur):
+            return "dead"
+        if now - float(cur.get("heartbeat", 0)) >= float(cur.get("lease_s", self.lease_s)):
+            return "expired"
+        return "live"
+
+    def acquire(self, wait_s: float | None = None) -> int:
+        """Take the lock; returns the new epoch.
+
+        A lock held by a live run raises :class:`LockHeldError`. A lock whose holder is not provably dead but
+        may be (another host) is watched: if its heartbeat advances the holder is alive (refused at once),
+        otherwise the lock is taken over when its lease expires. ``wait_s`` additionally waits that long for a
+        live holder to finish (default 0).
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        seen_beat = None
         while True:
             cur = read_json(self.path)
             now = time.time()
-            if cur and not cur.get("released") and now - float(cur.get("heartbeat", 0)) < float(cur.get("lease_s", self.lease_s)):
-                if time.time() < deadline:
-                    time.sleep(1.0)
-                    continue
-                age = now - float(cur.get("heartbeat", 0))
-                raise LockHeldError(
-                    f"catalog {self.path.parent} is being written by another run ({cur.get('owner')}, epoch "
-                    f"{cur.get('epoch')}, last heartbeat {age:.0f} s ago; lease {cur.get('lease_s')} s). Wait for it "
-                    f"to finish, or if it is dead, retry after the lease expires.")
-            epoch = int(cur.get("epoch", 0)) + 1 if cur else 1
-            rec = {"owner": self.owner, "epoch": epoch, "heartbeat": now, "lease_s": self.lease_s,
-                   "taken_over": bool(cur and not cur.get("released")), "acquired": now}
-            atomic_write_json(self.path, rec)
-            time.sleep(0.2)  # let a concurrent taker's rename land, then see who won
-            back = read_json(self.path)
-            if back and back.get("owner") == self.owner:
+            state = self._holder_state(cur, now)
+            if state == "live":
+                beat = float(cur.get("heartbeat", 0))
+                same_host = (cur.get("identity") or {}).get("host") == socket.gethostname()
+                alive = same_host or (seen_beat is not None and beat != seen_beat)
+                if alive and now - t0 >= float(wait_s or 0.0):
+                    age = now - beat
+                    raise LockHeldError(
+                        f"catalog {self.path.parent} is being written by another run ({cur.get('owner')}, epoch "
+                        f"{cur.get('epoch')}, last heartbeat {age:.0f} s ago, lease {cur.get('lease_s')} s). Wait "
+                        f"for it to finish; a run that died is taken over automatically once its lease expires.")
+                seen_beat = beat if seen_beat is None else seen_beat
+                time.sleep(min(1.0, max(0.05, float(cur.get("lease_s", self.lease_s)) / 8)))
+                continue
+            if not self._take_claim():
+                raise LockHeldError(f"catalog {self.path.parent}: cannot claim {self.claim} (another run is taking "
+                                    f"the lock at this moment)")
+            try:
+                cur2 = read_json(self.path)
+                if (cur2 or {}).get("owner") != (cur or {}).get("owner") or \
+                        (cur2 or {}).get("epoch") != (cur or {}).get("epoch"):
+                    continue  # changed under us: decide again
+                epoch = int(cur.get("epoch", 0)) + 1 if cur else 1
+                rec = {"owner": self.owner, "identity": self.identity, "epoch": epoch, "heartbeat": now,
+                       "lease_s": self.lease_s, "acquired": now, "released": False,
+                       "taken_over": state in ("dead", "expired"),
+                       "previous": {k: cur.get(k) for k in ("owner", "epoch", "heartbeat")} if cur else None}
+                atomic_write_json(self.path, rec)
                 self.epoch = epoch
-                self._start_heartbeat()
-                return epoch
-            if time.time() >= deadline:
-                raise LockHeldError(f"catalog {self.path.parent}: another run took the lock at the same moment "
-                                    f"({back.get('owner') if back else '?'})")
+                self.taken_over_from = rec["previous"] if rec["taken_over"] else None
+            finally:
+                self._drop_claim()
+            self._start_heartbeat()
+            return epoch
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()
+        self.lost.clear()
 
         def beat():
             while not self._stop.wait(self.lease_s / 4.0):
-                cur = read_json(self.path)
-                if not cur or cur.get("owner") != self.owner:
-                    return  # lost the lock (taken over): stop beating
-                cur["heartbeat"] = time.time()
-                atomic_write_json(self.path, cur)
+                if not self._take_claim(timeout=self.lease_s / 8.0):
+                    continue  # try again at the next beat
+                try:
+                    cur = read_json(self.path)
+                    if not cur or cur.get("owner") != self.owner:
+                        self.lost.set()  # taken over (we were silent too long): stop beating
+                        return
+                    cur["heartbeat"] = time.time()
+                    atomic_write_json(self.path, cur)
+                except OSError:
+                    pass  # a transient file-system error: the next beat retries
+                finally:
+                    self._drop_claim()
 
         self._thread = threading.Thread(target=beat, name="survey-infer-lease", daemon=True)
         self._thread.start()
 
     def still_owner(self) -> bool:
         cur = read_json(self.path)
-        return bool(cur and cur.get("owner") == self.owner and int(cur.get("epoch", -1)) == self.epoch)
+        ok = bool(cur and cur.get("owner") == self.owner and int(cur.get("epoch", -1)) == self.epoch)
+        if not ok:
+            self.lost.set()
+        return ok
 
     def release(self) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-        cur = read_json(self.path)
-        if cur and cur.get("owner") == self.owner:
-            cur["released"] = True
-            cur["heartbeat"] = time.time()
-            atomic_write_json(self.path, cur)
+        if not self._take_claim():
+            return  # the lease will expire by itself
+        try:
+            cur = read_json(self.path)
+            if cur and cur.get("owner") == self.owner:
+                cur["released"] = True
+                cur["heartbeat"] = time.time()
+                atomic_write_json(self.path, cur)
+        finally:
+            self._drop_claim()
 
 
 def current_epoch(catalog: str | Path) -> int:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,12 @@ import numpy as np
 
 from .. import __version__
 from ..flags import ZWARN_BITS, bit_table
+from ..io.catalog_schema import PASSTHROUGH, PER_OBJECT
 from ..io.catalog_store import block_bounds, create_catalog, open_catalog, output_hash, passthrough_columns, read_block
 from ..io.survey_store import SurveyStoreError, validate_survey
 from ..provenance import provenance, utc_now
-from .resume import (FingerprintMismatch, LeaseLock, atomic_write_json, failure_path, fingerprint_diff, input_hash,
-                     input_stamp, marker_path, read_json)
+from .resume import (FAILURES, LOCK, MARKERS, FingerprintMismatch, LeaseLock, fingerprint_diff, hash_parts,
+                     input_hash, input_stamp, iter_input_rows, latest_marker, load_markers, read_json, rows_hash)
 from .worker import SUB_ROWS, ModelPlugin, RunContext, process_block
 
 log = logging.getLogger(__name__)
@@ -136,7 +138,7 @@ def _selection_rows(cat_path: Path, n: int, block_objects: int, chunks: str | No
 
 def _job_for(cat_path: Path, rows: np.ndarray | None, fingerprint: dict, spec: str) -> tuple[str, np.ndarray | None]:
     """Main job, or a reprocessing job keyed by (selection spec, fingerprint), its rows frozen on first start."""
-    if rows is None and not spec:
+    if not spec:
         return "main", None
     key = hashlib.sha256(json.dumps([spec, fingerprint], sort_keys=True).encode()).hexdigest()[:10]
     job = f"reprocess-{key}"
@@ -152,37 +154,78 @@ def _job_for(cat_path: Path, rows: np.ndarray | None, fingerprint: dict, spec: s
     return job, rows
 
 
+def job_rows(cat_path: str | Path, job: str) -> np.ndarray | None:
+    """The frozen rows of a reprocessing job (None: the main job, or a job over every row)."""
+    f = Path(cat_path) / JOBS / f"{job}.npy"
+    return np.load(f, allow_pickle=False) if f.exists() else None
+
+
+def _is_whole(m: dict) -> bool:
+    return bool(m.get("whole", m.get("job") == "main"))
+
+
 def block_is_done(cat_path: Path, job: str, block: int, lo: int, hi: int, fingerprint: dict, input_store: Path,
-                  chunk_rows: dict, verify_output: bool = True) -> tuple[bool, str]:
-    """Whether a block's marker proves it complete (see :mod:`survey_infer.pipeline.resume`)."""
-    m = read_json(marker_path(cat_path, job, block))
+                  chunk_rows: dict, verify_output: bool = True, *, rows: np.ndarray | None = None,
+                  run_id: int | None = None, markers: dict | None = None,
+                  run_ids: np.ndarray | None = None) -> tuple[bool, str]:
+    """Whether ``job``'s marker proves block ``block`` complete (see :mod:`survey_infer.pipeline.resume`).
+
+    Parameters
+    ----------
+    rows : the job's rows in this block (a reprocessing selection); None = the whole block.
+    run_id : the job's run id; rows carrying an older run id were rewritten since (by an older job's later run).
+    markers : :func:`~survey_infer.pipeline.resume.load_markers` of the catalog (read here when None).
+    run_ids : the catalog's ``run_id`` column (read here when None and needed).
+
+    Returns
+    -------
+    (done, reason) — the reason says why a block must be (re)computed.
+    """
+    markers = load_markers(cat_path) if markers is None else markers
+    m = markers.get(job, {}).get(block)
     if not m:
         return False, "no marker"
     if m.get("lo") != lo or m.get("hi") != hi:
-        return False, "block bounds changed"
+        return False, "block bounds changed (input appended)"
     if m.get("fingerprint") != fingerprint:
         return False, "fingerprint differs"
+    if rows_hash(rows) != m.get("rows_hash") and not (rows is None and "rows_hash" not in m):
+        return False, "selection differs"
+    todo = np.arange(lo, hi) if rows is None else np.asarray(rows, np.int64)
     if m.get("input_stamp") != input_stamp(input_store, lo, hi, chunk_rows):
-        # files touched: compare the content hash before recomputing
+        # files touched (copied, restored, appended to): compare the content hash before recomputing
         import zarr
 
-        g = zarr.open_group(str(input_store), mode="r", zarr_format=3)
-        arrs = []
-        for s0 in range(lo, hi, SUB_ROWS):
-            s1 = min(hi, s0 + SUB_ROWS)
-            arrs += [g["flux"][s0:s1], g["ivar"][s0:s1], g["object_id"][s0:s1]]
-            if "mask" in g:
-                arrs.append(g["mask"][s0:s1])
-        if job != "main" or input_hash(arrs) != m.get("input_hash"):
+        try:
+            g = zarr.open_group(str(input_store), mode="r", zarr_format=3)
+            parts = []
+            for *_, arrs in iter_input_rows(g, todo, SUB_ROWS):
+                parts += hash_parts(arrs)
+            same = input_hash(parts) == m.get("input_hash")
+        except Exception:  # noqa: BLE001 - unreadable input: recompute (and fail there with the reason)
+            same = False
+        if not same:
             return False, "input changed"
-    if verify_output and job == "main":
-        names = sorted(m.get("output_names") or [])
-        if not names:
-            names = None
-        stored = read_block(cat_path, lo, hi, names)
+    if verify_output:
+        latest = latest_marker(cat_path, block, markers) or m
+        names = latest.get("output_names")
+        try:
+            stored = read_block(cat_path, lo, hi, sorted(names) if names else None)
+        except Exception as exc:  # noqa: BLE001 - truncated or corrupt chunk
+            return False, f"stored block unreadable ({type(exc).__name__}): torn chunk"
         stored.pop("z_grid", None)
-        if output_hash(stored) != m.get("output_hash"):
-            return False, "stored output does not match the marker (torn or overwritten chunk)"
+        if output_hash(stored) != latest.get("output_hash"):
+            return False, (f"stored block does not match its latest marker (job {latest.get('job')}, epoch "
+                           f"{latest.get('epoch')}): torn, missing or overwritten chunk")
+    if run_id is not None:
+        if run_ids is None:
+            import zarr
+
+            rid = zarr.open_group(str(cat_path), mode="r", zarr_format=3)["run_id"][lo:hi][todo - lo]
+        else:
+            rid = run_ids[todo]
+        if (rid < run_id).any():
+            return False, "rows were rewritten since by an older job"
     return True, "done"
 
 
@@ -193,13 +236,57 @@ def _chunk_rows(input_store: Path) -> dict[str, int]:
     return {k: int(g[k].chunks[0]) for k in ("flux", "ivar", "mask", "object_id") if k in g}
 
 
+# ---- the catalog folder ----------------------------------------------------------------------------------------
+_OWN = {LOCK, LOCK + ".claim", MARKERS, JOBS, FAILURES, "zarr.json", "pz", "z_grid", *PER_OBJECT, *PASSTHROUGH}
+
+
+def _check_output(cat_path: Path) -> None:
+    """Refuse an output path that exists and is not (the beginning of) a survey-infer catalog."""
+    if cat_path.exists() and not cat_path.is_dir():
+        raise RunError(f"--output {cat_path} exists and is a file, not a catalog")
+    if cat_path.is_dir() and not (cat_path / "zarr.json").exists():
+        foreign = sorted(p.name for p in cat_path.iterdir() if p.name not in _OWN and not p.name.startswith("."))
+        if foreign:
+            raise RunError(f"--output {cat_path} exists and is not a survey-infer catalog (it holds {foreign[:5]}); "
+                           f"choose a new path")
+
+
+def _create_in_place(cat_path: Path, **kwargs) -> None:
+    """Create the catalog template while holding its lock: build it in a sibling temporary folder, then move
+    its entries in (``zarr.json`` last, so that the catalog exists only once complete). Leftovers of an
+    interrupted creation (and markers of a catalog whose metadata was removed) are cleared first."""
+    import shutil
+    import uuid
+
+    for p in cat_path.iterdir():
+        if p.name in (LOCK, LOCK + ".claim"):
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for stale in cat_path.parent.glob(f".{cat_path.name}.creating-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = cat_path.parent / f".{cat_path.name}.creating-{uuid.uuid4().hex[:8]}"
+    try:
+        create_catalog(tmp, **kwargs)
+        for p in sorted(tmp.iterdir()):
+            if p.name != "zarr.json":
+                os.rename(p, cat_path / p.name)
+        os.rename(tmp / "zarr.json", cat_path / "zarr.json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _update_run_record(g_cat, run_rec: dict) -> None:
+    runs = [r for r in dict(g_cat.attrs).get("runs", []) if r.get("run_id") != run_rec["run_id"]] + [run_rec]
+    g_cat.attrs.update({"runs": runs})
+
+
 def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Path = "default", cluster: str = "local",
                 workers: int = 2, mc_samples: int = 50, seed: int = 0, keep_pz: bool = True,
                 pz_dtype: str = "float16", block_objects: int | None = None, chunks: str | None = None,
                 objects: str | None = None, where: str | None = None, reprocess: bool = False,
                 progress: bool = True, max_in_flight: int | None = None, client=None, device: str | None = None,
                 lease_s: float = 60.0, slurm_options: dict | None = None, torch_threads: int = 1,
-                print_fn=print) -> RunSummary:
+                lock_wait_s: float = 0.0, print_fn=print) -> RunSummary:
     """Run (or resume) the catalog job; see :mod:`survey_infer.pipeline.runner`.
 
     Parameters
@@ -209,9 +296,16 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
     file | ``inprocess`` (no Dask, for tests and debugging).
     workers : local worker processes or Slurm jobs. mc_samples : T. seed : MC seed.
     chunks / objects / where : partial reprocessing selections (need an existing catalog).
-    reprocess : allow a different numerics fingerprint (a new model or T) on an existing catalog.
+    reprocess : allow a different numerics fingerprint (a new model or T) on an existing catalog: a job of its
+        own (``reprocess-<key>``) with its own markers and ``run_id``, updating the rows in place.
+    lease_s : lease of the catalog lock (s); a holder silent for longer is considered dead.
+    lock_wait_s : wait up to this long for another live run to release the catalog (default: refuse at once).
+
+    Raises
+    ------
+    RunError, FingerprintMismatch, LockHeldError — before any block is computed.
     """
-    from ..cluster import cluster_device, make_cluster
+    from ..cluster import cluster_device
     from ..model.checkpoint import load_model
 
     t_start = time.time()
@@ -230,52 +324,80 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                        f"channels, hash {attrs.get('grid_hash')}) but model {mdl.path} expects '{mdl.instrument.name}' "
                        f"({mdl.instrument.n_wave} channels, hash {mdl.instrument.grid_hash}); refusing before any work")
     device = device or cluster_device(cluster)
-    fp = numerics_fingerprint(mdl, mc_samples, seed, keep_pz, pz_dtype, device)
-    selection_spec = chunks and f"chunks={chunks}" or objects and f"objects={Path(objects).resolve()}" or \
-        where and f"where={where}" or ""
-    if selection_spec and not (cat_path / "zarr.json").exists():
+    if objects:
+        op = Path(objects)
+        if not op.exists():
+            raise RunError(f"--objects {objects}: file not found")
+        selection_spec = f"objects=sha256:{hashlib.sha256(op.read_bytes()).hexdigest()[:16]}"
+    else:
+        selection_spec = chunks and f"chunks={chunks}" or where and f"where={where}" or ""
+    exists = (cat_path / "zarr.json").exists()
+    if selection_spec and not exists:
         raise RunError(f"--chunks/--objects/--where reprocess part of an existing catalog; {cat_path} does not exist")
-    created = False
-    if not (cat_path / "zarr.json").exists():
-        bo = int(block_objects or default_block_objects(n, workers))
-        create_catalog(cat_path, n, mdl.zgrid.centres, bo, passthrough=passthrough_columns(g_in), keep_pz=keep_pz,
-                       pz_dtype=pz_dtype, attrs={
-                           "title": "survey-infer catalog", "software_version": __version__,
-                           "model_sha256": mdl.sha256, "model_dir": str(mdl.path), "fingerprint": fp,
-                           "mc_samples": int(mc_samples), "seed": int(seed), "created": utc_now(),
-                           "input_store": str(input_store.resolve()), "input_n_objects": n, "block_objects": bo,
-                           "zwarn_bits": bit_table(), "zwarn_bad_mask": int(sum(b.value for b in ZWARN_BITS if b.bad)),
-                           "calibration": mdl.calibration, "runs": [], "provenance": provenance()})
-        created = True
-    g_cat = zarr.open_group(str(cat_path), mode="r+", zarr_format=3)
-    cattrs = dict(g_cat.attrs)
-    bo = int(cattrs["block_objects"])
-    n_cat = int(g_cat["object_id"].shape[0])
-    if n_cat != n:
+    _check_output(cat_path)
+    lock = LeaseLock(cat_path, lease_s=lease_s)
+    epoch = lock.acquire(wait_s=lock_wait_s)
+    run_rec: dict | None = None
+    g_cat = None
+    try:
+        if lock.taken_over_from:
+            prev = lock.taken_over_from
+            print_fn(f"took over the catalog lock from {prev.get('owner')} (epoch {prev.get('epoch')}, last "
+                     f"heartbeat {time.time() - float(prev.get('heartbeat') or 0):.0f} s ago): that run is dead")
+        created = False
+        if not (cat_path / "zarr.json").exists():
+            fp = numerics_fingerprint(mdl, mc_samples, seed, keep_pz, pz_dtype, device)
+            bo = int(block_objects or default_block_objects(n, workers))
+            _create_in_place(cat_path, n_objects=n, z_centres=mdl.zgrid.centres, block_objects=bo,
+                             passthrough=passthrough_columns(g_in), keep_pz=keep_pz, pz_dtype=pz_dtype, attrs={
+                                 "title": "survey-infer catalog", "software_version": __version__,
+                                 "model_sha256": mdl.sha256, "model_dir": str(mdl.path), "fingerprint": fp,
+                                 "mc_samples": int(mc_samples), "seed": int(seed), "created": utc_now(),
+                                 "input_store": str(input_store.resolve()), "input_n_objects": n,
+                                 "block_objects": bo, "zwarn_bits": bit_table(),
+                                 "zwarn_bad_mask": int(sum(b.value for b in ZWARN_BITS if b.bad)),
+                                 "calibration": mdl.calibration, "runs": [], "provenance": provenance()})
+            created = True
+        g_cat = zarr.open_group(str(cat_path), mode="r+", zarr_format=3)
+        cattrs = dict(g_cat.attrs)
+        if "block_objects" not in cattrs or "object_id" not in g_cat:
+            raise RunError(f"--output {cat_path} is a Zarr group but not a survey-infer catalog")
+        bo = int(cattrs["block_objects"])
+        base_fp = cattrs.get("fingerprint", {})
+        if not created and (selection_spec or reprocess):
+            # a reprocessing job writes into the catalog's layout (pz stored or not, its dtype)
+            keep_pz = "pz" in g_cat
+            pz_dtype = str(g_cat["pz"].dtype) if keep_pz else pz_dtype
+        fp = numerics_fingerprint(mdl, mc_samples, seed, keep_pz, pz_dtype, device)
+        if not created and fp != base_fp and not reprocess:
+            diff = fingerprint_diff(base_fp, fp)
+            raise FingerprintMismatch(
+                f"catalog {cat_path} was made with different numerics:\n  " + "\n  ".join(diff) +
+                "\nResume with the catalog's settings, or add --reprocess to recompute with the new ones as a job "
+                "of its own (optionally only a subset: --chunks A:B, --objects FILE or --where EXPR).")
+        n_cat = int(g_cat["object_id"].shape[0])
         if n < n_cat:
             raise RunError(f"input store {input_store} now has {n} rows but catalog {cat_path} has {n_cat}: rows were "
                            f"removed; write a new catalog")
-    lock = LeaseLock(cat_path, lease_s=lease_s)
-    epoch = lock.acquire()
-    try:
         if n_cat != n:  # input was appended to: grow the catalog (new blocks appear, the last one is recomputed)
+            if selection_spec:
+                raise RunError(f"input store {input_store} has grown to {n} rows (catalog: {n_cat}); resume the main "
+                               f"job first (the original command), then reprocess")
             for name in g_cat.array_keys():
                 arr = g_cat[name]
                 if arr.metadata.dimension_names and arr.metadata.dimension_names[0] == "object":
                     arr.resize((n,) + arr.shape[1:])
-            log.info("catalog grown from %d to %d rows (input appended)", n_cat, n)
-        if not created and not selection_spec and cattrs.get("fingerprint") != fp and not reprocess:
-            diff = fingerprint_diff(cattrs.get("fingerprint", {}), fp)
-            raise FingerprintMismatch(
-                f"catalog {cat_path} was made with different numerics:\n  " + "\n  ".join(diff) +
-                "\nResume with the same settings, or pass --reprocess to recompute with the new ones "
-                "(optionally with --chunks/--objects/--where for a subset).")
+            print_fn(f"input appended: catalog grown from {n_cat:,} to {n:,} rows")
         rows = _selection_rows(cat_path, n, bo, chunks, objects, where)
-        spec = selection_spec or ("all" if reprocess and cattrs.get("fingerprint") != fp and not created else "")
-        job, rows = _job_for(cat_path, rows, fp, spec)
+        spec = selection_spec or ("all" if fp != base_fp and not created else "")
+        job, frozen = _job_for(cat_path, rows, fp, spec)
+        if rows is not None and frozen is not None and not np.array_equal(rows, frozen):
+            print_fn(f"job {job}: resuming with the selection frozen when it started ({len(frozen):,} rows; the "
+                     f"expression now selects {len(rows):,})")
+        rows = frozen
         runs = list(cattrs.get("runs", []))
         prior = [r for r in runs if r.get("job") == job and r.get("fingerprint") == fp]
-        run_id = int(prior[-1]["run_id"]) if prior else (max([r["run_id"] for r in runs], default=-1) + 1)
+        run_id = int(prior[-1]["run_id"]) if prior else (max([int(r["run_id"]) for r in runs], default=-1) + 1)
         bounds = block_bounds(n, bo)
         chunk_rows = _chunk_rows(input_store)
         if rows is not None:
@@ -283,20 +405,32 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
             todo_blocks = {int(b): rows[blk_of == b] for b in np.unique(blk_of)}
         else:
             todo_blocks = {i: None for i in range(len(bounds))}
-        pending, done_before = [], 0
+        t_check = time.time()
+        markers = load_markers(cat_path)
+        run_ids = g_cat["run_id"][:]
+        pending, done_before, redo, not_ready = [], 0, [], []
         for b, r in todo_blocks.items():
             lo, hi = bounds[b]
-            ok, why = block_is_done(cat_path, job, b, lo, hi, fp, input_store, chunk_rows)
+            ok, why = block_is_done(cat_path, job, b, lo, hi, fp, input_store, chunk_rows, rows=r, run_id=run_id,
+                                    markers=markers, run_ids=run_ids)
             if ok:
                 done_before += 1
-            else:
-                pending.append((b, lo, hi, r))
-                if why not in ("no marker",):
-                    log.info("block %d will be recomputed: %s", b, why)
-        run_rec = {"run_id": run_id, "job": job, "selection": spec or "all", "fingerprint": fp, "model_dir": str(mdl.path),
-                   "epoch": epoch, "started": utc_now(), "status": "running", "command": provenance()["command"]}
-        runs = [r for r in runs if not (r.get("run_id") == run_id)] + [run_rec]
-        g_cat.attrs.update({"runs": runs})
+                continue
+            if job != "main" and r is not None and not any(
+                    _is_whole(jm[b]) and jm[b].get("lo") == lo and jm[b].get("hi") == hi
+                    for jm in markers.values() if b in jm):
+                not_ready.append(b)
+                continue
+            pending.append((b, lo, hi, r))
+            if why != "no marker":
+                redo.append((b, why))
+        t_check = time.time() - t_check
+        run_rec = {"run_id": run_id, "job": job, "selection": spec or "all", "n_selected": None if rows is None
+                   else int(len(rows)), "fingerprint": fp, "model_dir": str(mdl.path), "model_sha256": mdl.sha256,
+                   "epoch": epoch, "started": utc_now(), "started_unix": time.time(), "status": "running",
+                   "command": provenance()["command"], "blocks_done_before": done_before,
+                   "attempts": (prior[-1].get("attempts", []) if prior else [])[-50:]}
+        _update_run_record(g_cat, run_rec)
         ctx = RunContext(catalog=str(cat_path.resolve()), input_store=str(input_store.resolve()), job=job, epoch=epoch,
                          run_id=run_id, fingerprint=fp, model_dir=str(mdl.path), model_sha256=mdl.sha256,
                          mc_samples=int(mc_samples), seed=int(seed), keep_pz=keep_pz,
@@ -304,12 +438,19 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                          torch_threads=torch_threads)
         n_todo = sum((hi - lo) if r is None else len(r) for _, lo, hi, r in pending)
         print_fn(f"survey-infer run: {n:,} objects in {len(bounds)} blocks of {bo}; job {job} (run_id {run_id}, "
-                 f"epoch {epoch}); {done_before} block(s) already done, {len(pending)} to compute ({n_todo:,} objects)")
+                 f"epoch {epoch}); {done_before} block(s) already done, {len(pending)} to compute ({n_todo:,} objects)"
+                 f"; checked in {t_check:.1f} s")
+        for b, why in redo[:20]:
+            print_fn(f"  block {b} is recomputed: {why}")
+        if len(redo) > 20:
+            print_fn(f"  ... and {len(redo) - 20} more")
         summary = RunSummary(catalog=str(cat_path), job=job, run_id=run_id, epoch=epoch, n_objects=n,
                              n_blocks=len(todo_blocks), blocks_done_before=done_before, blocks_computed=0)
-        results = _execute(pending, ctx, cluster, workers, client, max_in_flight, progress, mdl, slurm_options or {},
-                           summary, print_fn)
-        failed = [r for r in results if not r.get("ok")]
+        results = [{"block": b, "ok": False, "reason": "not computed by the main job yet (or its marker is missing): "
+                    "finish the main job (re-run the original command), then resume this job"} for b in not_ready]
+        results += _execute(pending, ctx, cluster, workers, client, max_in_flight, progress, mdl, slurm_options or {},
+                            summary, print_fn, lock)
+        failed = sorted((r for r in results if not r.get("ok")), key=lambda r: r["block"])
         summary.blocks_failed = [{"block": r["block"], "reason": r["reason"]} for r in failed]
         summary.blocks_computed = len(results) - len(failed)
         fl = np.zeros(24, np.int64)
@@ -322,19 +463,37 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         summary.flag_counts = {b.name: int(fl[b.bit]) for b in ZWARN_BITS}
         summary.seconds = time.time() - t_start
         summary.spectra_per_s = n_todo / summary.seconds if summary.seconds > 0 else 0.0
-        run_rec.update({"finished": utc_now(), "status": "complete" if summary.ok else "incomplete",
-                        "blocks_computed": summary.blocks_computed, "blocks_failed": summary.blocks_failed,
-                        "seconds": round(summary.seconds, 3)})
-        runs = [r for r in dict(g_cat.attrs).get("runs", []) if r.get("run_id") != run_id] + [run_rec]
-        if lock.still_owner():
-            g_cat.attrs.update({"runs": runs})
+        lost = lock.lost.is_set() or not lock.still_owner()
+        run_rec["attempts"] = run_rec["attempts"] + [{
+            "epoch": epoch, "started": run_rec["started"], "seconds": round(summary.seconds, 3),
+            "blocks_done_before": done_before, "blocks_computed": summary.blocks_computed,
+            "blocks_failed": len(summary.blocks_failed)}]
+        run_rec.update({"finished": utc_now(), "status": "lost-lock" if lost else
+                        ("complete" if summary.ok else "incomplete"), "blocks_computed": summary.blocks_computed,
+                        "blocks_failed": summary.blocks_failed[:100], "seconds": round(summary.seconds, 3)})
+        if not lost:
+            _update_run_record(g_cat, run_rec)
         return summary
+    except BaseException:
+        if run_rec is not None and run_rec.get("status") == "running" and g_cat is not None:
+            try:
+                if lock.still_owner():
+                    run_rec.update({"status": "interrupted", "finished": utc_now()})
+                    _update_run_record(g_cat, run_rec)
+            except Exception:  # noqa: BLE001 - best effort while stopping
+                pass
+        raise
     finally:
         lock.release()
 
 
 def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_in_flight, progress, mdl,
-             slurm_options, summary: RunSummary, print_fn) -> list[dict]:
+             slurm_options, summary: RunSummary, print_fn, lock: LeaseLock | None = None) -> list[dict]:
+    """Run the block tasks (bounded number in flight) and collect their status records.
+
+    Stops submitting when the run loses the catalog lock (a newer run took it over after this one was silent
+    for longer than the lease); the blocks not run are reported failed with that reason.
+    """
     from tqdm import tqdm
 
     total = sum((hi - lo) if r is None else len(r) for _, lo, hi, r in pending)
@@ -351,6 +510,15 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
         el = time.time() - t0
         bar.set_postfix_str(f"{bar.n / el:,.0f} spec/s" if el > 0 else "")
 
+    def lost() -> bool:
+        return lock is not None and (lock.lost.is_set() or any(r.get("stale") for r in results))
+
+    def not_run(blocks) -> None:
+        cur = read_json(Path(ctx.catalog) / LOCK) or {}
+        for b in blocks:
+            results.append({"block": b, "ok": False, "reason": f"not run: this run (epoch {ctx.epoch}) lost the "
+                            f"catalog lock to {cur.get('owner')} (epoch {cur.get('epoch')})"})
+
     if not pending:
         bar.close()
         return results
@@ -358,7 +526,10 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
         from .worker import _set_threads
 
         _set_threads(ctx.torch_threads)
-        for b, lo, hi, r in pending:
+        for i, (b, lo, hi, r) in enumerate(pending):
+            if lost():
+                not_run([p[0] for p in pending[i:]])
+                break
             done(process_block(b, lo, hi, ctx, r))
         bar.close()
         return results
@@ -378,26 +549,31 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
         limit = max_in_flight or max(2, 2 * n_workers)
         queue = list(pending)
         futs = as_completed()
-        in_flight = 0
+        in_flight = {}
 
         def submit_next():
-            nonlocal in_flight
             b, lo, hi, r = queue.pop(0)
-            futs.add(client.submit(process_block, b, lo, hi, ctx, r, key=f"block-{ctx.job}-{b}-e{ctx.epoch}",
-                                   pure=False))
-            in_flight += 1
+            f = client.submit(process_block, b, lo, hi, ctx, r, key=f"block-{ctx.job}-{b}-e{ctx.epoch}", pure=False)
+            in_flight[f.key] = (f, b)
+            futs.add(f)
 
-        while queue and in_flight < limit:
+        while queue and len(in_flight) < limit:
             submit_next()
         for fut in futs:
-            in_flight -= 1
+            _, b = in_flight.pop(fut.key)
             try:
                 rec = fut.result()
             except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker after repeated worker deaths
-                rec = {"block": int(str(fut.key).split("-")[-2]), "ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+                rec = {"block": b, "ok": False, "reason": f"{type(exc).__name__}: {exc}"}
             done(rec)
             fut.release()
-            while queue and in_flight < limit:
+            if lost():
+                rest = [v[1] for v in in_flight.values()] + [q[0] for q in queue]
+                client.cancel([v[0] for v in in_flight.values()])
+                not_run(sorted(rest))
+                print_fn(f"this run lost the catalog lock: stopped; {len(rest)} block(s) left to the run that holds it")
+                break
+            while queue and len(in_flight) < limit:
                 submit_next()
     finally:
         bar.close()

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.catalog_store import write_block
-from .resume import atomic_write_json, check_epoch, failure_path, input_hash, input_stamp, marker_path
+from ..io.catalog_store import output_hash, read_block, write_block
+from .resume import (DamagedBlockError, StaleEpochError, atomic_write_json, check_epoch, failure_path, hash_parts,
+                     input_hash, input_stamp, intent_path, iter_input_rows, latest_marker, marker_path, read_json,
+                     rows_hash)
 
 SUB_ROWS = 1024  # rows read and processed at once inside a block
 PLUGIN_NAME = "survey-infer-model"
@@ -114,7 +116,14 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
     Parameters
     ----------
     block, lo, hi : block number and its row range in the catalog (= input rows).
-    rows : optional sorted absolute row indices to (re)process (partial reprocessing); others are kept.
+    rows : optional sorted absolute row indices to (re)process (partial reprocessing); the other rows of the
+        block are kept (read, verified against the block's latest marker, and written back with the new rows).
+
+    Notes
+    -----
+    The run's epoch is checked before any work, before the write and before the done-marker: a task of a run
+    that lost the catalog to a newer run (an orphan of a killed driver) writes nothing. Failures are returned
+    (and recorded under ``_failures/``), never raised: the run goes on with the other blocks.
     """
     import torch
     import zarr
@@ -122,34 +131,32 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     try:
-        model = _get_model(ctx)
         check_epoch(ctx.catalog, ctx.epoch)
+        model = _get_model(ctx)
         g = zarr.open_group(ctx.input_store, mode="r", zarr_format=3)
         todo = np.arange(lo, hi) if rows is None else np.asarray(rows, np.int64)
-        has_mask = "mask" in g
+        if len(todo) == 0 or todo[0] < lo or todo[-1] >= hi:
+            raise ValueError(f"rows to process are outside block {block} [{lo}, {hi})")
         cols: dict[str, list] = {}
         in_crc: list[np.ndarray] = []
-        for s0 in range(0, len(todo), SUB_ROWS):
-            r = todo[s0:s0 + SUB_ROWS]
-            a, b = int(r[0]), int(r[-1]) + 1
+        reader = iter_input_rows(g, todo, SUB_ROWS)
+        n_read = 0
+        while True:
             t0 = time.perf_counter()
             try:
-                flux = g["flux"][a:b]
-                ivar = g["ivar"][a:b]
-                mask = g["mask"][a:b] if has_mask else None
-                oid = g["object_id"][a:b]
-            except Exception as exc:  # noqa: BLE001 - name the chunk in the error
-                raise RuntimeError(f"cannot read input rows {a}..{b} (block {block}) of {ctx.input_store}: "
-                                   f"{type(exc).__name__}: {exc}") from exc
-            sel = r - a
-            if len(sel) != b - a:
-                flux, ivar, oid = flux[sel], ivar[sel], oid[sel]
-                mask = mask[sel] if mask is not None else None
-            in_crc += [flux, ivar, oid] + ([mask] if mask is not None else [])
+                r, a, b, sel, arrs = next(reader)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - name the rows and the block in the error
+                r0 = todo[n_read:n_read + SUB_ROWS]
+                raise RuntimeError(f"cannot read input rows {int(r0[0])}..{int(r0[-1]) + 1} (block {block}) of "
+                                   f"{ctx.input_store}: {type(exc).__name__}: {exc}") from exc
+            n_read += len(r)
+            in_crc += hash_parts(arrs)
             timings["read"] = timings.get("read", 0.0) + time.perf_counter() - t0
             with torch.inference_mode():
-                out = _infer(model, flux, ivar, mask, oid, r, ctx, timings)
-            out["object_id"] = oid
+                out = _infer(model, arrs["flux"], arrs["ivar"], arrs["mask"], arrs["object_id"], r, ctx, timings)
+            out["object_id"] = arrs["object_id"]
             for c in ("ra", "dec", *ctx.passthrough):
                 if c in g:
                     out[c] = g[c][a:b][sel]
@@ -157,49 +164,117 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
             for k, v in out.items():
                 cols.setdefault(k, []).append(v)
         values = {k: np.concatenate(v) for k, v in cols.items()}
+        names = sorted(values)
         t0 = time.perf_counter()
         check_epoch(ctx.catalog, ctx.epoch)
-        out_hash = write_block(ctx.catalog, lo, hi, values, rows=None if rows is None else todo)
+        if rows is None:
+            write_block(ctx.catalog, lo, hi, values)
+        else:
+            _merge_and_write(block, lo, hi, todo, values, ctx)
+        # the output hash is of the block as stored (read back): what a resume will compare against
+        stored = read_block(ctx.catalog, lo, hi, names)
+        out_hash = output_hash(stored)
         timings["write"] = time.perf_counter() - t0
         marker = {
             "block": block, "lo": lo, "hi": hi, "job": ctx.job, "run_id": ctx.run_id, "epoch": ctx.epoch,
             "fingerprint": ctx.fingerprint, "input_hash": input_hash(in_crc),
             "input_stamp": input_stamp(Path(ctx.input_store), lo, hi, ctx.chunk_rows),
-            "output_hash": out_hash, "n_rows": int(len(todo)), "time": time.time(),
-            "timings": timings, "host": os.uname().nodename,
+            "output_names": names, "output_hash": out_hash, "whole": rows is None, "rows_hash": rows_hash(rows),
+            "n_rows": int(len(todo)), "time": time.time(), "timings": timings, "host": os.uname().nodename,
+            "pid": os.getpid(),
         }
         check_epoch(ctx.catalog, ctx.epoch)
         atomic_write_json(marker_path(Path(ctx.catalog), ctx.job, block), marker)
-        fp = failure_path(Path(ctx.catalog), ctx.job, block)
-        if fp.exists():
-            fp.unlink()
-        zw = values["zwarn"]
+        for p in (failure_path(Path(ctx.catalog), ctx.job, block), intent_path(Path(ctx.catalog), ctx.job, block)):
+            if p.exists():
+                p.unlink()
         return {"block": block, "ok": True, "n": int(len(todo)), "seconds": time.perf_counter() - t_start,
-                "timings": timings, "n_reliable": int(values["z_reliable"][todo - lo if rows is not None else slice(None)].sum()),
-                "zwarn": np.bincount(np.log2(zw[zw > 0] & -zw[zw > 0]).astype(int), minlength=32)[:24].tolist()}
+                "timings": timings, "n_reliable": int(np.count_nonzero(values["z_reliable"])),
+                "zwarn": zwarn_bit_counts(values["zwarn"])}
     except Exception as exc:  # noqa: BLE001 - reported per block, the run goes on
-        from .resume import StaleEpochError
-
         rec = {"block": block, "ok": False, "lo": lo, "hi": hi, "reason": f"{type(exc).__name__}: {exc}",
-               "seconds": time.perf_counter() - t_start, "stale": isinstance(exc, StaleEpochError)}
+               "seconds": time.perf_counter() - t_start, "stale": isinstance(exc, StaleEpochError),
+               "epoch": ctx.epoch, "job": ctx.job}
         if not rec["stale"]:
             try:
+                check_epoch(ctx.catalog, ctx.epoch)
                 atomic_write_json(failure_path(Path(ctx.catalog), ctx.job, block), {**rec, "time": time.time()})
-            except OSError:
+            except (OSError, StaleEpochError):
                 pass
         return rec
+
+
+def zwarn_bit_counts(zwarn: np.ndarray, nbits: int = 24) -> list[int]:
+    """Number of objects with each zwarn bit set (an object counts once for every bit it carries)."""
+    zw = np.asarray(zwarn, np.int64)
+    zw = zw[zw > 0]
+    return [int(np.count_nonzero((zw >> b) & 1)) for b in range(nbits)]
+
+
+def _keep_hash(block_values: dict[str, np.ndarray], keep: np.ndarray) -> str:
+    return output_hash({k: v[keep] for k, v in block_values.items()})
+
+
+def _merge_and_write(block: int, lo: int, hi: int, todo: np.ndarray, values: dict, ctx: RunContext) -> None:
+    """Partial reprocessing: replace rows ``todo`` of the block and write the whole block back.
+
+    The block's other rows must be intact: the stored block must hash to its latest marker's output hash, or —
+    when this job's own earlier merge was interrupted half-way — the kept rows must hash to what this job's
+    intent recorded before that merge. Anything else is damage this job cannot repair (it does not have the
+    other rows' model): the block fails with a message saying to run the job that owns those rows first.
+    """
+    cat = Path(ctx.catalog)
+    latest = latest_marker(cat, block)
+    if latest is None:
+        raise DamagedBlockError(f"block {block} (rows {lo}..{hi}) of {cat} has never been computed: run the main "
+                                f"job first, then reprocess")
+    ref_names = sorted(latest.get("output_names") or values)
+    names = sorted(set(ref_names) | set(values))
+    try:
+        cur = read_block(cat, lo, hi, names)
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt chunk
+        raise DamagedBlockError(f"block {block} (rows {lo}..{hi}) of {cat} cannot be read ({type(exc).__name__}: "
+                                f"{exc}); run the main job (job {latest.get('job')}, run {latest.get('run_id')}) with "
+                                f"its original settings to repair it, then resume this job") from exc
+    keep = np.ones(hi - lo, bool)
+    keep[todo - lo] = False
+    kept = _keep_hash(cur, keep)
+    ipath = intent_path(cat, ctx.job, block)
+    if output_hash({k: cur[k] for k in ref_names}) == latest.get("output_hash"):
+        atomic_write_json(ipath, {"block": block, "epoch": ctx.epoch, "run_id": ctx.run_id, "keep_hash": kept,
+                                  "names": names, "time": time.time()})
+    else:
+        intent = read_json(ipath)
+        if not intent or intent.get("keep_hash") != kept or sorted(intent.get("names", [])) != names:
+            raise DamagedBlockError(
+                f"block {block} (rows {lo}..{hi}) of {cat} does not match its latest marker (job {latest.get('job')}, "
+                f"run {latest.get('run_id')}, epoch {latest.get('epoch')}) outside the rows to reprocess: a torn or "
+                f"overwritten chunk. Run the job that owns those rows with its original settings to repair the "
+                f"block, then resume this job")
+    merged = {}
+    for k in names:
+        v = cur[k].copy()
+        if k in values:
+            v[todo - lo] = np.asarray(values[k]).astype(v.dtype, copy=False)
+        merged[k] = v
+    check_epoch(ctx.catalog, ctx.epoch)
+    write_block(cat, lo, hi, merged)
 
 
 def _infer(model, flux, ivar, mask, oid, rows, ctx: RunContext, timings: dict) -> dict:
     from ..model.inference import infer_block
 
-    # infer_block places each object in slot (global row mod B); rows may be non-contiguous (reprocessing)
-    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-        return infer_block(model, flux, ivar, oid, int(rows[0]), mask=mask, mc_samples=ctx.mc_samples,
-                           seed=ctx.seed, keep_pz=ctx.keep_pz, device=ctx.device, timings=timings)
-    parts = [infer_block(model, flux[i:i + 1], ivar[i:i + 1], oid[i:i + 1], int(rows[i]),
-                         mask=None if mask is None else mask[i:i + 1], mc_samples=ctx.mc_samples, seed=ctx.seed,
-                         keep_pz=ctx.keep_pz, device=ctx.device, timings=timings) for i in range(len(rows))]
+    # infer_block places each object in slot (global row mod B) from a contiguous row_start; a selection
+    # (reprocessing) is run as its contiguous runs of rows
+    rows = np.asarray(rows, np.int64)
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    parts = []
+    for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+        parts.append(infer_block(model, flux[s:e], ivar[s:e], oid[s:e], int(rows[s]),
+                                 mask=None if mask is None else mask[s:e], mc_samples=ctx.mc_samples, seed=ctx.seed,
+                                 keep_pz=ctx.keep_pz, device=ctx.device, timings=timings))
+    if len(parts) == 1:
+        return parts[0]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
