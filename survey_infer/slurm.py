@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -241,7 +242,14 @@ def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dic
                 f"--slurm-gpus-per-job {gpus} with --slurm-processes {processes}: a dask-cuda worker already "
                 "starts one process per GPU; leave processes at 1"
             )
-    if o["lifetime"]:
+    prologue = _as_list(o["prologue"])
+    if o["lifetime"] and gpus > 0:
+        # `dask cuda worker` has no --lifetime option: its workers read the same setting from the dask config
+        prologue.append(f"export DASK_DISTRIBUTED__WORKER__LIFETIME__DURATION={shlex.quote(str(o['lifetime']))}")
+        if o["lifetime_stagger"]:
+            prologue.append("export DASK_DISTRIBUTED__WORKER__LIFETIME__STAGGER="
+                            f"{shlex.quote(str(o['lifetime_stagger']))}")
+    elif o["lifetime"]:
         worker_args += ["--lifetime", str(o["lifetime"])]
         if o["lifetime_stagger"]:
             worker_args += ["--lifetime-stagger", str(o["lifetime_stagger"])]
@@ -249,8 +257,8 @@ def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dic
         kw["job_extra_directives"] = directives
     if o["directives_skip"]:
         kw["job_directives_skip"] = _as_list(o["directives_skip"])
-    if o["prologue"]:
-        kw["job_script_prologue"] = _as_list(o["prologue"])
+    if prologue:
+        kw["job_script_prologue"] = prologue
     if worker_args:
         kw["worker_extra_args"] = worker_args
     return n_jobs, kw
@@ -311,7 +319,8 @@ def make_slurm_cluster(jobs: int | None = None, /, **options: Any) -> "SLURMClus
         ``-p`` and ``-A``.
     gpus_per_job : int, optional
         GPUs per job: adds ``--gres=gpu:N`` (``gpu_directive``) and runs ``python -m dask cuda worker``
-        (``gpu_worker_command``, needs dask-cuda on the nodes) instead of a CPU worker.
+        (``gpu_worker_command``, needs dask-cuda on the nodes) instead of a CPU worker; ``lifetime`` then goes
+        to the workers through ``DASK_DISTRIBUTED__WORKER__LIFETIME__*`` (dask-cuda has no ``--lifetime``).
     extra_directives, directives_skip, prologue : list of str, optional
         Extra ``#SBATCH`` lines; generated lines to drop (e.g. ``["--mem"]``); shell lines before the worker.
     lifetime, lifetime_stagger : str, optional

@@ -134,9 +134,15 @@ def test_cli_options_become_job_script(jobqueue):
     assert "#SBATCH --gres=gpu:1" in lines and "#SBATCH --qos=long" in lines
     assert not any(line.startswith("#SBATCH --mem") for line in lines)  # skipped for --mem-per-gpu sites
     cmd = lines[-1]
-    assert f"{sys.executable} -m dask cuda worker" in cmd  # `dask_cuda.cli` has no __main__: use `dask cuda`
-    assert "--lifetime 110m --lifetime-stagger 4m" in cmd and "--local-directory $TMPDIR" in cmd
-    assert "--nthreads 4" in cmd
+    assert f"{sys.executable} -m dask cuda worker" in cmd  # the `dask cuda` entry point of dask-cuda
+    assert "--local-directory $TMPDIR" in cmd and "--nthreads 4" in cmd
+    # dask-cuda's worker has no --lifetime: the GPU workers get it from the dask config in the environment
+    assert "--lifetime" not in cmd
+    assert "export DASK_DISTRIBUTED__WORKER__LIFETIME__DURATION=110m" in lines
+    assert "export DASK_DISTRIBUTED__WORKER__LIFETIME__STAGGER=4m" in lines
+    # CPU jobs: the dask worker's own flags
+    cpu = si_slurm.describe_job_script(2, lifetime="55m", lifetime_stagger="5m").splitlines()[-1]
+    assert "-m distributed.cli.dask_worker" in cpu and "--lifetime 55m --lifetime-stagger 5m" in cpu
 
 
 def test_site_config_and_precedence(jobqueue):
