@@ -180,27 +180,34 @@ def rows_hash(rows: np.ndarray | None) -> str | None:
 
 
 def iter_input_rows(group, todo: np.ndarray, sub_rows: int):
-    """Read input rows ``todo`` (sorted absolute indices) in sub-blocks of at most ``sub_rows`` rows.
+    """Read the input for rows ``todo`` (sorted absolute indices) in groups of rows that share a window of
+    ``sub_rows`` aligned rows (``row // sub_rows``), so that one read spans at most ``sub_rows`` rows whatever
+    the selection (memory bounded for sparse selections too).
 
-    Yields ``(rows, a, b, sel, arrays)`` where ``[a, b)`` is the contiguous range read, ``sel`` the positions of
-    ``rows`` inside it and ``arrays`` a dict with ``flux``, ``ivar``, ``object_id`` and ``mask`` (or None) for
-    ``rows`` only. The same reader is used by the task (input hash at compute time) and by the resume check.
+    Yields ``(rows, a, b, sel, arrays)``: ``[a, b)`` is the contiguous range read, ``arrays`` a dict with
+    ``flux``, ``ivar``, ``object_id`` and ``mask`` (or None) for all rows ``[a, b)``, and ``sel`` the positions
+    of ``rows`` in it. The same reader is used by the task (input hash at compute time) and the resume check.
     """
     has_mask = "mask" in group
-    for s0 in range(0, len(todo), sub_rows):
-        r = todo[s0:s0 + sub_rows]
+    todo = np.asarray(todo, np.int64)
+    win = todo // sub_rows
+    cuts = np.flatnonzero(np.diff(win)) + 1
+    for r in np.split(todo, cuts):
+        if not len(r):
+            continue
         a, b = int(r[0]), int(r[-1]) + 1
         arrs = {"flux": group["flux"][a:b], "ivar": group["ivar"][a:b],
                 "mask": group["mask"][a:b] if has_mask else None, "object_id": group["object_id"][a:b]}
-        sel = r - a
-        if len(sel) != b - a:
-            arrs = {k: (None if v is None else v[sel]) for k, v in arrs.items()}
-        yield r, a, b, sel, arrs
+        yield r, a, b, r - a, arrs
 
 
-def hash_parts(arrs: dict) -> list[np.ndarray]:
-    """The arrays of one sub-block in input-hash order."""
-    return [arrs["flux"], arrs["ivar"], arrs["object_id"]] + ([arrs["mask"]] if arrs["mask"] is not None else [])
+def hash_parts(arrs: dict, sel: np.ndarray | None = None) -> list[np.ndarray]:
+    """The arrays of one group of rows in input-hash order (only the rows ``sel`` when given)."""
+    names = ("flux", "ivar", "object_id", "mask")
+    out = [arrs[k] for k in names if arrs[k] is not None]
+    if sel is not None and len(sel) != len(arrs["object_id"]):
+        out = [a[sel] for a in out]
+    return out
 
 
 # ---- lease lock -------------------------------------------------------------------------------------------------

@@ -199,8 +199,8 @@ def block_is_done(cat_path: Path, job: str, block: int, lo: int, hi: int, finger
         try:
             g = zarr.open_group(str(input_store), mode="r", zarr_format=3)
             parts = []
-            for *_, arrs in iter_input_rows(g, todo, SUB_ROWS):
-                parts += hash_parts(arrs)
+            for _r, _a, _b, sel, arrs in iter_input_rows(g, todo, SUB_ROWS):
+                parts += hash_parts(arrs, sel)
             same = input_hash(parts) == m.get("input_hash")
         except Exception:  # noqa: BLE001 - unreadable input: recompute (and fail there with the reason)
             same = False

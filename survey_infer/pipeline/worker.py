@@ -148,15 +148,15 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
             except StopIteration:
                 break
             except Exception as exc:  # noqa: BLE001 - name the rows and the block in the error
-                r0 = todo[n_read:n_read + SUB_ROWS]
+                r0 = todo[todo // SUB_ROWS == todo[n_read] // SUB_ROWS]
                 raise RuntimeError(f"cannot read input rows {int(r0[0])}..{int(r0[-1]) + 1} (block {block}) of "
                                    f"{ctx.input_store}: {type(exc).__name__}: {exc}") from exc
             n_read += len(r)
-            in_crc += hash_parts(arrs)
+            in_crc += hash_parts(arrs, sel)
             timings["read"] = timings.get("read", 0.0) + time.perf_counter() - t0
             with torch.inference_mode():
-                out = _infer(model, arrs["flux"], arrs["ivar"], arrs["mask"], arrs["object_id"], r, ctx, timings)
-            out["object_id"] = arrs["object_id"]
+                out = _infer(model, arrs, r, a, ctx, timings)
+            out["object_id"] = arrs["object_id"][sel]
             for c in ("ra", "dec", *ctx.passthrough):
                 if c in g:
                     out[c] = g[c][a:b][sel]
@@ -261,18 +261,36 @@ def _merge_and_write(block: int, lo: int, hi: int, todo: np.ndarray, values: dic
     write_block(cat, lo, hi, merged)
 
 
-def _infer(model, flux, ivar, mask, oid, rows, ctx: RunContext, timings: dict) -> dict:
-    from ..model.inference import infer_block
+def _infer(model, arrs: dict, rows: np.ndarray, a: int, ctx: RunContext, timings: dict) -> dict:
+    """Catalog columns for ``rows`` (sorted absolute indices) given the input ``arrs`` of rows ``[a, …)``.
 
-    # infer_block places each object in slot (global row mod B) from a contiguous row_start; a selection
-    # (reprocessing) is run as its contiguous runs of rows
+    ``infer_block`` places each object in slot (global row mod B) of its micro-batch window from a contiguous
+    ``row_start``, and an object's outputs do not depend on its neighbours (DESIGN §5). A selection
+    (reprocessing) is therefore run as the runs of consecutive micro-batch windows that hold selected rows, and
+    the selected rows are taken from the result: bounded work (at most B rows per selected row) and the same
+    bits as in a full run.
+    """
+    from ..model.inference import MICRO_BATCH, infer_block
+
     rows = np.asarray(rows, np.int64)
-    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    n = len(arrs["object_id"])
+
+    def call(s: int, e: int) -> dict:  # rows [a + s, a + e)
+        return infer_block(model, arrs["flux"][s:e], arrs["ivar"][s:e], arrs["object_id"][s:e], a + s,
+                           mask=None if arrs["mask"] is None else arrs["mask"][s:e], mc_samples=ctx.mc_samples,
+                           seed=ctx.seed, keep_pz=ctx.keep_pz, device=ctx.device, timings=timings)
+
+    if len(rows) == n:
+        return call(0, n)
+    B = MICRO_BATCH
+    win = rows // B
+    uw = np.unique(win)
     parts = []
-    for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
-        parts.append(infer_block(model, flux[s:e], ivar[s:e], oid[s:e], int(rows[s]),
-                                 mask=None if mask is None else mask[s:e], mc_samples=ctx.mc_samples, seed=ctx.seed,
-                                 keep_pz=ctx.keep_pz, device=ctx.device, timings=timings))
+    for run in np.split(uw, np.flatnonzero(np.diff(uw) != 1) + 1):
+        s, e = max(a, int(run[0]) * B), min(a + n, (int(run[-1]) + 1) * B)
+        res = call(s - a, e - a)
+        pick = rows[(rows >= s) & (rows < e)] - s
+        parts.append({k: v[pick] for k, v in res.items()})
     if len(parts) == 1:
         return parts[0]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
