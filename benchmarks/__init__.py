@@ -108,11 +108,15 @@ def add_common_arguments(p) -> None:
 
 
 def config_from_args(args) -> BenchConfig:
+    """A :class:`BenchConfig` from parsed arguments; ``--quick`` results go to the cache, not ``results/``."""
     kw = {"quick": args.quick, "model": args.model, "out": Path(args.out), "repeats": args.repeats,
           "workers": args.workers}
     if args.cache:
         kw["cache"] = Path(args.cache)
-    return BenchConfig(**kw)
+    cfg = BenchConfig(**kw)
+    if args.quick and Path(args.out).resolve() == RESULTS:
+        cfg.out = cfg.cache / "smoke-results"
+    return cfg
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -173,7 +177,8 @@ def trivial_model(cfg: BenchConfig) -> str:
     return str(out)
 
 
-def simulated_store(cfg: BenchConfig, n: int, seed: int | None = None, chunk_objects: int = 256) -> Path:
+def simulated_store(cfg: BenchConfig, n: int, seed: int | None = None, chunk_objects: int = 256,
+                    workers: int | None = None) -> Path:
     """A simulated survey of ``n`` spectra in the cache (``survey-infer simulate``, made once, reused)."""
     from survey_infer.simulate import SIM_VERSION
 
@@ -187,7 +192,7 @@ def simulated_store(cfg: BenchConfig, n: int, seed: int | None = None, chunk_obj
     log(f"simulating {n:,} spectra (seed {seed}) -> {path} (made once, then reused)")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "survey_infer", "simulate", "--n", str(n), "--seed", str(seed),
-                    "--out", str(path), "--chunk-objects", str(chunk_objects), "--workers", str(cfg.workers),
+                    "--out", str(path), "--chunk-objects", str(chunk_objects), "--workers", str(workers or cfg.workers),
                     "--no-progress"], check=True, stdout=subprocess.DEVNULL)
     log(f"  simulated in {time.perf_counter() - t0:.0f} s")
     return path
@@ -504,6 +509,8 @@ def standalone(module_run, description: str, argv=None, extra_args=None) -> int:
     res = module_run(cfg, {})
     print(format_table(res["rows"]))
     name = Path(sys.modules[module_run.__module__].__file__).stem
+    if res.get("details", {}).get("smoke"):
+        name += "-smoke"
     save_json(cfg.out / f"{name}.json", {"hardware": hardware(), "config": cfg.to_dict(), **res})
     print(f"wrote {cfg.out / (name + '.json')}")
     return 0

@@ -172,6 +172,39 @@ def wall_breakdown(cli: dict, inst: dict, workers: int) -> dict:
     return d
 
 
+def plot_breakdown(path, bd: dict, mem_s: float, n: int, workers: int) -> None:
+    """Stacked bar: where one end-to-end run's wall time goes, beside the in-memory time for the same work."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [("interpreter + imports", bd["interpreter_and_imports_s"]), ("cluster start", bd.get("cluster_start_s", 0)),
+             ("driver set-up", bd.get("driver_setup_s", 0))]
+    parts += [(k, v) for k, v in sorted(bd["stages_per_worker_s"].items(), key=lambda x: -x[1])]
+    parts += [("in-task, untimed", bd.get("in_task_untimed_per_worker_s", 0)),
+              ("scheduling gaps", bd.get("scheduling_gaps_per_worker_s", 0)),
+              ("idle (lead + tail)", bd.get("tail_idle_per_worker_s", 0)),
+              ("finalise + close", bd.get("finalise_and_close_s", 0))]
+    accounted = sum(v for _, v in parts)
+    parts.append(("unattributed", max(0.0, bd["wall_s"] - accounted)))
+    fig, ax = plt.subplots(figsize=(10, 2.8))
+    left = 0.0
+    cmap = plt.get_cmap("tab20")
+    for i, (k, v) in enumerate(parts):
+        if v <= 0:
+            continue
+        ax.barh(1, v, left=left, color=cmap(i), label=f"{k} {v:.1f} s")
+        left += v
+    ax.barh(0, mem_s, color="grey", label=f"in memory {mem_s:.1f} s")
+    ax.set_yticks([0, 1], ["in memory", "survey-infer run"])
+    ax.set_xlabel(f"seconds ({n:,} spectra, {workers} workers; stages per worker)")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
 def run(cfg: BenchConfig, state: dict) -> dict:
     T = cfg.mc_samples
     mdir, kind = benchmark_model(cfg)
@@ -219,6 +252,9 @@ def run(cfg: BenchConfig, state: dict) -> dict:
            "stage_s_per_spectrum_in_memory": st_mem, "io_ceiling": io, "busy": busy, "catalog": str(cat),
            "store": str(store)}
     state["pipeline"] = res
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    plot_breakdown(cfg.out / "pipeline_breakdown.png", bd, mm["wall_s"], n, cfg.workers)
+    res["figures"] = ["pipeline_breakdown.png"]
     losses = {"interpreter+imports": bd["interpreter_and_imports_s"], "cluster start": bd.get("cluster_start_s", 0),
               "driver set-up": bd.get("driver_setup_s", 0), "finalise+close": bd.get("finalise_and_close_s", 0),
               "in-task untimed": bd.get("in_task_untimed_per_worker_s", 0),
