@@ -327,17 +327,15 @@ def _markers(catalog: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def tiny_inputs(tmp_path_factory):
-    """A 600-object simulated store, a tiny model (1 epoch, width 8) and the catalog of a local-cluster run."""
+def tiny_inputs(tmp_path_factory, tiny_model):
+    """A 600-object simulated store, the tiny test model (tests/conftest.py) and the catalog of a run on the
+    local cluster (the reference every Slurm run must match bit for bit)."""
     if not _pipeline_available():
         pytest.skip("survey_infer.pipeline not available yet")
     d = tmp_path_factory.mktemp("slurm-pipeline")
-    store, model, ref = d / "survey.zarr", d / "tiny-model", d / "reference.zarr"
+    store, model, ref = d / "survey.zarr", Path(tiny_model), d / "reference.zarr"
     res = _cli("simulate", "--n", str(N_OBJECTS), "--seed", "1", "--out", str(store), "--no-progress")
     assert res.returncode == 0, res.stderr
-    res = _cli("train", "--train", str(store), "--val", str(store), "--out", str(model), "--epochs", "1",
-               "--threads", "1", "--n-val", "300", "--arch", '{"width": 8}')
-    assert res.returncode == 0, res.stderr[-3000:]
     res = _cli(*_run_args(store, ref, model), "--cluster", "local", "--workers", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     return {"dir": d, "store": store, "model": model, "reference": ref}
