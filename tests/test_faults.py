@@ -231,3 +231,14 @@ def test_orphaned_task_of_an_older_epoch_cannot_write(reference, small_survey, t
     rec = process_block(3, 96, 128, ctx_now)
     assert rec["ok"], rec
     assert not np.array_equal(open_catalog(cat)["z_mean"].values[96:128], open_catalog(reference)["z_mean"].values[96:128])
+
+
+def test_output_that_is_not_a_catalog_is_refused(small_survey, tiny_model, tmp_path):
+    out = tmp_path / "mydata"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    from survey_infer.pipeline.runner import RunError
+
+    with pytest.raises(RunError, match="not a survey-infer catalog"):
+        run_catalog(small_survey, out, model=tiny_model, cluster="inprocess", mc_samples=T, **QUIET)
+    assert (out / "notes.txt").read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]

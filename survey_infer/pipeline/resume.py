@@ -306,13 +306,14 @@ class LeaseLock:
             return "expired"
         return "live"
 
-    def acquire(self, wait_s: float | None = None) -> int:
+    def acquire(self, wait_s: float | None = None, min_epoch: int = 0) -> int:
         """Take the lock; returns the new epoch.
 
         A lock held by a live run raises :class:`LockHeldError`. A lock whose holder is not provably dead but
         may be (another host) is watched: if its heartbeat advances the holder is alive (refused at once),
         otherwise the lock is taken over when its lease expires. ``wait_s`` additionally waits that long for a
-        live holder to finish (default 0).
+        live holder to finish (default 0). The new epoch is above both the lock's and ``min_epoch`` (the highest
+        epoch the catalog has recorded), so epochs never go back even if the lock file was lost.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
@@ -342,7 +343,7 @@ class LeaseLock:
                 if (cur2 or {}).get("owner") != (cur or {}).get("owner") or \
                         (cur2 or {}).get("epoch") != (cur or {}).get("epoch"):
                     continue  # changed under us: decide again
-                epoch = int(cur.get("epoch", 0)) + 1 if cur else 1
+                epoch = max(int(cur.get("epoch", 0)) if cur else 0, int(min_epoch)) + 1
                 rec = {"owner": self.owner, "identity": self.identity, "epoch": epoch, "heartbeat": now,
                        "lease_s": self.lease_s, "acquired": now, "released": False,
                        "taken_over": state in ("dead", "expired"),

@@ -127,9 +127,16 @@ def _selection_rows(cat_path: Path, n: int, block_objects: int, chunks: str | No
         return np.array(sorted(pos[int(i)] for i in ids), np.int64)
     if where:
         cat = open_catalog(cat_path)
-        cols = {v: cat[v].values for v in cat.data_vars if cat[v].dims == ("object",)}
+
+        class _Columns(dict):  # loads only the columns the expression names
+            def __missing__(self, name):
+                if name in cat.data_vars and cat[name].dims == ("object",):
+                    self[name] = cat[name].values
+                    return self[name]
+                raise KeyError(name)
+
         try:
-            sel = eval(where, {"__builtins__": {}, "np": np}, cols)  # noqa: S307 - column names only
+            sel = eval(where, {"__builtins__": {}, "np": np}, _Columns())  # noqa: S307 - column names only
         except Exception as exc:  # noqa: BLE001
             raise RunError(f"--where {where!r}: cannot evaluate on the catalog columns ({exc})") from exc
         return np.flatnonzero(np.asarray(sel, bool))
@@ -336,7 +343,14 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         raise RunError(f"--chunks/--objects/--where reprocess part of an existing catalog; {cat_path} does not exist")
     _check_output(cat_path)
     lock = LeaseLock(cat_path, lease_s=lease_s)
-    epoch = lock.acquire(wait_s=lock_wait_s)
+    min_epoch = 0
+    if exists:  # epochs never go back, even if the lock file was lost
+        try:
+            min_epoch = max([int(r.get("epoch", 0)) for r in
+                             zarr.open_group(str(cat_path), mode="r", zarr_format=3).attrs.get("runs", [])], default=0)
+        except Exception:  # noqa: BLE001 - not a catalog: refused below, under the lock
+            pass
+    epoch = lock.acquire(wait_s=lock_wait_s, min_epoch=min_epoch)
     run_rec: dict | None = None
     g_cat = None
     try:
@@ -402,7 +416,9 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         chunk_rows = _chunk_rows(input_store)
         if rows is not None:
             blk_of = rows // bo
-            todo_blocks = {int(b): rows[blk_of == b] for b in np.unique(blk_of)}
+            # a selection covering a whole block is computed as a whole-block write (no merge needed)
+            todo_blocks = {int(b): (None if int((blk_of == b).sum()) == bounds[b][1] - bounds[b][0] else rows[blk_of == b])
+                           for b in np.unique(blk_of)}
         else:
             todo_blocks = {i: None for i in range(len(bounds))}
         t_check = time.time()
