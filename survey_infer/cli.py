@@ -68,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .io.survey_store import SurveyStoreError
 
+    import signal
+
+    def _sigterm(signum, frame):  # scancel / preemption: stop like Ctrl-C so locks are released
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:  # not the main thread
+        pass
     try:
         rc = args.func(args)
     except (UserError, SurveyStoreError, FileNotFoundError, FileExistsError) as exc:
