@@ -242,3 +242,35 @@ def test_output_that_is_not_a_catalog_is_refused(small_survey, tiny_model, tmp_p
     with pytest.raises(RunError, match="not a survey-infer catalog"):
         run_catalog(small_survey, out, model=tiny_model, cluster="inprocess", mc_samples=T, **QUIET)
     assert (out / "notes.txt").read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_hung_driver_loses_its_lock_to_a_new_run(reference, small_survey, tiny_model, tmp_path):
+    """A driver that stops beating (SIGSTOP: a hung node) is taken over once its lease expires; when it wakes
+    up it finds the lock gone, stops submitting and exits non-zero; the catalog is the uninterrupted one."""
+    cat = tmp_path / "cat.zarr"
+    a = start(run_args(small_survey, cat, tiny_model, "--workers", "2", "--lease-seconds", "3",
+                       "--max-in-flight", "2"), tmp_path / "a.log")
+    try:
+        wait_for(lambda: markers(cat) >= 2, 180, "2 done blocks", a)
+        os.kill(a.pid, signal.SIGSTOP)
+        done_at_stop = markers(cat)
+        wait_for(lambda: time.time() - json.loads((cat / "_lock.json").read_text())["heartbeat"] > 3.5, 30,
+                 "the lease to expire", poll=0.1)
+        r = cli(*run_args(small_survey, cat, tiny_model, "--cluster", "inprocess", "--lease-seconds", "3"))
+        os.kill(a.pid, signal.SIGCONT)
+        a.wait(timeout=120)
+    finally:
+        if a.poll() is None:
+            os.kill(a.pid, signal.SIGCONT)
+        stop(a)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = summary_of(r.stdout)
+    assert "took over the catalog lock" in r.stdout and s["epoch"] == 2
+    log = (tmp_path / "a.log").read_text()
+    print(f"driver stopped after {done_at_stop}/{N_BLOCKS} blocks; the new run found {s['blocks_done_before']} done "
+          f"and computed {s['blocks_computed']}; the woken driver exited {a.returncode}")
+    assert a.returncode == 1, log[-3000:]
+    assert "lost the catalog lock" in log
+    assert_catalogs_identical(reference, cat)
+    lock = json.loads((cat / "_lock.json").read_text())
+    assert lock["epoch"] == 2 and lock["released"]

@@ -527,7 +527,8 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
         bar.set_postfix_str(f"{bar.n / el:,.0f} spec/s" if el > 0 else "")
 
     def lost() -> bool:
-        return lock is not None and (lock.lost.is_set() or any(r.get("stale") for r in results))
+        return lock is not None and (lock.lost.is_set() or bool(results and results[-1].get("stale"))
+                                     or not lock.still_owner())
 
     def not_run(blocks) -> None:
         cur = read_json(Path(ctx.catalog) / LOCK) or {}
