@@ -45,6 +45,8 @@ MARKERS = "_markers"
 LOCK = "_lock.json"
 FAILURES = "_failures"
 CLAIM_STALE_S = 10.0
+#: a heartbeat from another host older than its lease plus this is taken over without watching it (s)
+CLOCK_SKEW_S = 30.0
 
 
 class LockHeldError(RuntimeError):
@@ -297,52 +299,60 @@ class LeaseLock:
         except FileNotFoundError:
             pass
 
-    def _holder_state(self, cur: dict | None, now: float) -> str:
-        if not cur or cur.get("released"):
-            return "free"
-        if holder_is_dead(cur):
-            return "dead"
-        if now - float(cur.get("heartbeat", 0)) >= float(cur.get("lease_s", self.lease_s)):
-            return "expired"
-        return "live"
-
     def acquire(self, wait_s: float | None = None, min_epoch: int = 0) -> int:
         """Take the lock; returns the new epoch.
 
-        A lock held by a live run raises :class:`LockHeldError`. A lock whose holder is not provably dead but
-        may be (another host) is watched: if its heartbeat advances the holder is alive (refused at once),
-        otherwise the lock is taken over when its lease expires. ``wait_s`` additionally waits that long for a
-        live holder to finish (default 0). The new epoch is above both the lock's and ``min_epoch`` (the highest
-        epoch the catalog has recorded), so epochs never go back even if the lock file was lost.
+        * absent or released: taken;
+        * holder provably dead (same host, boot and PID namespace; its process is gone): taken over at once;
+        * holder on this host, alive: refused (:class:`LockHeldError`), unless its heartbeat is older than the
+          lease (a hung process): taken over;
+        * holder on another host: its heartbeat is watched on this host's clock (so that clock skew between nodes
+          does not matter): if it advances the holder is alive (refused); if it stays unchanged for a whole lease
+          it is taken over. A heartbeat older than the lease plus :data:`CLOCK_SKEW_S` is taken over at once.
+
+        ``wait_s`` additionally waits that long for a live holder to finish (default: refuse at once). The new
+        epoch is above both the lock's and ``min_epoch`` (the highest epoch the catalog has recorded), so epochs
+        never go back even if the lock file was lost.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        seen_beat = None
+        t0 = time.monotonic()
+        watched: tuple | None = None  # (heartbeat value, monotonic time first seen)
         while True:
             cur = read_json(self.path)
             now = time.time()
-            state = self._holder_state(cur, now)
-            if state == "live":
+            if not cur or cur.get("released"):
+                state = "free"
+            elif holder_is_dead(cur):
+                state = "dead"
+            else:
+                lease = float(cur.get("lease_s", self.lease_s))
                 beat = float(cur.get("heartbeat", 0))
+                age = now - beat
                 same_host = (cur.get("identity") or {}).get("host") == socket.gethostname()
-                alive = same_host or (seen_beat is not None and beat != seen_beat)
-                if alive and now - t0 >= float(wait_s or 0.0):
-                    age = now - beat
+                if same_host:
+                    state = "expired" if age >= lease else "alive"
+                elif age >= lease + CLOCK_SKEW_S:
+                    state = "expired"
+                elif watched is None or watched[0] != beat:
+                    state = "alive" if watched is not None else "watch"  # it beat while watched: alive
+                    watched = (beat, time.monotonic())
+                else:
+                    state = "expired" if time.monotonic() - watched[1] >= lease else "watch"
+                if state == "alive" and time.monotonic() - t0 >= float(wait_s or 0.0):
                     raise LockHeldError(
                         f"catalog {self.path.parent} is being written by another run ({cur.get('owner')}, epoch "
-                        f"{cur.get('epoch')}, last heartbeat {age:.0f} s ago, lease {cur.get('lease_s')} s). Wait "
-                        f"for it to finish; a run that died is taken over automatically once its lease expires.")
-                seen_beat = beat if seen_beat is None else seen_beat
-                time.sleep(min(1.0, max(0.05, float(cur.get("lease_s", self.lease_s)) / 8)))
-                continue
+                        f"{cur.get('epoch')}, last heartbeat {max(0.0, age):.0f} s ago, lease {lease:g} s). Wait for "
+                        f"it to finish; a run that died is taken over automatically once its lease expires.")
+                if state in ("alive", "watch"):
+                    time.sleep(min(1.0, max(0.05, lease / 8)))
+                    continue
             if not self._take_claim():
                 raise LockHeldError(f"catalog {self.path.parent}: cannot claim {self.claim} (another run is taking "
                                     f"the lock at this moment)")
             try:
                 cur2 = read_json(self.path)
-                if (cur2 or {}).get("owner") != (cur or {}).get("owner") or \
-                        (cur2 or {}).get("epoch") != (cur or {}).get("epoch"):
-                    continue  # changed under us: decide again
+                if any((cur2 or {}).get(k) != (cur or {}).get(k) for k in ("owner", "epoch", "heartbeat", "released")):
+                    continue  # changed under us (a beat, a release, another taker): decide again
                 epoch = max(int(cur.get("epoch", 0)) if cur else 0, int(min_epoch)) + 1
                 rec = {"owner": self.owner, "identity": self.identity, "epoch": epoch, "heartbeat": now,
                        "lease_s": self.lease_s, "acquired": now, "released": False,
