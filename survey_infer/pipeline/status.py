@@ -185,6 +185,9 @@ def main(args) -> int:
                                  if j["run_id"] is not None else "")
         print(head + f": {j['blocks_done']}/{j['n_blocks']} blocks done ({j['objects_done']:,} objects), "
               f"{j['blocks_failed']} failed, {j['blocks_pending']} pending ({j['objects_left']:,} objects left)")
+        if job != "main" and j["fingerprint"] and st["fingerprint"]:
+            d = {k: v for k, v in j["fingerprint"].items() if st["fingerprint"].get(k) != v}
+            print("    numerics: " + (", ".join(f"{k}={v}" for k, v in d.items()) or "same as the catalog's"))
         if j["objects_left"]:
             rate = j["rate_spectra_per_s"]
             print(f"    time left: ~{_dur(j['eta_s'])}" + (f" at the last run's {rate:,.0f} spectra/s" if rate else
