@@ -32,6 +32,8 @@ from .worker import SUB_ROWS, ModelPlugin, RunContext, process_block
 
 log = logging.getLogger(__name__)
 MAX_BLOCK = 32768
+CHECK_THREADS = 4  # threads verifying done-markers when a run starts
+RUN_ID_IN_MEMORY = 20_000_000  # catalogs up to this many rows have their run_id column read at once on resume
 JOBS = "_jobs"
 
 
@@ -423,12 +425,22 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
             todo_blocks = {i: None for i in range(len(bounds))}
         t_check = time.time()
         markers = load_markers(cat_path)
-        run_ids = g_cat["run_id"][:]
-        pending, done_before, redo, not_ready = [], 0, [], []
-        for b, r in todo_blocks.items():
+        run_ids = g_cat["run_id"][:] if n <= RUN_ID_IN_MEMORY else None  # else read per block
+
+        def check(item):
+            b, r = item
             lo, hi = bounds[b]
-            ok, why = block_is_done(cat_path, job, b, lo, hi, fp, input_store, chunk_rows, rows=r, run_id=run_id,
-                                    markers=markers, run_ids=run_ids)
+            return block_is_done(cat_path, job, b, lo, hi, fp, input_store, chunk_rows, rows=r, run_id=run_id,
+                                 markers=markers, run_ids=run_ids)
+
+        # verification is I/O and decompression (which release the GIL): a few threads
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+            verdicts = list(pool.map(check, todo_blocks.items()))
+        pending, done_before, redo, not_ready = [], 0, [], []
+        for (b, r), (ok, why) in zip(todo_blocks.items(), verdicts):
+            lo, hi = bounds[b]
             if ok:
                 done_before += 1
                 continue

@@ -66,14 +66,18 @@ def catalog_status(catalog: str | Path, verify: bool = False) -> dict:
     all_markers = load_markers(cat)
     jobs = ["main"] + sorted({*all_markers, *(p.stem for p in (cat / JOBS).glob("*.npy")),
                               *(r.get("job") for r in runs if r.get("job"))} - {"main"})
-    rid_col = g["run_id"][:]
-    ids, counts = np.unique(rid_col, return_counts=True)
+    by_run: dict[int, int] = {}
+    step = 1 << 22
+    for s0 in range(0, n, step):  # bounded memory on any catalog size
+        ids, counts = np.unique(g["run_id"][s0:s0 + step], return_counts=True)
+        for i, c in zip(ids, counts):
+            by_run[int(i)] = by_run.get(int(i), 0) + int(c)
     out = {"catalog": str(cat), "n_objects": n, "block_objects": bo, "n_blocks": len(bounds),
            "fingerprint": attrs.get("fingerprint"), "runs": runs, "lock": _lock_state(read_json(cat / LOCK)),
-           "rows_by_run": {int(i): int(c) for i, c in zip(ids, counts)}, "jobs": {}, "verified": verify}
+           "rows_by_run": dict(sorted(by_run.items())), "jobs": {}, "verified": verify}
     checker = None
     if verify:
-        checker = _verifier(cat, attrs, all_markers, rid_col)
+        checker = _verifier(cat, attrs, all_markers, n)
     for job in jobs:
         markers = all_markers.get(job, {})
         jruns = [r for r in runs if r.get("job") == job]
@@ -137,7 +141,7 @@ def catalog_status(catalog: str | Path, verify: bool = False) -> dict:
     return out
 
 
-def _verifier(cat: Path, attrs: dict, markers: dict, rid_col: np.ndarray):
+def _verifier(cat: Path, attrs: dict, markers: dict, n: int):
     """A function (job, block, rows, run_id, fingerprint) -> (ok, reason) applying the full resume check."""
     from ..io.catalog_store import block_bounds
     from .runner import _chunk_rows, block_is_done
@@ -146,12 +150,11 @@ def _verifier(cat: Path, attrs: dict, markers: dict, rid_col: np.ndarray):
     if not (inp / "zarr.json").exists():
         raise FileNotFoundError(f"--verify needs the input store the catalog was made from ({inp}), which is missing")
     chunk_rows = _chunk_rows(inp)
-    bounds = block_bounds(int(rid_col.shape[0]), int(attrs["block_objects"]))
+    bounds = block_bounds(n, int(attrs["block_objects"]))
 
     def check(job, b, rows, run_id, fp):
         lo, hi = bounds[b]
-        return block_is_done(cat, job, b, lo, hi, fp, inp, chunk_rows, rows=rows, run_id=run_id, markers=markers,
-                             run_ids=rid_col)
+        return block_is_done(cat, job, b, lo, hi, fp, inp, chunk_rows, rows=rows, run_id=run_id, markers=markers)
 
     return check
 
