@@ -246,7 +246,7 @@ def test_reprocess_selection_killed_and_resumed(reference, reference_b, small_su
     assert "rows by run: run 0:" in text and "selection where=z_true > 2.0" in text
 
 
-def _check_reprocessed(cat: Path, reference: Path, reference_b: Path, sel: np.ndarray, run_id: int) -> None:
+def _check_reprocessed(cat: Path, reference: Path, reference_b: Path, sel: np.ndarray, run_id: int | None) -> None:
     """Rows outside ``sel`` are bit-identical to ``reference``; rows in it to ``reference_b`` (but run_id)."""
     new, old, b = open_catalog(cat), open_catalog(reference), open_catalog(reference_b)
     for v in new.data_vars:
@@ -254,7 +254,8 @@ def _check_reprocessed(cat: Path, reference: Path, reference_b: Path, sel: np.nd
         assert np.array_equal(x[~sel].view(np.uint8), y[~sel].view(np.uint8)), f"{v}: rows outside the selection changed"
         if v != "run_id":
             assert np.array_equal(x[sel].view(np.uint8), z[sel].view(np.uint8)), f"{v}: reprocessed rows differ"
-    assert (new["run_id"].values[sel] == run_id).all()
+    if run_id is not None:
+        assert (new["run_id"].values[sel] == run_id).all()
 
 
 def test_reprocess_refuses_a_block_damaged_outside_its_rows(reference, reference_b, small_survey, tiny_model,
@@ -334,3 +335,28 @@ def test_reprocess_killed_inside_a_merge_resumes(reference, reference_b, small_s
     assert not s["blocks_failed"]
     _check_reprocessed(cat, reference, reference_b, sel, s["run_id"])
     assert not list((cat / "_markers").glob("reprocess-*/intent-*.json"))
+
+
+def test_reprocess_objects_and_chunks(reference, reference_b, small_survey, tiny_model_b, tmp_path):
+    """--objects (a job keyed by the file's content) and --chunks (whole blocks, written whole)."""
+    cat = copy_catalog(reference, tmp_path / "cat.zarr")
+    ids = open_catalog(reference)["object_id"].values
+    pick = np.array([3, 4, 5, 40, 41, 299])
+    (tmp_path / "ids.txt").write_text("# objects to redo\n" + "\n".join(str(i) for i in ids[pick]) + "\n")
+    kw = dict(cluster="inprocess", mc_samples=T, reprocess=True, **QUIET)
+    s = run_catalog(small_survey, cat, model=tiny_model_b, objects=str(tmp_path / "ids.txt"), **kw)
+    assert s.ok and s.blocks_computed == 3 and s.run_id == 1
+    sel = np.zeros(N, bool)
+    sel[pick] = True
+    _check_reprocessed(cat, reference, reference_b, sel, 1)
+    # the same file again: done; a file with other content: a new job (run_id 2)
+    s = run_catalog(small_survey, cat, model=tiny_model_b, objects=str(tmp_path / "ids.txt"), **kw)
+    assert s.blocks_computed == 0 and s.run_id == 1
+    s = run_catalog(small_survey, cat, model=tiny_model_b, chunks="2:4", **kw)
+    assert s.ok and s.blocks_computed == 2 and s.run_id == 2
+    sel[64:128] = True
+    _check_reprocessed(cat, reference, reference_b, sel, None)
+    rid = open_catalog(cat)["run_id"].values
+    assert (rid[64:128] == 2).all() and (rid[pick[pick < 64]] == 1).all()
+    m = json.loads((cat / "_markers" / s.job / "block-000002.json").read_text())
+    assert m["whole"] and m["rows_hash"] is None  # a selection covering whole blocks is written whole

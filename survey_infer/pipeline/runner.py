@@ -119,7 +119,16 @@ def _selection_rows(cat_path: Path, n: int, block_objects: int, chunks: str | No
         p = Path(objects)
         if not p.exists():
             raise RunError(f"--objects {objects}: file not found")
-        ids = np.array([int(t) for t in p.read_text().split() if t.strip() and not t.startswith("#")], np.int64)
+        toks = []
+        for ln, line in enumerate(p.read_text().splitlines(), 1):
+            for t in line.split("#", 1)[0].replace(",", " ").split():
+                try:
+                    toks.append(int(t))
+                except ValueError as exc:
+                    raise RunError(f"--objects {objects}, line {ln}: {t!r} is not an integer object id") from exc
+        ids = np.unique(np.array(toks, np.int64))
+        if not len(ids):
+            raise RunError(f"--objects {objects}: no object ids in the file")
         cat = open_catalog(cat_path)
         oid = cat["object_id"].values
         pos = {int(v): i for i, v in enumerate(oid)}
