@@ -360,3 +360,29 @@ def test_reprocess_objects_and_chunks(reference, reference_b, small_survey, tiny
     assert (rid[64:128] == 2).all() and (rid[pick[pick < 64]] == 1).all()
     m = json.loads((cat / "_markers" / s.job / "block-000002.json").read_text())
     assert m["whole"] and m["rows_hash"] is None  # a selection covering whole blocks is written whole
+
+
+def test_appended_input_computes_only_new_and_changed_blocks(small_survey, tiny_model, tmp_path):
+    """Appending rows to the input: the catalog grows; only the new block and the old last block (whose bounds
+    changed) are computed; blocks whose input chunk files were rewritten but whose bytes did not change are kept."""
+    import zarr
+
+    from survey_infer.io.survey_store import append_survey
+
+    store = tmp_path / "in.zarr"
+    shutil.copytree(small_survey, store)
+    cat = tmp_path / "cat.zarr"
+    kw = dict(model=tiny_model, cluster="inprocess", mc_samples=T, block_objects=BLOCK, **QUIET)
+    assert run_catalog(store, cat, **kw).blocks_computed == N_BLOCKS
+    g = zarr.open_group(str(store), mode="r")
+    names = [k for k in g.array_keys() if g[k].metadata.dimension_names[0] == "object"]
+    extra = {k: g[k][0:40] for k in names}
+    extra["object_id"] = extra["object_id"] + 10**9
+    w = append_survey(store, 40)
+    w.write(0, extra)
+    w.commit()
+    s = run_catalog(store, cat, **kw)
+    assert s.ok and s.n_objects == N + 40 and s.blocks_computed == 2 and s.blocks_done_before == N_BLOCKS - 1
+    fresh = tmp_path / "fresh.zarr"
+    run_catalog(store, fresh, **kw)
+    assert_catalogs_identical(fresh, cat)
