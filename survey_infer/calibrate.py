@@ -46,18 +46,32 @@ def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 4000,
         return abs(c68 - 0.68) + abs(c95 - 0.95)
 
     tried: dict[float, tuple] = {}
-    for temp in (0.8, 1.0, 1.3, 1.7, 2.2):
-        cat = run(temp)
-        tried[temp] = (*_coverage(cat, zt, inr), cat)
-        log.info("temperature %.2f: coverage 68%%=%.3f 95%%=%.3f", temp, tried[temp][0], tried[temp][1])
-    temps = sorted(tried)
-    best = min(temps, key=lambda t: loss(*tried[t][:2]))
-    i = temps.index(best)
-    for nb in (temps[max(i - 1, 0)], temps[min(i + 1, len(temps) - 1)]):
-        mid = round(0.5 * (best + nb), 3)
-        if mid not in tried:
-            cat = run(mid)
-            tried[mid] = (*_coverage(cat, zt, inr), cat)
+
+    def trial(temp: float) -> None:
+        temp = round(float(temp), 4)
+        if temp not in tried:
+            cat = run(temp)
+            tried[temp] = (*_coverage(cat, zt, inr), cat)
+            log.info("temperature %.3f: coverage 68%%=%.3f 95%%=%.3f", temp, tried[temp][0], tried[temp][1])
+
+    for temp in (0.1, 0.2, 0.4, 0.7, 1.2):  # log-spaced scan, extended while the best is at an edge
+        trial(temp)
+    for _ in range(4):
+        temps = sorted(tried)
+        best = min(temps, key=lambda t: loss(*tried[t][:2]))
+        if best == temps[0] and best > 0.02:
+            trial(best / 2)
+        elif best == temps[-1] and best < 20:
+            trial(best * 2)
+        else:
+            break
+    for _ in range(2):  # refine between the best and its neighbours (geometric midpoints)
+        temps = sorted(tried)
+        best = min(temps, key=lambda t: loss(*tried[t][:2]))
+        i = temps.index(best)
+        for nb in (temps[max(i - 1, 0)], temps[min(i + 1, len(temps) - 1)]):
+            if nb != best:
+                trial(np.sqrt(best * nb))
     best = min(tried, key=lambda t: loss(*tried[t][:2]))
     c68, c95, cat = tried[best]
     correct = inr & (np.abs(cat["z"] - zt) < 0.01)

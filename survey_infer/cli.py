@@ -51,6 +51,19 @@ def _unavailable(exc: Exception) -> int:
     return 2
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that are the user's to fix: printed as one line with exit code 2, never a traceback."""
+    from .cluster import ClusterError
+    from .io.catalog_store import CatalogError
+    from .io.survey_store import SurveyStoreError
+    from .model.checkpoint import CheckpointError
+    from .pipeline.resume import FingerprintMismatch, LockHeldError
+    from .pipeline.runner import RunError
+
+    return (UserError, SurveyStoreError, CatalogError, CheckpointError, ClusterError, RunError, FingerprintMismatch,
+            LockHeldError, FileNotFoundError, FileExistsError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .io.survey_store import SurveyStoreError
-
     import signal
 
     def _sigterm(signum, frame):  # scancel / preemption: stop like Ctrl-C so locks are released
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         rc = args.func(args)
-    except (UserError, SurveyStoreError, FileNotFoundError, FileExistsError) as exc:
+    except _user_errors() as exc:
         print(f"survey-infer {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -77,8 +77,16 @@ def run_demo(out: str | Path = "survey-infer-demo", n: int = 3000, seed: int = 2
     else:
         print(f"[1/3] using the simulated survey already in {store}")
     print(f"[2/3] running the shipped model on a local cluster ({workers} workers, T={mc_samples}) -> {catalog}")
-    s = run_catalog(store, catalog, model=model, cluster="local", workers=workers, mc_samples=mc_samples,
-                    progress=progress)
+    from .pipeline.resume import FingerprintMismatch
+
+    try:
+        s = run_catalog(store, catalog, model=model, cluster="local", workers=workers, mc_samples=mc_samples,
+                        progress=progress)
+    except FingerprintMismatch as exc:
+        from .cli import UserError
+
+        raise UserError(f"{catalog} was made by an earlier demo with other settings or another model "
+                        f"({str(exc).splitlines()[1].strip()}); use --out NEW_FOLDER or delete {out}") from exc
     print_summary(s)
     print(f"[3/3] accuracy against the simulation's truth -> {png}")
     m = evaluate_catalog(catalog)

@@ -75,11 +75,19 @@ def hpd_interval(pz: np.ndarray, imode: np.ndarray, z: np.ndarray, zc: np.ndarra
     with np.errstate(all="ignore"):
         frac_l = np.where(pl > 0, np.minimum(excess / 2 / pl, 1.0), 0.0)
         frac_h = np.where(ph > 0, np.minimum(excess / 2 / ph, 1.0), 0.0)
-    # never trim the mode bin itself
+    # the mode bin itself is only trimmed when it holds the level alone: then the interval is the fraction
+    # level / p_mode of the bin (density uniform within a bin), centred on the refined mode, inside the bin
     frac_l = np.where(lo == imode, 0.0, frac_l)
     frac_h = np.where(hi == imode, 0.0, frac_h)
     lo_edge = lo_edge + frac_l * dz
     hi_edge = hi_edge - frac_h * dz
+    single = lo == hi
+    with np.errstate(all="ignore"):
+        w = np.where(pl > 0, np.minimum(level / pl, 1.0), 1.0) * dz
+    b_lo, b_hi = zc[imode] - 0.5 * dz, zc[imode] + 0.5 * dz
+    s_lo = np.clip(z - 0.5 * w, b_lo, b_hi - w)
+    lo_edge = np.where(single, s_lo, lo_edge)
+    hi_edge = np.where(single, s_lo + w, hi_edge)
     lo_edge = np.minimum(lo_edge, z)
     hi_edge = np.maximum(hi_edge, z)
     return lo_edge, hi_edge

@@ -3,8 +3,9 @@
 * Created once as a template (``Dataset.to_zarr(compute=False)``: metadata only, no data written).
 * Dims ``object`` (N, the input's rows) and ``zbin``. Every per-object variable is chunked by ``block_objects``
   and ``pz`` by ``(block_objects, Z)``, so one block = one chunk of every variable = exactly one writer.
-* :func:`write_block` asserts alignment before writing, and refuses when the run's epoch is older than the lock's
-  (a late write from an orphaned worker of a dead run).
+* :func:`write_block` asserts alignment before writing; the block task (``pipeline.worker.process_block``) checks
+  the run epoch against the lock before and after it, so a late write from an orphaned worker of a dead run is
+  refused.
 * Not-yet-computed rows read as the fill value (NaN / −1 / False): a chunk file is never proof of completion —
   the done-markers in ``_markers/`` are (see :mod:`survey_infer.pipeline.resume`).
 

@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda for --cluster cuda, else cpu)")
     p.add_argument("--max-in-flight", type=int, default=None, help="tasks in flight (default 2 x workers)")
     p.add_argument("--lease-seconds", type=float, default=60.0, help="lock lease: a silent holder is dead after this")
+    p.add_argument("--lock-wait", type=float, default=0.0,
+                   help="seconds to wait for another live run on the same catalog to finish (default: refuse at once)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     try:
@@ -79,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
                         mc_samples=args.mc_samples, seed=args.seed, keep_pz=not args.no_pz, pz_dtype=args.pz_dtype,
                         block_objects=args.block_objects, chunks=args.chunks, objects=args.objects, where=args.where,
                         reprocess=args.reprocess, progress=not args.no_progress, max_in_flight=args.max_in_flight,
-                        device=args.device, lease_s=args.lease_seconds, slurm_options=slurm_opts)
+                        device=args.device, lease_s=args.lease_seconds, slurm_options=slurm_opts,
+                        lock_wait_s=args.lock_wait)
     except (RunError, ClusterError, CheckpointError, FingerprintMismatch, LockHeldError) as exc:
         raise UserError(str(exc)) from exc
     if args.json:
