@@ -65,6 +65,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    if not any(a in ("-v", "--verbose") for a in (argv if argv is not None else sys.argv[1:])):
+        # before distributed is imported: it configures its loggers from dask config at import time
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -87,9 +87,10 @@ def run_network(model: Model, x: np.ndarray, scalars: np.ndarray, object_id: np.
             var = torch.exp(hd[name][..., 1].double()) * sd0 ** 2
             mean = mu.mean(dim=1)
             var_mc = mu.var(dim=1, unbiased=False) if mc_samples > 1 else torch.zeros_like(mean)
+            scale = float(cal.get("err_scale", {}).get(key, 1.0))  # calibrated on validation (68% coverage)
             res[key] = mean
-            res[key + "_err"] = torch.sqrt(var.mean(dim=1) + var_mc)
-            res[key + "_err_mc"] = torch.sqrt(var_mc)
+            res[key + "_err"] = torch.sqrt(var.mean(dim=1) + var_mc) * scale
+            res[key + "_err_mc"] = torch.minimum(torch.sqrt(var_mc), res[key + "_err"])
         for k, v in res.items():
             out[k][sel] = v.cpu().numpy()[slots]
     return out
