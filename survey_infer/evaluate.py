@@ -49,7 +49,7 @@ def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None) -> di
     from .io.catalog_store import open_catalog
 
     cat = open_catalog(catalog)
-    need = [c for c in ("z_true", "kind") if c not in cat]
+    need = [c for c in ("z_true",) if c not in cat]
     if need:
         from .cli import UserError
 
@@ -57,7 +57,11 @@ def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None) -> di
     v = {k: cat[k].values for k in ("z", "z_true", "z_reliable", "kind", "z_lo68", "z_hi68", "z_lo95", "z_hi95",
                                    "logmstar", "logmstar_err", "logsfr", "logsfr_err", "quality") if k in cat}
     z, zt, rel = v["z"].astype(np.float64), v["z_true"].astype(np.float64), v["z_reliable"].astype(bool)
-    kind = v["kind"].astype(int)
+    if "kind" in v:
+        kind = v["kind"].astype(int)
+    else:  # e.g. ingested moons1d spectra: classify by the true redshift
+        zg = cat["z_grid"].values
+        kind = np.where(zt < zg[0] - 0.0015, 2, np.where(zt > zg[-1] + 0.0015, 3, 0))
     gal = kind == 0
     has = np.isfinite(z)
     texp = cat["t_exp"].values if "t_exp" in cat else np.full(len(z), np.nan)
