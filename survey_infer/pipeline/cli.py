@@ -56,6 +56,8 @@ def print_summary(s, out=sys.stdout) -> None:
         tot = sum(s.timings.values())
         print("stages    " + "  ".join(f"{k} {v / tot:.0%}" for k, v in sorted(s.timings.items(), key=lambda x: -x[1])),
               file=out)
+    if s.worker_max_rss_mb:
+        print(f"memory    peak worker RSS {s.worker_max_rss_mb:,.0f} MB", file=out)
     flags = ", ".join(f"{k}={v}" for k, v in s.flag_counts.items() if v)
     print(f"reliable  {s.n_reliable:,} computed objects have z_reliable; flags: {flags or 'none'}", file=out)
     for f in s.blocks_failed:

@@ -165,13 +165,17 @@ def input_stamp(input_store: Path, lo: int, hi: int, chunk_rows: dict[str, int])
     return f"{zlib.crc32(';'.join(parts).encode()):08x}"
 
 
-def input_hash(arrays: list[np.ndarray]) -> str:
-    """CRC32 of the bytes of the input arrays a block read."""
-    crc = 0
+def crc_update(crc: int, arrays: list[np.ndarray]) -> int:
+    """Continue a CRC32 over the bytes of ``arrays`` (so a block's input is hashed as it streams, not held)."""
     for a in arrays:
         a = np.ascontiguousarray(a)
         crc = zlib.crc32(a.view(np.uint8).reshape(-1).data if a.size else b"", crc)
-    return f"{crc:08x}"
+    return crc
+
+
+def input_hash(arrays: list[np.ndarray]) -> str:
+    """CRC32 of the bytes of the input arrays a block read."""
+    return f"{crc_update(0, arrays):08x}"
 
 
 def rows_hash(rows: np.ndarray | None) -> str | None:

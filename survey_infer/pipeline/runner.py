@@ -58,6 +58,7 @@ class RunSummary:
     n_reliable: int = 0
     timings: dict = field(default_factory=dict)
     dashboard: str | None = None
+    worker_max_rss_mb: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -497,6 +498,7 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                 summary.n_reliable += r["n_reliable"]
                 for k, v in r["timings"].items():
                     summary.timings[k] = summary.timings.get(k, 0.0) + v
+                summary.worker_max_rss_mb = max(summary.worker_max_rss_mb, float(r.get("max_rss_mb", 0.0)))
         summary.flag_counts = {b.name: int(fl[b.bit]) for b in ZWARN_BITS}
         summary.seconds = time.time() - t_start
         summary.spectra_per_s = n_todo / summary.seconds if summary.seconds > 0 else 0.0

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..io.catalog_store import output_hash, read_block, write_block
 from .resume import (DamagedBlockError, StaleEpochError, atomic_write_json, check_epoch, failure_path, hash_parts,
-                     input_hash, input_stamp, intent_path, iter_input_rows, latest_marker, marker_path, read_json,
+                     crc_update, input_stamp, intent_path, iter_input_rows, latest_marker, marker_path, read_json,
                      rows_hash)
 
 SUB_ROWS = 1024  # rows read and processed at once inside a block
@@ -138,7 +138,7 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
         if len(todo) == 0 or todo[0] < lo or todo[-1] >= hi:
             raise ValueError(f"rows to process are outside block {block} [{lo}, {hi})")
         cols: dict[str, list] = {}
-        in_crc: list[np.ndarray] = []
+        in_crc = 0  # running CRC32 of the input bytes read (streamed: the block's input is never held whole)
         reader = iter_input_rows(g, todo, SUB_ROWS)
         n_read = 0
         while True:
@@ -152,7 +152,7 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
                 raise RuntimeError(f"cannot read input rows {int(r0[0])}..{int(r0[-1]) + 1} (block {block}) of "
                                    f"{ctx.input_store}: {type(exc).__name__}: {exc}") from exc
             n_read += len(r)
-            in_crc += hash_parts(arrs, sel)
+            in_crc = crc_update(in_crc, hash_parts(arrs, sel))
             timings["read"] = timings.get("read", 0.0) + time.perf_counter() - t0
             with torch.inference_mode():
                 out = _infer(model, arrs, r, a, ctx, timings)
@@ -177,7 +177,7 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
         timings["write"] = time.perf_counter() - t0
         marker = {
             "block": block, "lo": lo, "hi": hi, "job": ctx.job, "run_id": ctx.run_id, "epoch": ctx.epoch,
-            "fingerprint": ctx.fingerprint, "input_hash": input_hash(in_crc),
+            "fingerprint": ctx.fingerprint, "input_hash": f"{in_crc:08x}",
             "input_stamp": input_stamp(Path(ctx.input_store), lo, hi, ctx.chunk_rows),
             "output_names": names, "output_hash": out_hash, "whole": rows is None, "rows_hash": rows_hash(rows),
             "n_rows": int(len(todo)), "time": time.time(), "timings": timings, "host": os.uname().nodename,
@@ -190,7 +190,7 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
                 p.unlink()
         return {"block": block, "ok": True, "n": int(len(todo)), "seconds": time.perf_counter() - t_start,
                 "timings": timings, "n_reliable": int(np.count_nonzero(values["z_reliable"])),
-                "zwarn": zwarn_bit_counts(values["zwarn"])}
+                "zwarn": zwarn_bit_counts(values["zwarn"]), "max_rss_mb": _max_rss_mb()}
     except Exception as exc:  # noqa: BLE001 - reported per block, the run goes on
         rec = {"block": block, "ok": False, "lo": lo, "hi": hi, "reason": f"{type(exc).__name__}: {exc}",
                "seconds": time.perf_counter() - t_start, "stale": isinstance(exc, StaleEpochError),
@@ -294,6 +294,13 @@ def _infer(model, arrs: dict, rows: np.ndarray, a: int, ctx: RunContext, timings
     if len(parts) == 1:
         return parts[0]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _max_rss_mb() -> float:
+    """Peak resident memory of this (worker) process so far, MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def context_dict(ctx: RunContext) -> dict:
