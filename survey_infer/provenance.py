@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import platform
 import sys
 from importlib import metadata
@@ -20,6 +21,15 @@ def dependency_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:  # pragma: no cover - optional
             out[name] = "absent"
     return out
+
+
+def file_sha256(path) -> str:
+    """sha256 (hex) of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def utc_now() -> str:

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .instrument import load_instrument
 from .io.survey_store import open_survey, store_instrument
 from .model import mc
-from .model.checkpoint import META, save_model
+from .model.checkpoint import save_model
 from .model.network import EMISSION_FOR_AUX, NetConfig, SpectrumNet
 from .model.zgrid import ZGrid
 from .preprocess import PREPROCESSING_VERSION, n_scalars, preprocess
@@ -210,7 +209,6 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
             sc = torch.from_numpy(pp.scalars)
             for b0 in range(0, hi - lo, batch_size):
                 sl = slice(b0, min(hi - lo, b0 + batch_size))
-                nb = sl.stop - sl.start
                 masks = {k: torch.from_numpy(mc.keep_masks(seed * 1000 + ep, cols["object_id"][sl], 1, u, cfg.p_drop,
                                                            stream=10 + i)).to(dev)
                          for i, (k, u) in enumerate(cfg.mask_units().items())}
@@ -259,7 +257,7 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
     training["provenance"] = provenance()
     net.eval()
     calib = {"temperature": 1.0, "target_norm": tnorm, "thresholds": {}}
-    sha = save_model(out, net, inst, sky, PREPROCESSING_VERSION, calib, training)
+    save_model(out, net, inst, sky, PREPROCESSING_VERSION, calib, training)
     from .calibrate import calibrate_model
 
     report = calibrate_model(out, val_store, n=n_val)

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,39 +21,7 @@ from survey_infer.pipeline.runner import _chunk_rows, run_catalog
 from survey_infer.pipeline.status import catalog_status
 from survey_infer.pipeline.worker import RunContext, process_block
 
-N, BLOCK, T = 300, 32, 4
-N_BLOCKS = -(-N // BLOCK)
-QUIET = dict(progress=False, print_fn=lambda *a: None)
-
-
-# ---- helpers (as in test_resume.py) ----------------------------------------------------------------------------
-def run_args(store: Path, cat: Path, model: Path, *extra: str) -> list[str]:
-    return ["run", "--input", str(store), "--output", str(cat), "--model", str(model), "--mc-samples", str(T),
-            "--block-objects", str(BLOCK), "--no-progress", "--json", *map(str, extra)]
-
-
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    f = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "survey_infer", *args], stdout=f, stderr=subprocess.STDOUT)
-
-
-def summary_of(stdout: str) -> dict:
-    i = stdout.rfind("\n{\n") if not stdout.startswith("{\n") else -1
-    return json.JSONDecoder().raw_decode(stdout, i + 1)[0]
-
-
-def markers(cat: Path, job: str = "main") -> int:
-    return len(list((cat / "_markers").glob(f"{job}/block-*.json")))
-
-
-def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.02) -> None:
-    t0 = time.time()
-    while not pred():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the run ended (rc {proc.returncode}) before {what}")
-        if time.time() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll)
+from resume_helpers import BLOCK, N_BLOCKS, QUIET, T, markers, run_args, start, summary_of, wait_for
 
 
 def worker_processes(driver_pid: int) -> list[psutil.Process]:

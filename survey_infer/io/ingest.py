@@ -35,7 +35,6 @@ command exits with status 1. Exit status 0 means every input was ingested or del
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -237,12 +236,7 @@ def ingested_files(store: str | os.PathLike) -> dict[str, np.ndarray]:
     return {k: np.asarray(fg[k][:n]) for k in FILE_FIELDS}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from ..provenance import file_sha256 as _sha256  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- worker side

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file as np_load_file
 from safetensors.torch import load_file, save_file
 
 from ..instrument import Instrument, load_instrument
@@ -52,12 +51,7 @@ class Model:
         return self.net.cfg
 
 
-def _sha_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
+from ..provenance import file_sha256 as _sha_file
 
 
 def model_sha256(model_dir: str | Path) -> str:

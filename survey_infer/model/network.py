@@ -89,7 +89,6 @@ def gather_table(instrument: Instrument, zgrid: ZGrid, lines, stride: int) -> tu
 
     Positions off the grid point to the padding column ``L'`` (value 0) with weight 1.
     """
-    wave = instrument.wave
     L = -(-instrument.n_wave // stride)
     K, Z = len(lines), zgrid.n
     idx = np.full((K, Z), L, np.int64)
