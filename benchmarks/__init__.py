@@ -336,7 +336,7 @@ class Quiet:
             self.cfg.max_foreign_cores
 
 
-def _child_main(fn, args, barrier, queue, env_note):
+def _child_main(fn, args, barrier, queue, index):
     import time as _t
 
     try:
@@ -345,37 +345,39 @@ def _child_main(fn, args, barrier, queue, env_note):
         t0 = _t.time()
         out = fn("work", state)
         t1 = _t.time()
-        queue.put({"ok": True, "t_start": t0, "t_end": t1, **(out or {})})
+        queue.put({"ok": True, "index": index, "t_start": t0, "t_end": t1, **(out or {})})
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         try:
             barrier.abort()
         except Exception:  # noqa: BLE001
             pass
-        queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        queue.put({"ok": False, "index": index, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def parallel_timed(fn, args_list: list[tuple], env: dict | None = None, timeout: float = 1800.0) -> dict:
+def parallel_timed(fn, args_list: list[tuple], env: dict | None = None, timeout: float = 3600.0) -> dict:
     """Run ``fn`` in one fresh (spawned) process per ``args`` and time the work phases side by side.
 
     ``fn("setup", *args)`` runs first in every process (loading data, models: not timed) and returns a state;
     all processes then start together (a barrier) and time ``fn("work", state)``, which may return a dict of
     numbers. ``env`` is set in the processes' environment before they start (e.g. the pipeline workers'
-    ``MALLOC_*``/``OMP_*`` variables, read at process start).
+    ``MALLOC_*``/``OMP_*`` variables, read at process start). ``fn`` must be importable (a module-level function).
 
     Returns
     -------
     dict
-        ``wall_s`` (first start to last end), ``per_process`` (each process's ``seconds`` and returned values).
+        ``wall_s`` (first start to last end), ``per_process`` (in the order of ``args_list``: each process's
+        ``seconds`` and returned values).
     """
     import multiprocessing as mp
+    import queue as _queue
 
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(len(args_list))
-    queue = ctx.Queue()
+    q = ctx.Queue()
     old = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
     try:
-        procs = [ctx.Process(target=_child_main, args=(fn, a, barrier, queue, None)) for a in args_list]
+        procs = [ctx.Process(target=_child_main, args=(fn, a, barrier, q, i)) for i, a in enumerate(args_list)]
         for p in procs:
             p.start()
     finally:
@@ -384,12 +386,25 @@ def parallel_timed(fn, args_list: list[tuple], env: dict | None = None, timeout:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    res = [queue.get(timeout=timeout) for _ in procs]
+    res: list = []
+    t0 = time.time()
+    while len(res) < len(procs):
+        try:
+            res.append(q.get(timeout=2.0))
+        except _queue.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead or time.time() - t0 > timeout:
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                raise RuntimeError(f"benchmark process died (exit code {dead[0].exitcode})" if dead else
+                                   f"benchmark processes did not finish within {timeout:.0f} s")
     for p in procs:
         p.join(timeout=60)
     bad = [r["error"] for r in res if not r.get("ok")]
     if bad:
         raise RuntimeError(f"benchmark process failed: {bad[0]}")
+    res.sort(key=lambda r: r["index"])
     for r in res:
         r["seconds"] = r["t_end"] - r["t_start"]
     return {"wall_s": max(r["t_end"] for r in res) - min(r["t_start"] for r in res), "per_process": res}

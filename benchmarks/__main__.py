@@ -41,6 +41,13 @@ def main(argv=None) -> int:
     log(f"survey-infer benchmarks on {hw['cpu']} ({hw['cores']} cores, {hw['memory_gib']} GiB), "
         f"{hw['date_utc']}; cache {cfg.cache}; results -> {cfg.out}" + (" [QUICK: smoke sizes]" if cfg.quick else ""))
     cfg.out.mkdir(parents=True, exist_ok=True)
+    from . import benchmark_model
+
+    from survey_infer.model.checkpoint import model_sha256
+
+    mdir, mkind = benchmark_model(cfg)
+    hw["model"] = {"dir": mdir, "kind": mkind, "sha256": model_sha256(mdir)[:16]}
+    log(f"model: {mdir} ({mkind}, sha256 {hw['model']['sha256']})")
     state: dict = {}
     rows, details, durations, figures = [], {}, {}, []
     t_all = time.perf_counter()
@@ -71,7 +78,7 @@ def main(argv=None) -> int:
     save_json(cfg.out / "latest.json", out)
     head = (f"survey-infer benchmarks — {hw['date_utc']} — {hw['cpu']}, {hw['cores']} cores, {hw['memory_gib']} GiB"
             f"{', ' + hw['gpu'] if hw.get('gpu') else ', no GPU'}; torch {hw['torch']}; commit {hw['commit']}; "
-            f"{total / 60:.1f} min")
+            f"model {hw['model']['kind']} ({hw['model']['sha256']}); {total / 60:.1f} min")
     (cfg.out / "latest.md").write_text(head + "\n\n" + format_table(rows, markdown=True) + "\n")
     print()
     print(head)

@@ -3,13 +3,15 @@
 The model of one ``survey-infer run`` of N spectra on W workers with blocks of B spectra (the runner's default
 block size unless given):
 
-    wall = t_fixed + makespan(N, W, B),   one block takes  a + c·B  on a worker,
+    wall = t_fixed + makespan(N, W, B),   one block takes  a + c·B  on a worker (+ w for its first block),
 
 where makespan is the greedy schedule the runner produces (each worker takes the next block when it is free;
 the last block may be short), ``c`` is the measured worker time per spectrum inside tasks (all stages plus the
-in-task work outside them), ``a`` the measured scheduler gap per block, and ``t_fixed`` the start-up and
-finalisation (interpreter, cluster start, model loading, catalog creation, closing) — all three fitted on the
-benchmark run (12,000 spectra, ``pipeline_efficiency``). The model is then checked against ``survey-infer run``
+in-task work outside them) with every core busy, ``a`` the measured scheduler gap per block, ``w`` the
+first-block warm-up and ``t_fixed`` the start-up and finalisation (interpreter, cluster start, model loading,
+catalog creation, closing) — all fitted on the benchmark runs (12,000 spectra, ``pipeline_efficiency``). On a
+node with idle cores a worker runs faster; that factor is measured in memory (1 process vs W) and applied
+when W is below the core count. The model is then checked against ``survey-infer run``
 on stores and worker counts it was not fitted on (target: within 15%), and projected to 0.5 M (MOONS),
 40 M (DESI) and 100 M spectra on W CPU workers (one per core; node-hours for 16-core nodes) and — when
 ``benchmarks/results/gpu.json`` holds a measurement from a GPU machine — on W GPU workers.
@@ -45,38 +47,59 @@ def block_objects(n: int, workers: int) -> int:
     return default_block_objects(n, workers)
 
 
-def makespan(n: int, workers: int, B: int, a: float, c: float) -> float:
-    """Greedy schedule of ceil(n/B) blocks (a + c·size seconds each) on ``workers`` workers."""
+def makespan(n: int, workers: int, B: int, a: float, c: float, w: float = 0.0) -> float:
+    """Greedy schedule of ceil(n/B) blocks (a + c·size seconds each; a worker's first block takes ``w`` more)
+    on ``workers`` workers."""
     sizes = [B] * (n // B) + ([n % B] if n % B else [])
     if len(sizes) > 200_000:  # identical blocks: closed form
         k = math.ceil(len(sizes) / workers)
-        return k * (a + c * B)
-    free = [0.0] * workers
+        return w + k * (a + c * B)
+    free = [(0.0, i) for i in range(workers)]
     heapq.heapify(free)
+    started: set = set()
     end = 0.0
     for s in sizes:
-        t = heapq.heappop(free) + a + c * s
+        t0, i = heapq.heappop(free)
+        t = t0 + a + c * s + (w if i not in started else 0.0)
+        started.add(i)
         end = max(end, t)
-        heapq.heappush(free, t)
+        heapq.heappush(free, (t, i))
     return end
 
 
 def predict(n: int, workers: int, params: dict, B: int | None = None) -> float:
+    """Predicted wall time (s) of ``survey-infer run`` on ``n`` spectra and ``workers`` workers."""
     B = B or block_objects(n, workers)
-    return params["t_fixed"] + makespan(n, workers, B, params["a"], params["c"])
+    c = params["c"]
+    if workers < params.get("cores_per_node", workers) and params.get("c_scale_partial"):
+        c = c * params["c_scale_partial"]  # a node with idle cores runs each worker faster (measured)
+    return params["t_fixed"] + makespan(n, workers, B, params["a"], c, params.get("w", 0.0))
 
 
-def fit(pipe: dict) -> dict:
-    """``c``, ``a``, ``t_fixed`` from the benchmark run (``pipeline_efficiency`` details)."""
+def fit(pipe: dict, c_scale_partial: float | None = None, cores: int | None = None) -> dict:
+    """``c``, ``a``, ``w``, ``t_fixed`` from the benchmark runs (``pipeline_efficiency`` details).
+
+    ``c`` (worker seconds per spectrum) from the stage timings of the ``survey-infer run`` repeats plus the
+    in-task time outside the stages (instrumented run), ``a`` (scheduler gap per block) and ``w`` (first-block
+    warm-up per worker) from the instrumented run's task stream, ``t_fixed`` = wall − makespan of the same runs
+    (medians over the repeats).
+    """
     inst = pipe["instrumented"]
-    n, W = inst["n"], inst["workers"]
-    c = inst["task_busy_s"] / n
+    runs = pipe["end_to_end"]
+    n, W, B = inst["n"], inst["workers"], inst["block_objects"]
+    untimed = inst["in_task_untimed_s"] / max(1e-9, inst["stage_s"])
     a = inst["gaps_s"] / max(1, inst["blocks"] - W)
-    walls = [r["wall_s"] for r in pipe["end_to_end"]]
-    B = inst["block_objects"]
-    t_fixed = median(walls) - makespan(n, W, B, a, c)
-    return {"c": c, "a": a, "t_fixed": t_fixed, "fit_n": n, "fit_workers": W, "fit_block_objects": B,
-            "fit_wall_s": median(walls)}
+    w = inst.get("first_block_penalty_s", 0.0)
+    cs, fixed = [], []
+    for r in runs:
+        busy = sum(r["summary"]["timings"].values()) * (1 + untimed)
+        c = max(1e-9, (busy - W * w) / n)
+        cs.append(c)
+        fixed.append(r["wall_s"] - makespan(n, W, B, a, c, w))
+    return {"c": median(cs), "a": a, "w": w, "t_fixed": median(fixed), "fit_n": n, "fit_workers": W,
+            "fit_block_objects": B, "fit_wall_s": median([r["wall_s"] for r in runs]), "c_runs": cs,
+            "t_fixed_runs": fixed, "untimed_fraction": untimed, "c_scale_partial": c_scale_partial,
+            "cores_per_node": cores or W}
 
 
 def gpu_params(path: Path) -> dict | None:
@@ -136,14 +159,26 @@ def run(cfg: BenchConfig, state: dict) -> dict:
     mdir, kind = benchmark_model(cfg)
     pipe = state.get("pipeline")
     if pipe is None:
-        from .pipeline_efficiency import instrumented_run
+        from .pipeline_efficiency import first_block_penalty, instrumented_run
 
         store = simulated_store(cfg, cfg.n_store)
         inst = instrumented_run(store, cfg.cache / "cat-instrumented.zarr", mdir, cfg.workers, cfg.mc_samples)
+        inst["first_block_penalty_s"] = first_block_penalty(inst)
         walls = [cli_run(store, cfg.cache / "cat-e2e.zarr", mdir, cfg.workers, cfg.mc_samples)
                  for _ in range(cfg.repeats)]
         pipe = {"instrumented": inst, "end_to_end": walls}
-    params = fit(pipe)
+    # a worker alone on a node with idle cores is faster than one of W busy workers: measured in memory
+    # (1 process vs the pipeline's W processes), so the model can predict runs with fewer workers than cores
+    from .pipeline_efficiency import in_memory_rate
+
+    store = simulated_store(cfg, cfg.n_store)
+    n1 = 256 if cfg.quick else 2048
+    one = [in_memory_rate(mdir, store, n1, 1, cfg.mc_samples)["wall_s"] / n1 for _ in range(1 if cfg.quick else 2)]
+    full = [in_memory_rate(mdir, store, n1 * cfg.workers, cfg.workers, cfg.mc_samples)["wall_s"] / n1
+            for _ in range(1 if cfg.quick else 2)]
+    scale = median(one) / median(full)
+    params = fit(pipe, c_scale_partial=scale, cores=cfg.workers)
+    params["in_memory_s_per_spectrum"] = {"1 process": one, f"{cfg.workers} processes": full}
     checks = [{"n": params["fit_n"], "workers": params["fit_workers"], "measured_s": params["fit_wall_s"],
                "predicted_s": predict(params["fit_n"], params["fit_workers"], params, params["fit_block_objects"]),
                "fitted": True}]
@@ -188,8 +223,9 @@ def run(cfg: BenchConfig, state: dict) -> dict:
                 f"≤ {TARGET:.0%}", abs(worst["error"]) <= TARGET,
                 "; ".join(f"N={c['n']:,} W={c['workers']}: {c['predicted_s']:.1f} s predicted vs "
                           f"{c['measured_s']:.1f} s measured" for c in checks if not c["fitted"])
-                + f"; fitted: c={params['c'] * 1e3:.2f} ms/spectrum, a={params['a'] * 1e3:.0f} ms/block, "
-                  f"t_fixed={params['t_fixed']:.1f} s")]
+                + f"; fitted on N={params['fit_n']:,}: c={params['c'] * 1e3:.2f} ms/spectrum, a="
+                  f"{params['a'] * 1e3:.0f} ms/block, w={params['w']:.1f} s, t_fixed={params['t_fixed']:.1f} s, "
+                  f"1-worker speed-up {1 / params['c_scale_partial']:.2f}×")]
     for name, n in SURVEYS.items():
         p = {x["workers"]: x for x in proj if x["survey"] == name and x["kind"] == "cpu"}
         rows.append(row("6 capacity", f"{name}: predicted wall on 256 CPU workers", p[256]["wall_h"], "h", "", None,

@@ -397,7 +397,7 @@ def run(cfg: BenchConfig, state: dict) -> dict:
     mdir, kind = benchmark_model(cfg)
     model = load_model(mdir)
     store = simulated_store(cfg, cfg.n_store)
-    n_rr_bin = 1 if cfg.quick else int(cfg.options.get("n_redrock_per_bin") or 12)
+    n_rr_bin = 1 if cfg.quick else int(cfg.options.get("n_redrock_per_bin") or 20)
     n_or_bin = 2 if cfg.quick else int(cfg.options.get("n_oracle_per_bin") or 50)
     rows_rr = select_sample(store, n_rr_bin)
     rows_or = select_sample(store, n_or_bin)
@@ -516,7 +516,7 @@ def run(cfg: BenchConfig, state: dict) -> dict:
 
 
 def _args(p):
-    p.add_argument("--n-redrock-per-bin", type=int, default=None, help="Redrock spectra per magnitude bin (12)")
+    p.add_argument("--n-redrock-per-bin", type=int, default=None, help="Redrock spectra per magnitude bin (20)")
     p.add_argument("--n-oracle-per-bin", type=int, default=None, help="oracle spectra per magnitude bin (50)")
 
 
