@@ -1,7 +1,7 @@
 """Pipeline efficiency: ``survey-infer run`` end to end vs the same work on arrays already in memory.
 
-Measured side by side in one run, interleaved (``--pairs`` times each, 5 by default; medians reported), on the benchmark
-store (12,000 simulated spectra by default), T = 50, ``--workers`` processes (2), one torch thread each:
+Measured side by side in one run, interleaved (``--pairs`` times each, 5 by default; medians reported), on the
+benchmark store (12,000 simulated spectra by default), T = 50, ``--workers`` processes (2), one torch thread each:
 
 * **end to end**: ``survey-infer run`` in a fresh process (LocalCluster, the user's command); spectra/s =
   N / wall time *including* start-up (interpreter, cluster, model load, catalog creation) — the figure the
