@@ -231,6 +231,14 @@ def run(cfg: BenchConfig, state: dict) -> dict:
         rows.append(row("6 capacity", f"{name}: predicted wall on 256 CPU workers", p[256]["wall_h"], "h", "", None,
                         f"{p[256]['node_h']:.1f} node-h (16-core nodes); {p[16]['wall_h']:.1f} h on one 16-core node; "
                         f"{p[2]['wall_h']:.0f} h on this 2-core VM"))
+    pipe_mem = state.get("pipeline", {}).get("in_memory_spectra_per_s")
+    if pipe_mem:
+        proj_eff = {n: (n / pipe_mem) / predict(n, cfg.workers, params) for n in (12_000, 100_000, 1_000_000)}
+        res["projected_efficiency"] = proj_eff
+        rows.append(row("6 capacity", f"projected pipeline efficiency, {cfg.workers} workers, larger stores",
+                        proj_eff[100_000], "", "", None, "model projection, not a measurement: " + ", ".join(
+                            f"N={n:,}: {e:.2f}" for n, e in proj_eff.items())
+                        + " (start-up amortised; read, write, hashing and warm-up remain)"))
     if not gpu:
         rows.append(row("6 capacity", "GPU projection", None, "", "", None,
                         "needs benchmarks/results/gpu.json from a GPU machine (python -m benchmarks.gpu)"))

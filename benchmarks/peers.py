@@ -397,7 +397,7 @@ def run(cfg: BenchConfig, state: dict) -> dict:
     mdir, kind = benchmark_model(cfg)
     model = load_model(mdir)
     store = simulated_store(cfg, cfg.n_store)
-    n_rr_bin = 1 if cfg.quick else int(cfg.options.get("n_redrock_per_bin") or 20)
+    n_rr_bin = 1 if cfg.quick else int(cfg.options.get("n_redrock_per_bin") or 50)
     n_or_bin = 2 if cfg.quick else int(cfg.options.get("n_oracle_per_bin") or 50)
     rows_rr = select_sample(store, n_rr_bin)
     rows_or = select_sample(store, n_or_bin)
@@ -500,23 +500,26 @@ def run(cfg: BenchConfig, state: dict) -> dict:
         a = acc_large[name]
         rrows.append(row("3 peers", f"|Δz|<0.01, {name} (n={a['all']['n']}, larger sample)", a["all"]["acc_all"],
                          "", "", None, acc_note(a)))
-    # target: better than both peers on faint spectra (24–25, after each one's own screening and before)
+    # target: better than both peers on faint spectra (H 24–25), before screening (every method answers for
+    # every spectrum; screening fractions differ), with the after-screening figures beside
     if trained:
         faint = {k: v["24-25"] for k, v in acc_common.items()}
         ours_f = faint["survey-infer"]
-        peers_f = [v for k, v in faint.items() if k != "survey-infer"]
-        ok = all((ours_f["acc_all"] or 0) > (p["acc_all"] or 0) for p in peers_f)
-        rrows.append(row("3 peers", "faint (H 24–25): survey-infer better than both peers", ok, "", "yes", ok,
-                         ", ".join(f"{k} {v['acc_all'] or 0:.0%}" for k, v in faint.items())
+        peers_f = {k: v for k, v in faint.items() if k != "survey-infer"}
+        ok = all((ours_f["acc_all"] or 0) > (p["acc_all"] or 0) for p in peers_f.values())
+        rrows.append(row("3 peers", "faint (H 24–25): survey-infer more accurate than both peers", ok, "", "yes", ok,
+                         "before screening " + ", ".join(f"{k} {v['acc_all'] or 0:.0%}" for k, v in faint.items())
+                         + "; after own screening " + ", ".join(
+                             f"{k} {v['acc_reliable'] or 0:.0%} (kept {v['kept'] or 0:.0%})" for k, v in faint.items())
                          + f" (n={ours_f['n']} each)"))
     else:
-        rrows.append(row("3 peers", "faint (H 24–25): survey-infer better than both peers", None, "", "yes", None,
-                         "not measurable: no trained model shipped yet"))
+        rrows.append(row("3 peers", "faint (H 24–25): survey-infer more accurate than both peers", None, "", "yes",
+                         None, "not measurable: no trained model shipped yet"))
     return {"rows": rrows, "details": res}
 
 
 def _args(p):
-    p.add_argument("--n-redrock-per-bin", type=int, default=None, help="Redrock spectra per magnitude bin (20)")
+    p.add_argument("--n-redrock-per-bin", type=int, default=None, help="Redrock spectra per magnitude bin (50)")
     p.add_argument("--n-oracle-per-bin", type=int, default=None, help="oracle spectra per magnitude bin (50)")
 
 
