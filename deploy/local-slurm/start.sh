@@ -85,6 +85,18 @@ alive() {  # alive NAME: the recorded PID of NAME is running and is NAME
     pid=$(cat "$f")
     [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$1" ]
 }
+wait_exec() {  # wait_exec NAME: wait until the PID just recorded for NAME has exec'd NAME (up to 10 s)
+    # Right after `setsid NAME ... &` the child is still the forked shell (comm start.sh/setsid) for a moment;
+    # checking `alive` then would report a daemon that is starting as "exited".
+    local pid
+    pid=$(cat "$STATE/pids/$1")
+    for _ in $(seq 100); do
+        alive "$1" && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
 if alive munged && alive slurmctld && alive slurmd && sinfo -h >/dev/null 2>&1; then
     log "already running (state $STATE)"
     touch "$STATE/ready"
@@ -144,6 +156,7 @@ setsid munged --foreground --force \
     --pid-file="$MUNGE_DIR/run/munged.pid" --seed-file="$MUNGE_DIR/munged.seed" \
     --log-file="$STATE/log/munged.log" > "$STATE/log/munged.out" 2>&1 < /dev/null &
 echo $! > "$STATE/pids/munged"
+wait_exec munged || fail "munged exited at start (see $STATE/log/munged.log, $STATE/log/munged.out)"
 for _ in $(seq 100); do [ -S "$MUNGE_SOCKET" ] && break; sleep 0.1; done
 munge -n -S "$MUNGE_SOCKET" | unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1 || \
     fail "munged did not answer on $MUNGE_SOCKET (see $STATE/log/munged.log, $STATE/log/munged.out)"
@@ -191,6 +204,7 @@ fi
 # ---------------------------------------------------------------- slurmctld, slurmd (foreground, detached)
 setsid slurmctld -D -c -f "$CONF" > "$STATE/log/slurmctld.out" 2>&1 < /dev/null &
 echo $! > "$STATE/pids/slurmctld"
+wait_exec slurmctld || fail "slurmctld exited at start (see $STATE/log/slurmctld.log, $STATE/log/slurmctld.out)"
 for _ in $(seq 300); do scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.2; done
 scontrol ping 2>/dev/null | grep -q UP || \
     fail "slurmctld did not answer (see $STATE/log/slurmctld.log, $STATE/log/slurmctld.out)"
@@ -198,6 +212,7 @@ log "slurmctld up (pid $(cat "$STATE/pids/slurmctld")) after $(elapsed "$T_START
 
 setsid slurmd -D -N localhost -f "$CONF" > "$STATE/log/slurmd.out" 2>&1 < /dev/null &
 echo $! > "$STATE/pids/slurmd"
+wait_exec slurmd || fail "slurmd exited at start (see $STATE/log/slurmd.log, $STATE/log/slurmd.out)"
 log "slurmd started (pid $(cat "$STATE/pids/slurmd")); waiting for the node to become idle (timeout ${TIMEOUT} s)"
 
 # ---------------------------------------------------------------- wait for an idle node
