@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "survey_infer.simulate.cli",
     "ingest": "survey_infer.io.ingest",
     "train": "survey_infer.train",
+    "calibrate": "survey_infer.calibrate",
     "run": "survey_infer.pipeline.cli",
     "status": "survey_infer.pipeline.status",
     "evaluate": "survey_infer.evaluate",

@@ -13,6 +13,9 @@ import numpy as np
 
 from .flags import ZWarn, z_reliable
 
+SCREENING_VERSION = "sc-2"  # part of the catalog's numerics fingerprint: change it whenever a statistic changes
+# (sc-2: intervals resolved below the bin width)
+
 DEFAULT_THRESHOLDS = {
     "quality": 0.5,  # SCREENED below this (calibrated)
     "p_outside": 0.5,  # OUT_OF_RANGE above this
@@ -48,49 +51,113 @@ def refine_mode(pz: np.ndarray, zc: np.ndarray, dz: float) -> tuple[np.ndarray, 
     return i, zc[i] + delta * dz
 
 
-def hpd_interval(pz: np.ndarray, imode: np.ndarray, z: np.ndarray, zc: np.ndarray, dz: float,
-                 level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Narrowest contiguous interval holding the mode and ≥ ``level`` of the mass (greedy growth from the mode,
-    the last bin taken fractionally). Always contains ``z``."""
-    n, Z = pz.shape
+def _greedy_interval(cell: np.ndarray, start: np.ndarray, level: float) -> tuple[np.ndarray, ...]:
+    """Grow a contiguous run of cells from ``start`` towards the denser neighbour until it holds ``level``.
+
+    Returns the first and last cell, the mass held and whether the level was reached (row by row).
+    """
+    n, M = cell.shape
     r = np.arange(n)
-    lo, hi = imode.copy(), imode.copy()
-    mass = pz[r, imode].copy()
+    lo, hi = start.copy(), start.copy()
+    mass = cell[r, start].copy()
     active = mass < level
     while active.any():
-        left_p = np.where(lo > 0, pz[r, np.maximum(lo - 1, 0)], -1.0)
-        right_p = np.where(hi < Z - 1, pz[r, np.minimum(hi + 1, Z - 1)], -1.0)
+        left_p = np.where(lo > 0, cell[r, np.maximum(lo - 1, 0)], -1.0)
+        right_p = np.where(hi < M - 1, cell[r, np.minimum(hi + 1, M - 1)], -1.0)
         go_left = active & (left_p >= right_p) & (left_p >= 0)
         go_right = active & ~go_left & (right_p >= 0)
         lo = np.where(go_left, lo - 1, lo)
         hi = np.where(go_right, hi + 1, hi)
         mass = mass + np.where(go_left, left_p, 0.0) + np.where(go_right, right_p, 0.0)
-        stuck = active & ~go_left & ~go_right
-        active = active & ~stuck & (mass < level)
-    # fractional trim: remove the excess mass from the outermost bins (both sides, by their density)
+        active = active & (go_left | go_right) & (mass < level)
+    return lo, hi, mass, mass >= level
+
+
+def _trim(cell: np.ndarray, lo: np.ndarray, hi: np.ndarray, mass: np.ndarray, level: float
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Fractions of the outermost cells to drop so that the run holds exactly ``level`` (half per side)."""
+    r = np.arange(len(lo))
     excess = np.clip(mass - level, 0.0, None)
-    pl, ph = pz[r, lo], pz[r, hi]
-    lo_edge = zc[lo] - 0.5 * dz
-    hi_edge = zc[hi] + 0.5 * dz
+    pl, ph = cell[r, lo], cell[r, hi]
     with np.errstate(all="ignore"):
         frac_l = np.where(pl > 0, np.minimum(excess / 2 / pl, 1.0), 0.0)
         frac_h = np.where(ph > 0, np.minimum(excess / 2 / ph, 1.0), 0.0)
-    # the mode bin itself is only trimmed when it holds the level alone: then the interval is the fraction
-    # level / p_mode of the bin (density uniform within a bin), centred on the refined mode, inside the bin
+    return frac_l, frac_h
+
+
+def _coarse_interval(pz: np.ndarray, imode: np.ndarray, z: np.ndarray, zc: np.ndarray, dz: float,
+                     level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Interval on the bins themselves (density uniform within a bin): the fallback for broad PDFs."""
+    n = len(pz)
+    r = np.arange(n)
+    lo, hi, mass, _ = _greedy_interval(pz, imode, level)
+    frac_l, frac_h = _trim(pz, lo, hi, mass, level)
+    # the mode bin is only trimmed when it holds the level alone: then the interval is the fraction
+    # level / p_mode of the bin, centred on the refined mode, inside the bin
     frac_l = np.where(lo == imode, 0.0, frac_l)
     frac_h = np.where(hi == imode, 0.0, frac_h)
-    lo_edge = lo_edge + frac_l * dz
-    hi_edge = hi_edge - frac_h * dz
+    lo_edge = zc[lo] - 0.5 * dz + frac_l * dz
+    hi_edge = zc[hi] + 0.5 * dz - frac_h * dz
     single = lo == hi
+    pl = pz[r, lo]
     with np.errstate(all="ignore"):
         w = np.where(pl > 0, np.minimum(level / pl, 1.0), 1.0) * dz
     b_lo, b_hi = zc[imode] - 0.5 * dz, zc[imode] + 0.5 * dz
     s_lo = np.clip(z - 0.5 * w, b_lo, b_hi - w)
-    lo_edge = np.where(single, s_lo, lo_edge)
-    hi_edge = np.where(single, s_lo + w, hi_edge)
-    lo_edge = np.minimum(lo_edge, z)
-    hi_edge = np.maximum(hi_edge, z)
-    return lo_edge, hi_edge
+    return np.where(single, s_lo, lo_edge), np.where(single, s_lo + w, hi_edge)
+
+
+HPD_WINDOW = 16  # bins each side of the mode resolved below the bin width
+HPD_SUBCELLS = 8  # sub-cells per bin
+
+
+def hpd_interval(pz: np.ndarray, imode: np.ndarray, z: np.ndarray, zc: np.ndarray, dz: float,
+                 level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Narrowest contiguous interval around the mode holding ``level`` of the mass; always contains ``z``.
+
+    The density is resolved below the bin width: within ±``HPD_WINDOW`` bins of the mode each bin is split into
+    ``HPD_SUBCELLS`` cells whose density varies linearly between bin centres (each bin keeps its own mass), and
+    the interval grows greedily from the cell holding ``z`` (the last cells taken fractionally). A PDF peaked in
+    one or two bins thus gets a 68% interval narrower than a bin pair, which a bin-resolution interval cannot
+    give (it over-covered: 0.79 instead of 0.68 on the held-out survey). Rows whose window holds less than
+    ``level`` use the interval on the bins themselves.
+
+    Parameters
+    ----------
+    pz : (n, Z) float64, rows summing to 1.
+    imode : (n,) int, mode bin; z : (n,) refined mode; zc : (Z,) bin centres; dz : bin width.
+    level : enclosed probability, e.g. 0.68.
+
+    Returns
+    -------
+    lo, hi : (n,) float64 interval edges (redshift).
+    """
+    n, Z = pz.shape
+    r = np.arange(n)
+    W, K = HPD_WINDOW, HPD_SUBCELLS
+    idx = imode[:, None] + np.arange(-W, W + 1)[None, :]
+    valid = (idx >= 0) & (idx < Z)
+    pw = np.where(valid, pz[r[:, None], np.clip(idx, 0, Z - 1)], 0.0)  # (n, 2W+1) bin masses
+    left = np.pad(pw, ((0, 0), (1, 0)))[:, :-1]
+    right = np.pad(pw, ((0, 0), (0, 1)))[:, 1:]
+    f = ((np.arange(K) + 0.5) / K - 0.5)[None, None, :]  # sub-cell centre offsets, in bins
+    dens = np.where(f < 0, pw[:, :, None] * (1 + f) - left[:, :, None] * f,
+                    pw[:, :, None] * (1 - f) + right[:, :, None] * f)
+    tot = dens.sum(axis=2, keepdims=True)
+    with np.errstate(all="ignore"):
+        cell = np.where(tot > 0, dens / tot, 1.0 / K) * pw[:, :, None]
+    cell = cell.reshape(n, -1)
+    width = dz / K
+    edge0 = zc[imode] - (W + 0.5) * dz  # left edge of the window
+    start = np.clip(np.floor((z - edge0) / width).astype(np.int64), 0, cell.shape[1] - 1)
+    lo, hi, mass, reached = _greedy_interval(cell, start, level)
+    frac_l, frac_h = _trim(cell, lo, hi, mass, level)
+    lo_edge = edge0 + (lo + frac_l) * width
+    hi_edge = edge0 + (hi + 1 - frac_h) * width
+    if not reached.all():
+        c_lo, c_hi = _coarse_interval(pz, imode, z, zc, dz, level)
+        lo_edge, hi_edge = np.where(reached, lo_edge, c_lo), np.where(reached, hi_edge, c_hi)
+    return np.minimum(lo_edge, z), np.maximum(hi_edge, z)
 
 
 def count_peaks(pz: np.ndarray, min_mass: float) -> np.ndarray:
@@ -195,5 +262,5 @@ def calibrate_thresholds(quality: np.ndarray, correct: np.ndarray, target_accura
     }
 
 
-__all__ = ["DEFAULT_THRESHOLDS", "pdf_statistics", "set_flags", "calibrate_thresholds", "refine_mode",
+__all__ = ["SCREENING_VERSION", "DEFAULT_THRESHOLDS", "pdf_statistics", "set_flags", "calibrate_thresholds", "refine_mode",
            "hpd_interval", "count_peaks", "z_reliable"]

@@ -130,7 +130,7 @@ def _load_state(out: Path, net, opt) -> dict:
 def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | Path, *, epochs: int = 6,
                 batch_size: int = 64, lr: float = 2e-3, seed: int = 0, resume: bool = False,
                 threads: int | None = None, device: str = "cpu", arch: dict | None = None,
-                max_minutes: float | None = None, checkpoint_minutes: float = 10.0, n_val: int = 4000,
+                max_minutes: float | None = None, checkpoint_minutes: float = 10.0, n_val: int = 5000,
                 progress: bool = True, finalize: bool = False, group_rows: int = 1024,
                 max_groups: int | None = None) -> dict:
     """Train (or resume) a model; returns a summary dict. See the module docstring."""
@@ -302,7 +302,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--max-minutes", type=float, default=None, help="end this leg after this many minutes")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
-    p.add_argument("--n-val", type=int, default=4000, help="validation objects used for calibration")
+    p.add_argument("--n-val", type=int, default=5000, help="validation objects used for calibration")
     p.add_argument("--finalize", action="store_true",
                    help="stop here: calibrate and save the model from the last checkpoint (implies --resume)")
     p.add_argument("--arch", default=None, help="JSON dict overriding NetConfig fields (e.g. '{\"width\": 16}')")

@@ -158,6 +158,28 @@ def test_pdf_statistics_and_intervals():
     assert st["pz_conf"][0] > 0.95 and st["pz_conf"][1] < 0.7
 
 
+def test_intervals_resolve_below_the_bin_width():
+    """Gaussian PDFs: HPD widths match ±1σ / ±1.96σ, also when σ is below the bin width (dz = 0.003)."""
+    zg = ZGrid()
+    zc = zg.centres
+    sig = np.array([0.0015, 0.002, 0.004, 0.01])
+    z0 = np.array([1.2012, 1.5, 1.8031, 2.2])
+    pz = np.exp(-0.5 * ((zc[None] - z0[:, None]) / sig[:, None]) ** 2)
+    pz /= pz.sum(1, keepdims=True)
+    st = pdf_statistics(pz, zc, zg.dz)
+    w68 = (st["z_hi68"] - st["z_lo68"]) / (2 * sig)
+    w95 = (st["z_hi95"] - st["z_lo95"]) / (2 * 1.96 * sig)
+    tol = np.array([0.2, 0.1, 0.1, 0.1])  # σ = half a bin is at the limit of the linear sub-bin density
+    assert np.all(np.abs(w68 - 1) < tol), w68
+    assert np.all(np.abs(w95 - 1) < tol), w95
+    # a PDF in one bin: the 68% interval is narrower than the bin, the 95% one wider than the 68% one
+    one = np.zeros((1, zg.n))
+    one[0, 200] = 1.0
+    s1 = pdf_statistics(one, zc, zg.dz)
+    assert 0 < s1["z_hi68"][0] - s1["z_lo68"][0] < zg.dz
+    assert s1["z_hi95"][0] - s1["z_lo95"][0] > s1["z_hi68"][0] - s1["z_lo68"][0]
+
+
 def test_calibrate_thresholds_reaches_target_or_caps():
     rng = np.random.default_rng(0)
     q = rng.random(5000)
@@ -189,3 +211,35 @@ def test_training_resumes_exactly(small_survey, tmp_path):
         assert torch.equal(a[k], b[k]), k
     m = load_model(tmp_path / "a")
     assert "temperature" in m.calibration and "quality" in m.calibration["thresholds"]
+
+
+def test_calibrate_command_rewrites_the_model(small_survey, tmp_path):
+    """`survey-infer calibrate`: temperature, threshold and error scales land in model.json (new sha256);
+    a store without truth columns is refused in one line."""
+    import shutil
+
+    from conftest import cli
+
+    d = make_tiny_model(tmp_path / "m")
+    before = model_sha256(d)
+    r = cli("calibrate", d, "--val", small_survey, "--n", 128, "--mc-samples", 4)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    m = load_model(d)
+    assert m.sha256 == report["model_sha256"] != before
+    assert m.calibration["temperature"] == report["temperature"] > 0
+    assert m.calibration["thresholds"]["quality"] == report["quality_threshold"]
+    assert set(m.calibration["err_scale"]) == {"logmstar", "logsfr"}
+    assert report["aimed_accuracy"] > report["target_accuracy"] == 0.99
+    # calibrating again gives the same model: the error scales are fitted on the raw network, never compounded
+    r2 = cli("calibrate", d, "--val", small_survey, "--n", 128, "--mc-samples", 4)
+    assert r2.returncode == 0 and load_model(d).sha256 == m.sha256
+    # no truth columns
+    import zarr
+
+    nt = tmp_path / "notruth.zarr"
+    shutil.copytree(small_survey, nt)
+    g = zarr.open_group(str(nt), mode="r+")
+    del g["z_true"]
+    r3 = cli("calibrate", d, "--val", nt)
+    assert r3.returncode == 2 and "z_true" in r3.stderr and "Traceback" not in r3.stderr

@@ -86,11 +86,13 @@ def numerics_fingerprint(model, mc_samples: int, seed: int, keep_pz: bool, pz_dt
     import torch
 
     from ..model.inference import MICRO_BATCH
+    from ..screening import SCREENING_VERSION
     from ..skymask import mask_hash
 
     return {
         "model_sha256": model.sha256,
         "preprocessing_version": model.meta.get("preprocessing_version"),
+        "screening_version": SCREENING_VERSION,
         "sky_mask_hash": mask_hash(model.sky_mask),
         "mc_samples": int(mc_samples),
         "seed": int(seed),
