@@ -4,8 +4,8 @@ The temperature divides the logits of every MC pass; it is chosen so that the tr
 intervals for 68% and 95% of in-range validation galaxies (each miss weighted by its tolerance, see ``loss`` in
 :func:`calibrate_model`). Then the SCREENED threshold is set by
 :func:`survey_infer.screening.calibrate_thresholds`, aiming two binomial standard errors above the accuracy target
-so that the target holds on a new survey and not only on the validation sample. Both go into ``model.json`` (``calibration``), which
-changes the model's sha256: a calibrated model is a different model.
+so that the target holds on a new survey and not only on the validation sample. Both go into ``model.json``
+(``calibration``), which changes the model's sha256: a calibrated model is a different model.
 """
 from __future__ import annotations
 
