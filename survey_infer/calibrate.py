@@ -21,6 +21,30 @@ from .screening import calibrate_thresholds
 
 log = logging.getLogger(__name__)
 
+MIN_GALAXIES = 50  # fewer in-range validation galaxies than this cannot fit anything: refused
+FEW_GALAXIES = 2000  # below this the threshold's sampling error is large: warned
+
+
+class CalibrationError(ValueError):
+    """Settings or a validation set that cannot give a calibration (a user error: one line, exit code 2)."""
+
+
+def _check_settings(n: int, mc_samples: int, target_accuracy: float, max_set_aside: float,
+                    margin_sigmas: float) -> None:
+    problems = []
+    if n < MIN_GALAXIES:
+        problems.append(f"n = {n}: at least {MIN_GALAXIES} validation objects are needed (default 5000)")
+    if mc_samples < 1:
+        problems.append(f"mc_samples = {mc_samples}: at least 1 MC sample is needed (default 50, as run)")
+    if not 0.0 < target_accuracy < 1.0:
+        problems.append(f"target accuracy {target_accuracy}: must be between 0 and 1 (default 0.99)")
+    if not 0.0 <= max_set_aside < 1.0:
+        problems.append(f"max set-aside {max_set_aside}: must be in [0, 1) (default 0.12)")
+    if margin_sigmas < 0:
+        problems.append(f"margin {margin_sigmas} sigma: must be >= 0 (default 2)")
+    if problems:
+        raise CalibrationError("calibrate: " + "; ".join(problems))
+
 
 def _coverage(cat: dict, zt: np.ndarray, ok: np.ndarray) -> tuple[float, float]:
     c68 = ((zt >= cat["z_lo68"]) & (zt <= cat["z_hi68"]))[ok].mean()
@@ -32,6 +56,7 @@ def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000,
                     seed: int = 12345, target_accuracy: float = 0.99, max_set_aside: float = 0.12,
                     margin_sigmas: float = 2.0) -> dict:
     """Fit the temperature and the screening threshold; write them into ``model.json``; return a report."""
+    _check_settings(n, mc_samples, target_accuracy, max_set_aside, margin_sigmas)
     model = load_model(model_dir)
     ds = open_survey(val_store)
     missing = [k for k in ("z_true", "kind", "logmstar_true", "logsfr_true") if k not in ds]
@@ -44,6 +69,12 @@ def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000,
     zt = ds["z_true"][:n].values.astype(np.float64)
     kind = ds["kind"][:n].values
     inr = kind == 0
+    if inr.sum() < MIN_GALAXIES:
+        raise CalibrationError(f"calibrate: {val_store} has {int(inr.sum())} galaxies in the model's z range among "
+                               f"its first {n} objects; at least {MIN_GALAXIES} are needed")
+    if inr.sum() < FEW_GALAXIES:
+        log.warning("calibrating on %d galaxies: the screening threshold's sampling error is large "
+                    "(use ≥ %d, e.g. `survey-infer simulate --n 5000`)", int(inr.sum()), FEW_GALAXIES)
 
     # calibrate from the raw network: a previous calibration's error scale must not compound with the new one
     model.calibration.pop("err_scale", None)
@@ -99,6 +130,15 @@ def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000,
     thr["aimed_accuracy"], thr["aim_met"] = aim, thr["target_met"]
     thr["target_accuracy"] = target_accuracy
     thr["target_met"] = bool(thr["val_accuracy_kept"] >= target_accuracy)
+    if not thr["target_met"]:
+        log.warning("the validation accuracy among kept galaxies is %.4f, below the target %.2f, with %.1f%% set "
+                    "aside (the cap): this model cannot reach the target within the set-aside budget",
+                    thr["val_accuracy_kept"], target_accuracy, 100 * thr["val_set_aside"])
+    elif not thr["aim_met"]:
+        log.warning("the validation accuracy among kept galaxies is %.4f: the target %.2f is met but not the "
+                    "aimed %.4f (target + %.1f sigma), because %.1f%% set aside is the cap; expect about the target "
+                    "on a new survey", thr["val_accuracy_kept"], target_accuracy, aim, margin_sigmas,
+                    100 * thr["val_set_aside"])
     # scale the log M* / log SFR errors so that they cover 68% of the validation truths
     err_scale = {}
     for key in ("logmstar", "logsfr"):
@@ -129,7 +169,7 @@ def register(subparsers) -> None:
                     "(the model's sha256 changes).")
     p.add_argument("model_dir", help="model directory (model.json + model.safetensors)")
     p.add_argument("--val", required=True, help="validation survey store with truth columns")
-    p.add_argument("--n", type=int, default=5000, help="validation objects used (default 5000)")
+    p.add_argument("--n", type=int, default=5000, help="validation objects used (default 5000; held in memory, ~0.1 GB per 1,000)")
     p.add_argument("--mc-samples", type=int, default=50,
                    help="MC dropout samples T (default 50, as `run`: the PDF's shape and the quality depend on T)")
     p.add_argument("--target-accuracy", type=float, default=0.99,
@@ -142,9 +182,16 @@ def register(subparsers) -> None:
 
 def _main(args) -> int:
     import json
+    import sys
 
     report = calibrate_model(args.model_dir, args.val, n=args.n, mc_samples=args.mc_samples,
                              target_accuracy=args.target_accuracy, max_set_aside=args.max_set_aside,
                              margin_sigmas=args.margin_sigmas)
+    print(f"calibrated {args.model_dir}: temperature {report['temperature']:.4g} (validation coverage 68% "
+          f"{report['coverage68']:.3f}, 95% {report['coverage95']:.3f}); SCREENED below quality "
+          f"{report['quality_threshold']:.4f}: {report['val_accuracy_kept']:.4f} of kept galaxies within "
+          f"|dz| < 0.01, {100 * report['val_set_aside']:.1f}% set aside (target {report['target_accuracy']}: "
+          f"{'met' if report['target_met'] else 'NOT met'}); new sha256 {report['model_sha256'][:16]}",
+          file=sys.stderr)
     print(json.dumps(report, indent=1, default=str))
     return 0

@@ -54,6 +54,7 @@ def _unavailable(exc: Exception) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that are the user's to fix: printed as one line with exit code 2, never a traceback."""
+    from .calibrate import CalibrationError
     from .cluster import ClusterError
     from .io.catalog_store import CatalogError
     from .io.survey_store import SurveyStoreError
@@ -61,8 +62,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .pipeline.resume import FingerprintMismatch, LockHeldError
     from .pipeline.runner import RunError
 
-    return (UserError, SurveyStoreError, CatalogError, CheckpointError, ClusterError, RunError, FingerprintMismatch,
-            LockHeldError, FileNotFoundError, FileExistsError)
+    return (UserError, CalibrationError, SurveyStoreError, CatalogError, CheckpointError, ClusterError, RunError,
+            FingerprintMismatch, LockHeldError, FileNotFoundError, FileExistsError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,7 +151,9 @@ def format_report(m: dict) -> str:
                 lines.append(f"{label:<18}{b['n']:>7}{b['acc_all']:>11.3f}{b['acc_reliable']:>10.3f}{b['set_aside']:>11.3f}")
     lines.append(f"NMAD dz/(1+z) {m['nmad_dz_1pz']:.5f}   outliers (>0.05) {m['outlier_frac_0.05']:.3f}   "
                  f"coverage 68% {m['coverage68']:.3f}  95% {m['coverage95']:.3f}")
-    lines.append(f"interlopers marked not reliable: {m['interlopers_not_reliable']:.3f} {m['interlopers_by_kind']}")
+    by_kind = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in (m["interlopers_by_kind"] or {}).items())
+    lines.append(f"interlopers marked not reliable: {m['interlopers_not_reliable']:.3f}"
+                 + (f" ({by_kind})" if by_kind else ""))
     for p in ("logmstar", "logsfr"):
         q = m.get(p) or {}
         if q.get("n"):

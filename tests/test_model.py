@@ -243,3 +243,9 @@ def test_calibrate_command_rewrites_the_model(small_survey, tmp_path):
     del g["z_true"]
     r3 = cli("calibrate", d, "--val", nt)
     assert r3.returncode == 2 and "z_true" in r3.stderr and "Traceback" not in r3.stderr
+    # settings that cannot give a calibration: one line each, exit 2, model untouched
+    for bad, word in ((("--n", 0), "n = 0"), (("--mc-samples", 0), "mc_samples"),
+                      (("--target-accuracy", 1.5), "target accuracy"), (("--max-set-aside", -1), "set-aside")):
+        r4 = cli("calibrate", d, "--val", small_survey, *bad)
+        assert r4.returncode == 2 and word in r4.stderr and "Traceback" not in r4.stderr, (bad, r4.stderr)
+    assert load_model(d).sha256 == m.sha256

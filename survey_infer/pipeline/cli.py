@@ -51,6 +51,9 @@ def print_summary(s, out=sys.stdout) -> None:
     print(f"\ncatalog   {s.catalog}  (job {s.job}, run_id {s.run_id}, epoch {s.epoch})", file=out)
     print(f"objects   {s.n_objects:,}   blocks {s.n_blocks}: {s.blocks_done_before} already done, "
           f"{s.blocks_computed} computed, {len(s.blocks_failed)} failed", file=out)
+    if s.blocks_computed == 0 and not s.blocks_failed:
+        print(f"time      {s.seconds:.1f} s   (nothing to compute: every block was already done)", file=out)
+        return
     print(f"time      {s.seconds:.1f} s   ({s.spectra_per_s:,.0f} spectra/s end to end)", file=out)
     if s.timings:
         tot = sum(s.timings.values())

@@ -205,9 +205,14 @@ def main(args) -> int:
               f"{_dur(lk['heartbeat_age_s'])} ago")
     fp = st["fingerprint"] or {}
     print("  fingerprint: " + ", ".join(f"{k}={v}" for k, v in fp.items()))
+    live = bool(lk) and lk["state"] == "held by a live run"
     for r in st["runs"]:
-        print(f"  run {r.get('run_id')}: job {r.get('job')}, selection {r.get('selection')}, status {r.get('status')}, "
-              f"epoch {r.get('epoch')}, started {r.get('started')}, blocks computed {r.get('blocks_computed')}")
+        status = r.get("status")
+        if status == "running" and not (live and lk.get("epoch") == r.get("epoch")):
+            status = "interrupted (its driver is gone; re-run the same command to resume)"
+        print(f"  run {r.get('run_id')}: job {r.get('job')}, selection {r.get('selection')}, status {status}, "
+              f"epoch {r.get('epoch')}, started {r.get('started')}"
+              + (f", blocks computed {r['blocks_computed']}" if r.get("blocks_computed") is not None else ""))
     rows = ", ".join(f"{'not computed' if k < 0 else f'run {k}'}: {v:,}" for k, v in st["rows_by_run"].items())
     print(f"  rows by run: {rows}")
     return 0
