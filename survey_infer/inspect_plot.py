@@ -180,7 +180,7 @@ def _draw_spectrum(ax, spec: dict, z: float, object_id: int) -> None:
     ax.set_xlabel("observed vacuum wavelength [Angstrom]")
     unit = spec["flux_unit"]
     ax.set_ylabel(f"flux [{unit}]" if unit else "flux")
-    ax.legend(loc="lower right", fontsize=6, ncol=5, framealpha=0.7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6, framealpha=0.7, borderaxespad=0.3)
 
 
 def _draw_pdf(ax, rec: dict, zg, pz, zoom: bool) -> None:
