@@ -45,7 +45,7 @@ def naive_mc(model, x, sc, oid, T: int, seed: int) -> np.ndarray:
     """T full forward passes per micro-batch (trunk recomputed for every sample); returns the mean PDF."""
     import torch
 
-    from survey_infer.model.inference import MICRO_BATCH, make_masks
+    from survey_infer.model.inference import MICRO_BATCH, make_masks, pack_micro_batch
 
     B = MICRO_BATCH
     n = len(x)
@@ -53,11 +53,7 @@ def naive_mc(model, x, sc, oid, T: int, seed: int) -> np.ndarray:
     with torch.inference_mode():
         for s in range(0, n, B):
             e = min(n, s + B)
-            xb = np.zeros((B,) + x.shape[1:], np.float32)
-            sb = np.zeros((B, sc.shape[1]), np.float32)
-            ob = np.zeros(B, np.int64)
-            valid = np.zeros(B, bool)
-            xb[:e - s], sb[:e - s], ob[:e - s], valid[:e - s] = x[s:e], sc[s:e], oid[s:e], True
+            xb, sb, ob, valid = pack_micro_batch(x, sc, oid, np.arange(s, e), np.arange(e - s))
             masks = make_masks(model, ob, valid, T, seed)
             acc = torch.zeros(B, model.zgrid.n + 1, dtype=torch.float64)
             xt, st = torch.from_numpy(xb), torch.from_numpy(sb)
@@ -75,7 +71,7 @@ def mc_breakdown(model, x, sc, oid, T: int, seed: int) -> dict:
     """Seconds per stage of the batched MC pass, on a replica of ``run_network``'s per-micro-batch steps."""
     import torch
 
-    from survey_infer.model.inference import MICRO_BATCH, make_masks
+    from survey_infer.model.inference import MICRO_BATCH, make_masks, pack_micro_batch
 
     B = MICRO_BATCH
     n = len(x)
@@ -85,11 +81,7 @@ def mc_breakdown(model, x, sc, oid, T: int, seed: int) -> dict:
         for s in range(0, n, B):
             t0 = time.perf_counter()
             e = min(n, s + B)
-            xb = np.zeros((B,) + x.shape[1:], np.float32)
-            sb = np.zeros((B, sc.shape[1]), np.float32)
-            ob = np.zeros(B, np.int64)
-            valid = np.zeros(B, bool)
-            xb[:e - s], sb[:e - s], ob[:e - s], valid[:e - s] = x[s:e], sc[s:e], oid[s:e], True
+            xb, sb, ob, valid = pack_micro_batch(x, sc, oid, np.arange(s, e), np.arange(e - s))
             t1 = time.perf_counter()
             masks = make_masks(model, ob, valid, T, seed)
             t2 = time.perf_counter()

@@ -12,6 +12,14 @@ N_BLOCKS = -(-N // BLOCK)
 QUIET = dict(progress=False, print_fn=lambda *a: None)
 
 
+def reference_run(store: Path, out: Path, model: Path):
+    """An uninterrupted in-process run (blocks of BLOCK, T MC samples, seed 0): what every fault must reproduce."""
+    from survey_infer.pipeline.runner import run_catalog
+
+    return run_catalog(store, out, model=model, cluster="inprocess", mc_samples=T, seed=0, block_objects=BLOCK,
+                       **QUIET)
+
+
 def run_args(store: Path, cat: Path, model: Path, *extra: str) -> list[str]:
     return ["run", "--input", str(store), "--output", str(cat), "--model", str(model), "--mc-samples", str(T),
             "--block-objects", str(BLOCK), "--no-progress", "--json", *map(str, extra)]

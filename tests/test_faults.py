@@ -21,7 +21,8 @@ from survey_infer.pipeline.runner import _chunk_rows, run_catalog
 from survey_infer.pipeline.status import catalog_status
 from survey_infer.pipeline.worker import RunContext, process_block
 
-from resume_helpers import BLOCK, N_BLOCKS, QUIET, T, markers, run_args, start, summary_of, wait_for
+from resume_helpers import (N_BLOCKS, QUIET, T, markers, reference_run, run_args, start, summary_of,
+                            wait_for)
 
 
 def worker_processes(driver_pid: int) -> list[psutil.Process]:
@@ -53,8 +54,7 @@ def stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, small_survey, tiny_model) -> Path:
     out = tmp_path_factory.mktemp("faults-ref") / "ref.zarr"
-    s = run_catalog(small_survey, out, model=tiny_model, cluster="inprocess", mc_samples=T, seed=0,
-                    block_objects=BLOCK, **QUIET)
+    s = reference_run(small_survey, out, tiny_model)
     assert s.ok
     return out
 

@@ -20,7 +20,8 @@ from survey_infer.io.catalog_store import open_catalog, read_block
 from survey_infer.pipeline.runner import run_catalog
 from survey_infer.pipeline.status import catalog_status
 
-from resume_helpers import BLOCK, N, N_BLOCKS, QUIET, T, markers, run_args, start, summary_of, wait_for
+from resume_helpers import (BLOCK, N, N_BLOCKS, QUIET, T, markers, reference_run, run_args, start, summary_of,
+                            wait_for)
 
 
 def kill_run(proc: subprocess.Popen) -> dict:
@@ -54,8 +55,7 @@ def timed_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
 def reference(tmp_path_factory, small_survey, tiny_model) -> Path:
     """An uninterrupted run (in-process, blocks of 32, T = 4)."""
     out = tmp_path_factory.mktemp("resume-ref") / "ref.zarr"
-    s = run_catalog(small_survey, out, model=tiny_model, cluster="inprocess", mc_samples=T, seed=0,
-                    block_objects=BLOCK, **QUIET)
+    s = reference_run(small_survey, out, tiny_model)
     assert s.ok and s.blocks_computed == N_BLOCKS
     return out
 
@@ -64,8 +64,7 @@ def reference(tmp_path_factory, small_survey, tiny_model) -> Path:
 def reference_b(tmp_path_factory, small_survey, tiny_model_b) -> Path:
     """The whole survey run with the second model: what reprocessed rows must equal."""
     out = tmp_path_factory.mktemp("resume-refb") / "refb.zarr"
-    s = run_catalog(small_survey, out, model=tiny_model_b, cluster="inprocess", mc_samples=T, seed=0,
-                    block_objects=BLOCK, **QUIET)
+    s = reference_run(small_survey, out, tiny_model_b)
     assert s.ok
     return out
 

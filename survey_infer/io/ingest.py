@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from ..instrument import Instrument, load_instrument
+from ..provenance import file_sha256
 from .readers import ReaderError, default_readers, find_reader, reader_by_name
 from .readers.base import probe_file
 from .resample import DEFAULT_MIN_COVERAGE, resample_arms
@@ -236,9 +237,6 @@ def ingested_files(store: str | os.PathLike) -> dict[str, np.ndarray]:
     return {k: np.asarray(fg[k][:n]) for k in FILE_FIELDS}
 
 
-from ..provenance import file_sha256 as _sha256  # noqa: E402
-
-
 # --------------------------------------------------------------------------------------------- worker side
 
 _W: dict = {}
@@ -275,7 +273,7 @@ def _process_unit(unit: tuple) -> dict:
             if pp.is_dir():
                 raise ReaderError(pp, "is a directory, not a spectrum file (list the files, or use --from-list)")
             res["files"].append({"path": str(pp), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns),
-                                 "sha256": _sha256(pp)})
+                                 "sha256": file_sha256(pp)})
         readers = _W["readers"]
         if reader_name is None:
             path = paths[0]

@@ -36,6 +36,24 @@ def make_masks(model: Model, object_id: np.ndarray, valid: np.ndarray, T: int, s
     return out
 
 
+def pack_micro_batch(x: np.ndarray, scalars: np.ndarray, object_id: np.ndarray, sel: np.ndarray,
+                     slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One zero-padded micro-batch of :data:`MICRO_BATCH` slots: rows ``sel`` of the inputs go to ``slots``.
+
+    Returns
+    -------
+    xb : (B, C, L) float32 channels; sb : (B, S) float32 scalars; ob : (B,) int64 object ids;
+    valid : (B,) bool, True in the filled slots.
+    """
+    B = MICRO_BATCH
+    xb = np.zeros((B,) + x.shape[1:], np.float32)
+    sb = np.zeros((B, scalars.shape[1]), np.float32)
+    ob = np.zeros(B, np.int64)
+    valid = np.zeros(B, bool)
+    xb[slots], sb[slots], ob[slots], valid[slots] = x[sel], scalars[sel], object_id[sel], True
+    return xb, sb, ob, valid
+
+
 @torch.inference_mode()
 def run_network(model: Model, x: np.ndarray, scalars: np.ndarray, object_id: np.ndarray, row_index: np.ndarray,
                 mc_samples: int, seed: int, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
@@ -63,11 +81,7 @@ def run_network(model: Model, x: np.ndarray, scalars: np.ndarray, object_id: np.
     for w in np.unique(windows):
         sel = np.flatnonzero(windows == w)
         slots = row_index[sel] % B
-        xb = np.zeros((B,) + x.shape[1:], np.float32)
-        sb = np.zeros((B, scalars.shape[1]), np.float32)
-        ob = np.zeros(B, np.int64)
-        valid = np.zeros(B, bool)
-        xb[slots], sb[slots], ob[slots], valid[slots] = x[sel], scalars[sel], object_id[sel], True
+        xb, sb, ob, valid = pack_micro_batch(x, scalars, object_id, sel, slots)
         masks = {k: v.to(device) for k, v in make_masks(model, ob, valid, mc_samples, seed).items()}
         tr = model.net.trunk(torch.from_numpy(xb).to(device), torch.from_numpy(sb).to(device))
         hd = model.net.head(tr["a"], tr["ctx"], masks)
