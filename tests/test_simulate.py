@@ -9,7 +9,8 @@ import xarray as xr
 
 from survey_infer.cli import main as cli_main
 from survey_infer.simulate import SimConfig, simulate_block, simulate_survey
-from survey_infer.simulate.simulator import KIND_GALAXY, KIND_HIGHZ, KIND_LOWZ, KIND_STAR
+from survey_infer.simulate.simulator import (FAMILIES, KIND_GALAXY, KIND_HIGHZ, KIND_LOWZ, KIND_STAR, SFH_KINDS,
+                                            SIM_VERSION, _simulate)
 
 N = 80
 
@@ -30,12 +31,17 @@ def test_schema_via_xarray(store):
         assert ds[v].dims == ("object", "wave") and ds[v].dtype == np.float32
     for v, dt in (("object_id", np.int64), ("ra", np.float64), ("dec", np.float64), ("t_exp", np.float32),
                   ("z_true", np.float32), ("logmstar_true", np.float32), ("logsfr_true", np.float32),
-                  ("is_passive", np.bool_), ("mag_h", np.float32), ("kind", np.uint8)):
+                  ("is_passive", np.bool_), ("mag_h", np.float32), ("kind", np.uint8),
+                  ("template_family", np.uint8), ("sfh_kind", np.uint8), ("age_mw_true", np.float32),
+                  ("ew_halpha_rest_true", np.float32)):
         assert ds[v].dims == ("object",) and ds[v].dtype == dt, v
     assert ds["sky_mask"].dims == ("wave",)
     assert 0.12 <= float(ds["sky_mask"].mean()) <= 0.18
     assert ds.attrs["simulation"]["seed"] == 1
     assert ds.attrs["simulation"]["config"]["z_range"] == [0.9, 2.6]
+    assert ds.attrs["simulation"]["version"] == SIM_VERSION
+    assert ds["template_family"].attrs["flag_meanings"].split()[:5] == list(FAMILIES)
+    assert ds["sfh_kind"].attrs["flag_values"][:6] == [0, 1, 2, 3, 4, 5]
     assert ds.attrs["n_objects"] == N
     assert np.array_equal(ds.object_id.values, np.arange(N))
     assert np.isfinite(ds.flux.values).all() and (ds.ivar.values > 0).all()
@@ -44,7 +50,8 @@ def test_schema_via_xarray(store):
 def test_same_seed_identical_any_chunking(store, tmp_path):
     other = simulate_survey(N, 1, tmp_path / "b.zarr", chunk_objects=25, scheduler="processes", num_workers=2)
     a, b = xr.open_zarr(store), xr.open_zarr(other)
-    for v in ("flux", "ivar", "z_true", "logmstar_true", "logsfr_true", "mag_h", "kind", "ra", "t_exp"):
+    for v in ("flux", "ivar", "z_true", "logmstar_true", "logsfr_true", "mag_h", "kind", "ra", "t_exp",
+              "template_family", "sfh_kind", "age_mw_true", "ew_halpha_rest_true", "is_passive"):
         assert np.array_equal(a[v].values, b[v].values, equal_nan=True), v
     # a block in the middle equals the same rows of the store
     blk = simulate_block(37, 5, 1)
@@ -73,7 +80,7 @@ def test_truth_ranges():
     assert 8.0 < np.median(lm) < 11.5
     ssfr = d["logsfr_true"][g] - lm
     p = d["is_passive"][g]
-    assert 0.05 < p.mean() < 0.4
+    assert 0.2 < p.mean() < 0.5
     assert np.median(ssfr[~p]) > np.median(ssfr[p]) + 0.8
     assert np.median(ssfr[~p]) > -9.8  # main sequence at z ~ 1-2.6
     assert np.all(np.abs(d["ra"] - 150.1) < 1) and np.all(np.abs(d["dec"] - 2.2) < 0.6)

@@ -18,6 +18,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--interloper-fraction", type=float, default=None)
     p.add_argument("--passive-fraction", type=float, default=None)
     p.add_argument("--airmass", type=float, default=None)
+    p.add_argument("--families", default=None,
+                   help="comma-separated continuum families to draw (default all: kcorrect,m11_marcs,m11_stelib,"
+                        "mastar,bpass)")
+    p.add_argument("--exclude-family", default=None, help="draw every family but this one (leave-one-family-out)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--workers", type=int, default=1, help="worker processes (1 = in this process)")
     p.add_argument("--no-progress", action="store_true")
@@ -42,6 +46,16 @@ def _run(args) -> int:
         upd["passive_fraction"] = args.passive_fraction
     if args.airmass is not None:
         upd["airmass"] = args.airmass
+    if args.families is not None and args.exclude_family is not None:
+        raise UserError("give --families or --exclude-family, not both")
+    if args.families is not None:
+        upd["families"] = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    if args.exclude_family is not None:
+        from .simulator import FAMILIES
+
+        if args.exclude_family not in FAMILIES:
+            raise UserError(f"--exclude-family {args.exclude_family!r}: unknown family; known: {', '.join(FAMILIES)}")
+        upd["families"] = tuple(f for f in FAMILIES if f != args.exclude_family)
     cfg = replace(cfg, **upd)
     try:
         cfg.validate()

@@ -1,8 +1,8 @@
 """Vectorised, seeded MOONS-like survey simulator (DESIGN §3).
 
 Every object's draws come from its own ``numpy.random.Generator(PCG64(SeedSequence([seed, object_index])))`` and
-all physics is element-wise over rows, so a spectrum depends only on ``(seed, object index, config)``: any
-chunking of a survey gives identical bytes.
+all physics is element-wise over rows (or a loop over rows), so a spectrum depends only on
+``(seed, object index, config)``: any chunking of a survey gives identical bytes.
 """
 from __future__ import annotations
 
@@ -14,63 +14,132 @@ from scipy.special import ndtri
 
 from ..instrument import Instrument, load_instrument
 from ..skymodel import load_sky_model
+from . import families as fm
 from . import physics as ph
 
 __all__ = ["SimConfig", "simulate_block", "SIM_VERSION", "TRUTH_COLUMNS", "KIND_GALAXY", "KIND_STAR",
-           "KIND_LOWZ", "KIND_HIGHZ"]
+           "KIND_LOWZ", "KIND_HIGHZ", "FAMILIES", "SFH_KINDS", "COLUMN_FLAGS"]
 
-SIM_VERSION = "1.0"
+SIM_VERSION = "2.0"
 KIND_GALAXY, KIND_STAR, KIND_LOWZ, KIND_HIGHZ = 0, 1, 2, 3
+FAMILIES = fm.FAMILIES
+SFH_KINDS = fm.SFH_KINDS
+NO_FAMILY = 255  # template_family / sfh_kind of stars
 TRUTH_COLUMNS = {
     "ra": "float64", "dec": "float64", "t_exp": "float32", "z_true": "float32", "logmstar_true": "float32",
     "logsfr_true": "float32", "is_passive": "bool", "mag_h": "float32", "kind": "uint8",
+    "template_family": "uint8", "sfh_kind": "uint8", "age_mw_true": "float32", "ew_halpha_rest_true": "float32",
+    "av_true": "float32", "sigma_star_true": "float32", "star_index": "int16",
 }
-_NU = 48  # uniform draws per object (fixed: adding uses of them never shifts the noise stream)
+#: CF-style flag attributes of the coded truth columns (written to the store by simulate_survey)
+COLUMN_FLAGS = {
+    "template_family": {"flag_values": list(range(len(FAMILIES))) + [NO_FAMILY],
+                        "flag_meanings": " ".join(FAMILIES) + " star",
+                        "description": "stellar-population family of the continuum (simulation)"},
+    "sfh_kind": {"flag_values": list(range(len(SFH_KINDS))) + [NO_FAMILY],
+                 "flag_meanings": " ".join(SFH_KINDS) + " star",
+                 "description": "star-formation-history kind (simulation)"},
+    "age_mw_true": {"units": "Gyr", "description": "stellar-mass-weighted age (NaN: stars, kcorrect family)"},
+    "ew_halpha_rest_true": {"units": "Angstrom", "description": "rest-frame Halpha emission EW, attenuated"},
+    "av_true": {"units": "mag", "description": "stellar V-band attenuation"},
+    "sigma_star_true": {"units": "km/s", "description": "stellar velocity dispersion"},
+    "star_index": {"description": "row of the empirical star library (stars only, else -1)"},
+}
+_NU = 96  # uniform draws per object (fixed: adding uses of them never shifts the noise stream)
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Simulation settings (stored in the survey attrs).
+    """Simulation settings (stored in the survey attrs as ``simulation.config``).
 
-    Attributes
+    Population
     ----------
     z_range : (float, float)
         Redshift range of target galaxies (kind 0), drawn uniformly.
     passive_fraction : float
-        Fraction of galaxies that are quiescent (SFR 2.0 ± 0.4 dex below the main sequence, weak lines).
+        Probability of a quenched star-formation history (``old_passive`` or ``post_starburst``); the truth
+        ``is_passive`` is sSFR < 0.2 / t_H(z), so a few star-forming histories count as passive too.
+    post_starburst_fraction : float
+        Share of the quenched histories that are post-starburst (the rest are old passive, formed 1–12 Gyr
+        before observation, capped by the age of the Universe).
+    sfh_mix : (float, float, float)
+        Relative probabilities of the star-forming histories delayed-τ, constant and burst.
+    families : tuple of str
+        Continuum families drawn (equal probability unless ``family_weights``): any of ``kcorrect``,
+        ``m11_marcs``, ``m11_stelib``, ``mastar``, ``bpass``. Leave one out for a leave-one-family-out set.
+    family_weights : tuple of float or None
+    metallicity_range : (float, float)
+        Z/Z☉, drawn log-uniformly (clipped to each family's grid).
+    sigma_star_range : (float, float)
+        Stellar velocity dispersion, km/s, log-uniform (Gaussian broadening in ln λ).
+    smc_fraction : float
+        Fraction of galaxies with the SMC-like attenuation law (the rest: Calzetti et al. 2000).
+    av_max_sf, av_max_passive : float
+        Stellar A_V of star-forming galaxies is av_max_sf × u^1.5, of quenched ones av_max_passive × u.
+    weak_line_fraction, line_free_fraction : float
+        Fractions of galaxies (any continuum) whose nebular lines are scaled by 10^U(−2, −0.7) or removed;
+        the others scatter 0.15 dex about the SFR (Kennicutt & Evans 2012).
+    liner_fraction : float
+        Fraction of quenched galaxies with weak LINER-like lines (EW(Hα) 0.5–4 Å rest, [NII] ≳ Hα).
     interloper_fraction : float
-        Fraction of rows that are interlopers; split by ``interloper_mix`` into stars (z ≈ 0), galaxies at
-        ``lowz_range`` (kind 2) and at ``highz_range`` (kind 3).
+        Fraction of rows that are interlopers; split by ``interloper_mix`` into stars (empirical spectra),
+        galaxies at ``lowz_range`` (kind 2) and at ``highz_range`` (kind 3).
     mag_h_range : (float, float)
         AB magnitude in the top-hat 15000–18000 Å H filter, drawn uniformly (continuum, lines excluded).
+
+    Observation (domain randomisation: one draw per object, or per object and arm)
+    -----------
     exposures_h : tuple of float
-        Total exposure times (hours), drawn with equal probability.
+        Total exposure times (hours), equal probability.
     airmass : float
         1.0–2.0 (sky emission and telluric transmission of the shipped model).
-    sky_residual : float
-        rms fractional sky-subtraction error of the sky *lines* (sky minus its running-median continuum), per
-        object and arm: residuals at OH lines.
-    sky_residual_continuum : float
-        rms fractional error on the smooth sky continuum, per object and arm.
-    sky_shift_pix : float
-        rms wavelength-calibration error between object and sky (pixels): P-Cygni residuals at OH lines.
-    aperture_efficiency : float
-        Fraction of the galaxy light entering the 1.1" fibre (seeing + extent).
+    sky_residual_range : (float, float)
+        rms fractional sky-subtraction error of the sky lines (sky minus its running median), per arm; the
+        object's level is log-uniform in the range.
+    sky_continuum_residual_range : (float, float)
+        Same for the smooth sky continuum.
+    sky_shift_range_pix : (float, float)
+        rms object–sky wavelength-calibration error (pixels; P-Cygni residuals at OH lines).
+    telluric_residual_rms : float
+        The telluric correction uses T^(1+δ) instead of T, δ ~ N(0, rms) per arm.
+    fluxcal_rms : float
+        Smooth multiplicative flux-calibration error per arm: 1 + Σ_{l=1..3} c_l P_l(x), c_l ~ N(0, rms/√3).
+    arm_offset_rms : float
+        Arm-to-arm scale offsets, log-normal with this rms (natural log).
+    lsf_scale_range : (float, float)
+        Instrumental resolution width multiplier per arm (uniform).
+    noise_scale_range : (float, float)
+        True noise σ / reported σ (``ivar`` stays nominal), uniform per object.
+    seeing_range : (float, float)
+        FWHM seeing, arcsec, uniform; with the galaxy's size it sets the fibre aperture efficiency.
+    size_range : (float, float)
+        Half-light radius of galaxies (arcsec, uniform; stars are points).
+    aperture_efficiency : float or None
+        A fixed aperture efficiency instead of the seeing model.
     sky_sub_variance_factor : float
         Sky/dark/read variance multiplier of the sky subtraction (2 = cross-switching, as moons1d).
-    dit_s : float
-        Single exposure time (read-noise accounting).
-    n_spatial_pix : float
-        Detector pixels summed across the fibre trace per spectral pixel.
+    dit_s, n_spatial_pix : float
+        Single exposure time (read-noise accounting) and pixels summed across the trace.
     telluric_correct : bool
-        If True the delivered spectrum is divided by the telluric transmission (as a pipeline does; noise grows
-        in absorption bands); if False it keeps the absorption.
+        Divide the delivered spectrum by the telluric transmission (as a pipeline does).
     sigma_v_max_kms : float
         Cap on the gas velocity dispersion.
     """
 
     z_range: tuple[float, float] = (0.9, 2.6)
-    passive_fraction: float = 0.2
+    passive_fraction: float = 0.33
+    post_starburst_fraction: float = 0.3
+    sfh_mix: tuple[float, float, float] = (0.45, 0.25, 0.3)
+    families: tuple[str, ...] = FAMILIES
+    family_weights: tuple[float, ...] | None = None
+    metallicity_range: tuple[float, float] = (0.2, 2.5)
+    sigma_star_range: tuple[float, float] = (50.0, 350.0)
+    smc_fraction: float = 0.3
+    av_max_sf: float = 2.5
+    av_max_passive: float = 0.5
+    weak_line_fraction: float = 0.12
+    line_free_fraction: float = 0.06
+    liner_fraction: float = 0.3
     interloper_fraction: float = 0.05
     interloper_mix: tuple[float, float, float] = (0.4, 0.4, 0.2)
     lowz_range: tuple[float, float] = (0.05, 0.9)
@@ -78,10 +147,17 @@ class SimConfig:
     mag_h_range: tuple[float, float] = (21.0, 25.0)
     exposures_h: tuple[float, ...] = (2.0, 4.0, 8.0)
     airmass: float = 1.0
-    sky_residual: float = 0.02
-    sky_residual_continuum: float = 0.003
-    sky_shift_pix: float = 0.02
-    aperture_efficiency: float = 0.6
+    sky_residual_range: tuple[float, float] = (0.002, 0.02)
+    sky_continuum_residual_range: tuple[float, float] = (0.0005, 0.003)
+    sky_shift_range_pix: tuple[float, float] = (0.002, 0.02)
+    telluric_residual_rms: float = 0.03
+    fluxcal_rms: float = 0.03
+    arm_offset_rms: float = 0.03
+    lsf_scale_range: tuple[float, float] = (0.9, 1.1)
+    noise_scale_range: tuple[float, float] = (0.95, 1.1)
+    seeing_range: tuple[float, float] = (0.5, 1.2)
+    size_range: tuple[float, float] = (0.1, 0.6)
+    aperture_efficiency: float | None = None
     sky_sub_variance_factor: float = 2.0
     dit_s: float = 600.0
     n_spatial_pix: float = 1.0
@@ -101,14 +177,40 @@ class SimConfig:
         return cls(**kw)
 
     def validate(self) -> None:
-        if not (0 <= self.passive_fraction <= 1 and 0 <= self.interloper_fraction <= 1):
-            raise ValueError("passive_fraction and interloper_fraction must lie in [0, 1]")
+        """Raise ``ValueError`` (one line naming the field) on an inconsistent setting."""
+        for name in ("passive_fraction", "interloper_fraction", "post_starburst_fraction", "smc_fraction",
+                     "weak_line_fraction", "line_free_fraction", "liner_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.weak_line_fraction + self.line_free_fraction > 1:
+            raise ValueError("weak_line_fraction + line_free_fraction must be <= 1")
         if self.z_range[0] >= self.z_range[1] or self.z_range[0] < 0:
             raise ValueError(f"bad z_range {self.z_range}")
         if self.mag_h_range[0] > self.mag_h_range[1]:
             raise ValueError(f"bad mag_h_range {self.mag_h_range}")
         if not self.exposures_h or min(self.exposures_h) <= 0:
             raise ValueError(f"bad exposures_h {self.exposures_h}")
+        if not self.families:
+            raise ValueError("families must name at least one template family")
+        bad = [f for f in self.families if f not in FAMILIES]
+        if bad:
+            raise ValueError(f"unknown template families {bad}; known: {', '.join(FAMILIES)}")
+        if len(set(self.families)) != len(self.families):
+            raise ValueError(f"families repeats a name: {self.families}")
+        if self.family_weights is not None and (len(self.family_weights) != len(self.families)
+                                                or min(self.family_weights) < 0 or sum(self.family_weights) <= 0):
+            raise ValueError("family_weights must give one non-negative weight per family, not all zero")
+        for name in ("metallicity_range", "sigma_star_range", "sky_residual_range", "sky_continuum_residual_range",
+                     "sky_shift_range_pix", "lsf_scale_range", "noise_scale_range", "seeing_range", "size_range"):
+            lo, hi = getattr(self, name)
+            if not (0 <= lo <= hi):
+                raise ValueError(f"{name} must be 0 <= low <= high, got {(lo, hi)}")
+        if self.metallicity_range[0] <= 0 or self.sigma_star_range[0] <= 0 or self.seeing_range[0] <= 0:
+            raise ValueError("metallicity_range, sigma_star_range and seeing_range must be positive")
+        if len(self.sfh_mix) != 3 or min(self.sfh_mix) < 0 or sum(self.sfh_mix) <= 0:
+            raise ValueError(f"sfh_mix needs 3 non-negative weights, got {self.sfh_mix}")
+        if self.aperture_efficiency is not None and not 0 < self.aperture_efficiency <= 1:
+            raise ValueError(f"aperture_efficiency must lie in (0, 1], got {self.aperture_efficiency}")
 
 
 @lru_cache(maxsize=8)
@@ -123,14 +225,41 @@ def _sky_continuum(inst: Instrument, airmass: float) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=8)
+def _obs_vectors(inst: Instrument, airmass: float, n_spatial_pix: float, var_factor: float) -> dict:
+    """Per-pixel vectors of the observation model (float32): object e⁻/s per flux unit × transmission
+    (``tel_conv``, before the aperture), its inverse without transmission (``inv_conv``), background variance
+    per second (``bg_rate`` = var_factor × (sky + dark)) and per exposure (``ron2``), the sky split into lines
+    and continuum (e⁻/s), the sky's gradient per pixel, ln T and the Legendre abscissa per arm."""
+    sky = load_sky_model(inst, airmass=airmass)
+    area = float(inst.config.get("telescope_area_cm2", 490000.0))
+    fib = float(inst.config.get("fiber_area_arcsec2", 0.9503))
+    thr = sky.throughput.astype(np.float64)
+    tel = sky.transmission.astype(np.float64)
+    conv = 1e-17 * inst.wave / ph.HC_ERG_AA * area * thr * inst.dwave
+    sky_rate = sky.emission.astype(np.float64) * fib * area * thr * inst.dwave
+    cont = _sky_continuum(inst, airmass) * fib * area * thr * inst.dwave
+    grad = np.empty_like(sky_rate)
+    legx = np.empty_like(sky_rate)
+    for sl in inst.arm_slices():
+        grad[sl] = np.gradient(sky_rate[sl])
+        legx[sl] = np.linspace(-1.0, 1.0, sl.stop - sl.start)
+    f = np.float32
+    return {"tel_conv": (tel * conv).astype(f), "inv_conv": (1.0 / conv).astype(f),
+            "bg_rate": (var_factor * (sky_rate + sky.dark_e_per_s * n_spatial_pix)).astype(f),
+            "ron2": (var_factor * sky.read_noise_e.astype(np.float64) ** 2 * n_spatial_pix).astype(f),
+            "sky_line": (sky_rate - cont).astype(f), "sky_cont": cont.astype(f), "sky_grad": grad.astype(f),
+            "lntel": np.log(np.maximum(tel, 1e-3)), "legx": legx, "r_fib2": fib / np.pi}
+
+
 def _draws(seed: int, start: int, n: int, n_wave: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-object uniforms (n, _NU) and standard normals (n, W), each row from its own seeded generator."""
     u = np.empty((n, _NU), np.float64)
-    z = np.empty((n, n_wave), np.float64)
+    z = np.empty((n, n_wave), np.float32)
     for i in range(n):
         g = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(start + i)])))
         u[i] = g.random(_NU)
-        z[i] = g.standard_normal(n_wave)
+        g.standard_normal(n_wave, dtype=np.float32, out=z[i])
     return u, z
 
 
@@ -139,12 +268,19 @@ def _N(u: np.ndarray) -> np.ndarray:
     return ndtri(np.clip(u, 1e-12, 1 - 1e-12))
 
 
-OLD_SET = (0, 2, 3, 4)  # continuum templates (mixed with Dirichlet weights)
-YOUNG = 1  # the young, line-emitting template that carries the star formation
+def _logu(u: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Log-uniform in [lo, hi] from a uniform (lo may be 0: then uniform)."""
+    if lo <= 0:
+        return lo + (hi - lo) * u
+    return np.exp(np.log(lo) + (np.log(hi) - np.log(lo)) * u)
+
+
+OLD_SET = (0, 2, 3, 4)  # kcorrect continuum templates (mixed with Dirichlet weights)
+YOUNG = 1  # the young, line-emitting kcorrect template that carries the star formation
 
 
 def _shape_per_unit_mass(tb: dict, z: np.ndarray, lssfr: np.ndarray, old_w: np.ndarray, av: np.ndarray):
-    """Per-unit-stellar-mass rest spectrum (n, L) at 10 pc with dust, and its actual log sSFR (yr⁻¹).
+    """kcorrect family: per-unit-stellar-mass rest spectrum (n, L) at 10 pc with dust, and its log sSFR (yr⁻¹).
 
     The galaxy is x M☉ formed of the continuum mixture ``old_w`` over :data:`OLD_SET` plus y M☉ formed of the
     young template; y/x is solved so that the instantaneous (Hα-calibrated, see ``tools/build_templates.py``)
@@ -176,6 +312,85 @@ def _shape_per_unit_mass(tb: dict, z: np.ndarray, lssfr: np.ndarray, old_w: np.n
     return spec, lssfr_act
 
 
+@lru_cache(maxsize=4)
+def _arm_plan(inst: Instrument) -> list[dict]:
+    """Per arm: FFT length on the 1e-4 ln λ rest grid, padding, and the arm's ln λ pixel centres."""
+    from scipy.fft import next_fast_len
+
+    plans = []
+    d = 1e-4
+    for a, sl in zip(inst.arms, inst.arm_slices()):
+        lw = np.log(inst.wave[sl])
+        pad = 48  # ≥ 5 σ of the widest kernel (≈ 360 km/s = 12 px)
+        span = int(np.ceil((lw[-1] - lw[0]) / d)) + 2
+        nfft = next_fast_len(span + 2 * pad, real=True)
+        plans.append({"arm": a, "sl": sl, "lw": lw, "pad": pad, "nfft": nfft,
+                      "f2": np.fft.rfftfreq(nfft) ** 2, "sigma_lsf": ph.C_KMS / (2.3548 * a.resolution)})
+    return plans
+
+
+def _ssp_continua(rows: np.ndarray, fam_name: str, w: np.ndarray, z: np.ndarray, av: np.ndarray,
+                  dust_law: np.ndarray, sig_star: np.ndarray, lsf_scale: np.ndarray, inst: Instrument,
+                  out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Observed-frame continua per M☉ formed at 10 pc × (1+z)⁻¹ for rows of one SSP family.
+
+    For each row: Σ_k w_k SSP_k on the rest window the arms see, times the dust law, then per arm a Gaussian
+    broadening (FFT) by sqrt(σ★² + (s σ_LSF)² − σ_template²) in ln λ and linear interpolation at the arm's
+    pixels. Writes ``out[rows]`` (rest-frame f_λ per M☉ formed at 10 pc, observed wavelengths) and returns the
+    same spectrum sampled at the H filter (rows, S) and at rest Hα (rows,), unbroadened.
+    """
+    fam = fm.load_family(fam_name)
+    cube, lnw0, dlnw, L = fam["cube"], fam["lnw0"], fam["dlnw"], fam["L"]
+    curves = {law: fm.dust_curve(law, lnw0, dlnw, L) for law in ("calzetti", "smc")}
+    plans = _arm_plan(inst)
+    lw_min = min(float(p["lw"][0]) for p in plans)
+    lw_max = max(float(p["lw"][-1]) for p in plans + []) if plans else 0.0
+    lw_min = min(lw_min, np.log(ph.H_FILTER[0]))
+    lw_max = max(lw_max, np.log(ph.H_FILTER[1]))
+    pad = 64
+    Lw = int(np.ceil((lw_max - lw_min) / dlnw)) + 2 * pad + 2
+    lh = np.log(ph._H_SAMPLES)
+    i_ha = (np.log(ph.LINE_WAVE[ph.LINE_NAMES.index("Halpha")]) - lnw0) / dlnw
+    iha0 = int(np.floor(i_ha))
+    tha = i_ha - iha0
+    fH = np.empty((rows.size, lh.size))
+    cha = np.empty(rows.size)
+    for j, r in enumerate(rows):
+        lz = np.log1p(z[r])
+        i0 = int(np.floor((lw_min - lz - lnw0) / dlnw)) - pad
+        i0 = min(max(i0, 0), L - Lw)
+        acc = np.zeros(Lw)
+        nz = np.flatnonzero(w[j])
+        for k in nz:  # fixed order: ascending component index
+            acc += w[j, k] * cube[k, i0:i0 + Lw]
+        curve = curves["smc" if dust_law[r] else "calzetti"]
+        acc *= 10.0 ** (-0.4 * av[r] * curve[i0:i0 + Lw])
+        x0 = lnw0 + dlnw * i0 + lz  # observed ln λ of acc[0]
+        fH[j] = np.interp((lh - x0) / dlnw, np.arange(Lw), acc)
+        ha = 0.0
+        for k in nz:
+            ha += w[j, k] * (cube[k, iha0] * (1 - tha) + cube[k, iha0 + 1] * tha)
+        cha[j] = ha * 10.0 ** (-0.4 * av[r] * float(np.interp(i_ha, np.arange(L), curve)))
+        for ia, p in enumerate(plans):
+            lo = int(np.floor((p["lw"][0] - x0) / dlnw)) - p["pad"]
+            seg = acc[lo:lo + p["nfft"]]
+            lam_c = np.exp(0.5 * (p["lw"][0] + p["lw"][-1]) - lz)
+            s_t = float(np.interp(lam_c, fam["sigma_wave"], fam["sigma_kms"]))
+            s2 = sig_star[r] ** 2 + (lsf_scale[r, ia] * p["sigma_lsf"]) ** 2 - s_t ** 2
+            spix = np.sqrt(max(s2, 0.0)) / (ph.C_KMS * dlnw)
+            if seg.size < p["nfft"]:
+                seg = np.concatenate([seg, np.full(p["nfft"] - seg.size, seg[-1])])
+            conv = np.fft.irfft(np.fft.rfft(seg) * np.exp(-2.0 * np.pi ** 2 * spix ** 2 * p["f2"]), p["nfft"])
+            xs = (p["lw"] - x0) / dlnw - lo
+            out[r, p["sl"]] = np.interp(xs, np.arange(p["nfft"]), conv)
+    return fH, cha
+
+
+def _mag_from_samples(fH: np.ndarray) -> np.ndarray:
+    """AB magnitude in the top-hat H filter from f_λ (n, S) at ``physics._H_SAMPLES``."""
+    return ph.ab_mag_h(lambda ws: fH)
+
+
 def simulate_block(start: int, n: int, seed: int, config: SimConfig | None = None,
                    instrument: Instrument | str | None = None) -> dict[str, np.ndarray]:
     """Simulate rows ``start .. start + n`` of a survey.
@@ -197,9 +412,17 @@ def simulate_block(start: int, n: int, seed: int, config: SimConfig | None = Non
     dict
         ``flux``, ``ivar`` (n, W) float32 in 1e-17 erg/s/cm²/Å (and its inverse square); per-row
         ``object_id`` int64, ``ra``, ``dec`` (deg), ``t_exp`` (s), ``z_true``, ``logmstar_true`` (log M☉,
-        Chabrier), ``logsfr_true`` (log M☉/yr, instantaneous, Hα-calibrated: Kennicutt & Evans 2012, Chabrier),
-        ``is_passive``, ``mag_h`` (AB, top-hat 15000–18000 Å), ``kind`` (0 galaxy in z_range, 1 star,
-        2 galaxy below, 3 galaxy above). Stars have NaN mass and SFR.
+        Chabrier), ``logsfr_true`` (log M☉/yr, Chabrier: SSP families ψ averaged over the last 10 Myr; kcorrect
+        Hα-calibrated, Kennicutt & Evans 2012), ``is_passive`` (sSFR < 0.2/t_H(z)), ``mag_h`` (AB, top-hat
+        15000–18000 Å), ``kind`` (0 galaxy in z_range, 1 star, 2 galaxy below, 3 galaxy above),
+        ``template_family`` and ``sfh_kind`` (uint8 codes of :data:`FAMILIES`, :data:`SFH_KINDS`; 255 for
+        stars), ``age_mw_true`` (Gyr), ``ew_halpha_rest_true`` (Å), ``av_true`` (mag), ``sigma_star_true``
+        (km/s), ``star_index`` (int16, −1 for galaxies). Stars have NaN mass, SFR, age and EW.
+
+    Raises
+    ------
+    ValueError
+        An inconsistent ``config`` (see :meth:`SimConfig.validate`).
     """
     return _simulate(start, n, seed, config, instrument, extras=False)
 
@@ -209,7 +432,8 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     ``model`` (n, W) noiseless spectrum above the atmosphere, ``sky_flux`` (n, W) sky in flux units (same
     calibration as ``flux``), ``sky_resid`` (n, W) the sky-subtraction residual in flux units, ``halpha_flux``
     (observed, attenuated Hα, 1e-17 erg/s/cm²), ``halpha_cont`` (continuum at observed Hα, flux units),
-    ``av`` (stellar A_V), ``sigma_v`` (km/s)."""
+    ``av`` (stellar A_V), ``sigma_v`` (gas, km/s), ``line_flux``, ``continuum``, ``halpha_pix``, ``calib``
+    (n, W) the multiplicative calibration error applied, ``aperture`` (n,)."""
     cfg = config or SimConfig()
     cfg.validate()
     inst = instrument if isinstance(instrument, Instrument) else load_instrument(instrument)
@@ -218,7 +442,9 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     W = wave.size
     n = int(n)
     u, gauss = _draws(seed, start, n, W)
-    tb = ph.template_basis()
+    arms = inst.arms
+    slices = inst.arm_slices()
+    n_arm = len(arms)
 
     # --- population ---------------------------------------------------------------------------------------
     mix = np.cumsum(np.asarray(cfg.interloper_mix, float) / np.sum(cfg.interloper_mix))
@@ -232,57 +458,132 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     zhi = np.select([kind == KIND_LOWZ, kind == KIND_HIGHZ], [cfg.lowz_range[1], cfg.highz_range[1]], cfg.z_range[1])
     z = zlo + (zhi - zlo) * u[:, 2]
     star = kind == KIND_STAR
+    gal = ~star
     z = np.where(star, 50.0 * _N(u[:, 3]) / ph.C_KMS, z)  # radial velocity ~ N(0, 50 km/s)
     mag_h = cfg.mag_h_range[0] + (cfg.mag_h_range[1] - cfg.mag_h_range[0]) * u[:, 4]
     texp_h = np.asarray(cfg.exposures_h, float)[np.minimum((u[:, 5] * len(cfg.exposures_h)).astype(int),
                                                             len(cfg.exposures_h) - 1)]
     t_exp = texp_h * 3600.0
-    passive = (u[:, 6] < cfg.passive_fraction) & ~star
+    quench = (u[:, 6] < cfg.passive_fraction) & gal
     c0, c1 = cfg.field_center_deg
     half = cfg.field_size_deg / 2
     dec = np.degrees(np.arcsin(np.sin(np.radians(c1 - half))
                                + u[:, 7] * (np.sin(np.radians(c1 + half)) - np.sin(np.radians(c1 - half)))))
     ra = c0 + (u[:, 8] - 0.5) * cfg.field_size_deg / np.cos(np.radians(c1))
 
-    # --- galaxy continua ----------------------------------------------------------------------------------
+    # family and star-formation history
+    fw = np.asarray(cfg.family_weights if cfg.family_weights is not None else [1.0] * len(cfg.families), float)
+    fcum = np.cumsum(fw / fw.sum())
+    fidx = np.minimum(np.searchsorted(fcum, u[:, 40], side="right"), len(cfg.families) - 1)
+    fam_code = np.array([FAMILIES.index(f) for f in cfg.families], np.uint8)[fidx]
+    fam_code = np.where(star, NO_FAMILY, fam_code).astype(np.uint8)
+    smix = np.cumsum(np.asarray(cfg.sfh_mix, float) / np.sum(cfg.sfh_mix))
+    sf_kind = np.minimum(np.searchsorted(smix, u[:, 41], side="right"), 2)  # 0 delayed, 1 constant, 2 burst
+    q_kind = np.where(u[:, 42] < cfg.post_starburst_fraction, fm.SFH_CODE["post_starburst"],
+                      fm.SFH_CODE["old_passive"])
+    sfh = np.where(quench, q_kind, sf_kind).astype(np.uint8)
+    kc_rows = gal & (fam_code == 0)
+    sfh = np.where(kc_rows, fm.SFH_CODE["nmf_mix"], sfh)
+    sfh = np.where(star, NO_FAMILY, sfh).astype(np.uint8)
+
     zg = np.where(star, 1.0, z)  # placeholders for stars (overwritten below)
     dl = ph.lum_distance_cm(zg)
-    # continuum mixture over templates (0, 2, 3, 4): Dirichlet(1,1,1,1); the oldest (3) is down-weighted when
-    # the Universe is young; passive galaxies use only the two line-free old templates (0, 3)
-    age = ph.age_gyr(zg)
-    e = -np.log(np.clip(u[:, 9:13], 1e-12, 1.0))
-    e[:, 2] *= np.clip((age - 1.5) / 4.0, 0.05, 1.0)
-    e[:, 1] = np.where(passive, 0.0, e[:, 1])
-    e[:, 3] = np.where(passive, 0.0, e[:, 3])
-    old_w = e / e.sum(axis=1, keepdims=True)
-    d_ms = np.where(passive, -2.0 + 0.4 * _N(u[:, 14]), cfg.ms_scatter_dex * _N(u[:, 15]))
-    av_scatter = _N(u[:, 16])
+    t_univ = ph.age_gyr(zg)
     dist_fac = (10.0 * ph.PC_CM / dl) ** 2 / (1.0 + zg)
-    logm = np.full(n, 10.3)
-    lnw0, dlnw = tb["lnw0"], tb["dlnw"]
-    for _ in range(3):  # fixed-point: sSFR and dust depend on mass, mass on the normalisation to m_H
-        lssfr = ph.main_sequence_logsfr(logm, zg) + d_ms - logm
-        av = np.where(passive, 0.3 * u[:, 17],
-                      np.clip(0.3 + 0.5 * (logm - 10.0) + 0.3 * av_scatter, 0.0, 2.5))
-        spec, lssfr_act = _shape_per_unit_mass(tb, zg, lssfr, old_w, av)
+    sig_star = _logu(u[:, 48], *cfg.sigma_star_range)
+    smc = u[:, 49] < cfg.smc_fraction
+    av = np.where(quench, cfg.av_max_passive * u[:, 50], cfg.av_max_sf * u[:, 50] ** 1.5)
+    lsf_scale = cfg.lsf_scale_range[0] + (cfg.lsf_scale_range[1] - cfg.lsf_scale_range[0]) * u[:, 71:71 + n_arm]
 
-        def _fh(ws, spec=spec):
-            return ph.sample_log_grid(spec, lnw0, dlnw, ws[None, :] / (1.0 + zg[:, None])) * dist_fac[:, None]
+    model = np.zeros((n, W))
+    logm = np.full(n, np.nan)
+    logsfr = np.full(n, np.nan)
+    age_mw = np.full(n, np.nan)
+    cont_ha = np.zeros(n)  # observed-frame continuum f_λ at observed Hα, 1e-17 units
+    m_formed = np.zeros(n)
 
-        m_unit = ph.ab_mag_h(_fh)
-        logm = (m_unit - mag_h) / 2.5
-    logsfr = lssfr_act + logm
-    mass_scale = 10.0 ** logm * dist_fac * 1e17  # → 1e-17 erg/s/cm²/Å
-    model = ph.sample_log_grid(spec, lnw0, dlnw, wave[None, :] / (1.0 + zg[:, None])) * mass_scale[:, None]
+    # --- SSP families -----------------------------------------------------------------------------------
+    tmax = np.maximum(t_univ - 0.05, 0.06)
+    t0_sf = 0.1 + (tmax - 0.1) * u[:, 43]
+    tau_sf = _logu(u[:, 44], 0.3, 10.0)
+    t0_old = np.minimum(1.0 + (np.minimum(12.0, tmax) - 1.0) * u[:, 43], tmax)
+    t0_old = np.where(tmax < 1.0, tmax, t0_old)
+    tau_old = t0_old * (0.05 + 0.1 * u[:, 44])
+    t0 = np.where(sfh == fm.SFH_CODE["old_passive"], t0_old, t0_sf)
+    tau = np.where(sfh == fm.SFH_CODE["old_passive"], tau_old, tau_sf)
+    tb = 0.3 * u[:, 45]
+    fb = 0.05 + 0.35 * u[:, 46]
+    tq = np.minimum(0.1 + 1.4 * u[:, 47], 0.8 * t0)
+    eps = 10.0 ** (-4.0 + 2.0 * u[:, 52])
+    logz = np.log10(cfg.metallicity_range[0]) + np.log10(cfg.metallicity_range[1] / cfg.metallicity_range[0]) * u[:, 53]
+    for code, name in enumerate(FAMILIES):
+        if code == 0:
+            continue
+        rows = np.flatnonzero(gal & (fam_code == code))
+        if rows.size == 0:
+            continue
+        fam = fm.load_family(name)
+        psi = fm.sfh_psi(sfh[rows], t0[rows], tau[rows], tb[rows], fb[rows], tq[rows], eps[rows])
+        w, ms, sfr_pf, amw = fm.sfh_weights(fam, psi, logz[rows])
+        fH, cha = _ssp_continua(rows, name, w, zg, av, smc, sig_star, lsf_scale, inst, model)
+        m_unit = _mag_from_samples(fH * dist_fac[rows, None])
+        mf = 10.0 ** ((m_unit - mag_h[rows]) / 2.5)
+        m_formed[rows] = mf
+        logm[rows] = np.log10(mf * ms)
+        with np.errstate(divide="ignore"):
+            logsfr[rows] = np.log10(np.maximum(mf * sfr_pf, 1e-30))
+        age_mw[rows] = amw
+        scale = mf * dist_fac[rows] * 1e17
+        model[rows] *= scale[:, None]
+        cont_ha[rows] = cha * scale
+
+    # --- kcorrect family (5 NMF templates, Dirichlet mixture; as simulator 1.x) --------------------------
+    krows = np.flatnonzero(kc_rows)
+    if krows.size:
+        tb_k = ph.template_basis()
+        zk, qk = zg[krows], quench[krows]
+        age_k = t_univ[krows]
+        e = -np.log(np.clip(u[krows, 9:13], 1e-12, 1.0))
+        e[:, 2] *= np.clip((age_k - 1.5) / 4.0, 0.05, 1.0)
+        e[:, 1] = np.where(qk, 0.0, e[:, 1])
+        e[:, 3] = np.where(qk, 0.0, e[:, 3])
+        old_w = e / e.sum(axis=1, keepdims=True)
+        d_ms = np.where(qk, -2.0 + 0.4 * _N(u[krows, 14]), cfg.ms_scatter_dex * _N(u[krows, 15]))
+        av_k = av[krows]
+        dfk = dist_fac[krows]
+        lm = np.full(krows.size, 10.3)
+        lnw0, dlnw = tb_k["lnw0"], tb_k["dlnw"]
+        for _ in range(3):  # sSFR depends on mass, mass on the normalisation to m_H
+            lssfr = ph.main_sequence_logsfr(lm, zk) + d_ms - lm
+            spec, lssfr_act = _shape_per_unit_mass(tb_k, zk, lssfr, old_w, av_k)
+
+            def _fh(ws, spec=spec):
+                return ph.sample_log_grid(spec, lnw0, dlnw, ws[None, :] / (1.0 + zk[:, None])) * dfk[:, None]
+
+            lm = (ph.ab_mag_h(_fh) - mag_h[krows]) / 2.5
+        logm[krows] = lm
+        logsfr[krows] = lssfr_act + lm
+        scale = 10.0 ** lm * dfk * 1e17
+        model[krows] = ph.sample_log_grid(spec, lnw0, dlnw, wave[None, :] / (1.0 + zk[:, None])) * scale[:, None]
+        lam_ha = ph.LINE_WAVE[ph.LINE_NAMES.index("Halpha")]
+        cont_ha[krows] = ph.sample_log_grid(spec, lnw0, dlnw, np.full((krows.size, 1), lam_ha))[:, 0] * scale
 
     # --- emission lines -----------------------------------------------------------------------------------
-    dm = logm - 10.0
-    n2 = np.where(passive, 0.0 + 0.15 * _N(u[:, 18]), np.clip(-0.45 + 0.35 * dm, -1.3, -0.15) + 0.1 * _N(u[:, 18]))
-    o3 = np.where(passive, -0.3 + 0.2 * _N(u[:, 19]), np.clip(0.35 - 0.45 * dm, -0.8, 0.9) + 0.15 * _N(u[:, 19]))
+    lm0 = np.where(gal, logm, 10.0)
+    dm = lm0 - 10.0
+    q = quench
+    n2 = np.where(q, 0.0 + 0.15 * _N(u[:, 18]), np.clip(-0.45 + 0.35 * dm, -1.3, -0.15) + 0.1 * _N(u[:, 18]))
+    o3 = np.where(q, -0.3 + 0.2 * _N(u[:, 19]), np.clip(0.35 - 0.45 * dm, -0.8, 0.9) + 0.15 * _N(u[:, 19]))
     o2 = np.clip(-0.05 - 0.25 * dm, -0.7, 0.3) + 0.1 * _N(u[:, 20])
     s2 = -0.65 + 0.1 * _N(u[:, 21])
     sig_v = np.clip(10 ** (np.log10(70.0) + 0.25 * dm + 0.1 * _N(u[:, 22])), 20.0, cfg.sigma_v_max_kms)
-    ha = 10.0 ** (logsfr + ph.LOG_HALPHA_SFR) / (4 * np.pi * dl**2) * 1e17  # intrinsic Hα, 1e-17 erg/s/cm²
+    # line strength not tied to the continuum: weak-line and line-free regimes on any SFH
+    reg = u[:, 54]
+    eff = np.where(reg < cfg.line_free_fraction, 0.0,
+                   np.where(reg < cfg.line_free_fraction + cfg.weak_line_fraction,
+                            10.0 ** (-2.0 + 1.3 * u[:, 55]), 10.0 ** (0.15 * _N(u[:, 55]))))
+    sfr_lin = np.where(gal, 10.0 ** np.nan_to_num(logsfr, nan=-30.0), 0.0)
+    ha = sfr_lin * 10.0 ** ph.LOG_HALPHA_SFR / (4 * np.pi * dl**2) * 1e17 * eff  # intrinsic Hα, 1e-17 cgs
     hb = ha / 2.86
     o3_5007 = hb * 10**o3
     o2_tot = ha * 10**o2
@@ -296,76 +597,110 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     }
     av_neb = av / 0.44
     lf = np.stack([rel[k] for k in ph.LINE_NAMES], axis=1)
-    lf *= 10.0 ** (-0.4 * av_neb[:, None] * ph.calzetti_k(ph.LINE_WAVE)[None, :] / 4.05)
+    k_neb = np.where(smc[:, None], (ph.LINE_WAVE[None, :] / 5510.0) ** -1.2,
+                     ph.calzetti_k(ph.LINE_WAVE)[None, :] / 4.05)
+    lf *= 10.0 ** (-0.4 * av_neb[:, None] * k_neb)
+    # LINER-like weak lines in some quenched galaxies (not from star formation)
+    liner = q & (u[:, 56] < cfg.liner_fraction)
+    ew_l = np.where(liner, 0.5 + 3.5 * u[:, 57], 0.0)  # Å rest
+    ha_l = ew_l * (1 + zg) * cont_ha
+    lrel = {"Halpha": 1.0, "NII_6583": 10 ** (0.1 + 0.15 * _N(u[:, 58])), "OII_3726": 0.7 / 2.4,
+            "OII_3729": 0.7 * 1.4 / 2.4, "SII_6716": 0.35, "SII_6731": 0.3, "Hbeta": 1 / 3.5,
+            "OIII_5007": 0.3, "OIII_4959": 0.1}
+    for k, r_ in lrel.items():
+        if k == "NII_6583":
+            lf[:, ph.LINE_NAMES.index("NII_6548")] += ha_l * r_ / 2.94
+        lf[:, ph.LINE_NAMES.index(k)] += ha_l * r_
     lf = np.where(star[:, None], 0.0, lf)
+    ia_ha = ph.LINE_NAMES.index("Halpha")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ew_ha = np.where(gal, lf[:, ia_ha] / (cont_ha * (1 + zg)), np.nan)
     if extras:
         cont_model = model.copy()
-    ph.add_gaussian_lines(model, inst.arms, inst.arm_slices(), ph.LINE_WAVE[None, :] * (1 + zg[:, None]), lf,
-                          sig_v, cfg.sigma_v_max_kms)
+    # gas lines: intrinsic σ_v plus the arm's LSF scaled by this object's lsf_scale
+    centers = ph.LINE_WAVE[None, :] * (1 + zg[:, None])
+    arm_of = np.clip(np.searchsorted([a.wave_min for a in arms], centers, side="right") - 1, 0, n_arm - 1)
+    s_lsf = np.array([ph.C_KMS / (2.3548 * a.resolution) for a in arms])[arm_of]
+    ls = np.take_along_axis(lsf_scale, arm_of, axis=1)
+    sv_eff = np.sqrt(np.maximum(sig_v[:, None] ** 2 + (ls**2 - 1.0) * s_lsf**2, 1.0))
+    ph.add_gaussian_lines(model, arms, slices, centers, lf, sv_eff, cfg.sigma_v_max_kms + 60.0)
 
-    # --- stars ----------------------------------------------------------------------------------------------
-    if star.any():
-        ts = 10 ** (np.log10(3200.0) + u[:, 23] * (np.log10(12000.0) - np.log10(3200.0)))
-        bb = ph.planck_flam(wave[None, :] * np.ones((n, 1)), ts)
-        fh_bb = ph.ab_mag_h(lambda ws: ph.planck_flam(ws[None, :] * np.ones((n, 1)), ts))
-        bb *= (10 ** (-0.4 * (mag_h - fh_bb)) * 1e17)[:, None]
-        cool = np.clip((6000.0 - ts) / 2500.0, 0.0, 1.0)
-        hot = np.clip((ts - 6000.0) / 3000.0, 0.0, 1.0)
-        cont_at = lambda lam: np.take_along_axis(bb, np.clip(np.searchsorted(wave, lam), 0, W - 1), axis=1)  # noqa: E731
-        lam_c = np.broadcast_to(ph.STAR_LINES_COOL, (n, ph.STAR_LINES_COOL.size)) * (1 + z[:, None])
-        lam_h = np.broadcast_to(ph.STAR_LINES_HOT, (n, ph.STAR_LINES_HOT.size)) * (1 + z[:, None])
-        ew_c = -(1.0 + 4.0 * cool)[:, None] * (0.6 + 0.4 * u[:, 24:25])  # Å, absorption
-        ew_h = -(0.5 + 4.0 * hot)[:, None] * (0.6 + 0.4 * u[:, 25:26])
-        sv = np.full(n, 30.0)
-        for lam, ew in ((lam_c, ew_c), (lam_h, ew_h)):
-            f_abs = np.where(star[:, None], ew * cont_at(lam), 0.0)
-            ph.add_gaussian_lines(bb, inst.arms, inst.arm_slices(), lam, f_abs, sv, cfg.sigma_v_max_kms)
-        model = np.where(star[:, None], np.maximum(bb, 0.0), model)
+    # --- stars: empirical spectra ---------------------------------------------------------------------------
+    star_index = np.full(n, -1, np.int16)
+    srows = np.flatnonzero(star)
+    if srows.size:
+        lib = load_stars()
+        ns = lib["flux"].shape[0]
+        sidx = np.minimum((u[srows, 23] * ns).astype(int), ns - 1)
+        star_index[srows] = sidx
+        grid_n = np.arange(lib["flux"].shape[1])
+        for j, r in enumerate(srows):
+            spec = lib["flux"][sidx[j]]
+            lz = np.log1p(z[r])
+            fHs = np.interp((np.log(ph._H_SAMPLES) - lz - lib["lnw0"]) / lib["dlnw"], grid_n, spec)
+            m_unit = _mag_from_samples(fHs[None, :])[0]
+            s = 10 ** (-0.4 * (mag_h[r] - m_unit)) * 1e17
+            model[r] = np.interp((np.log(wave) - lz - lib["lnw0"]) / lib["dlnw"], grid_n, spec) * s
+        if extras:
+            cont_model[srows] = model[srows]
 
     # --- observation --------------------------------------------------------------------------------------
-    area = float(inst.config.get("telescope_area_cm2", 490000.0))
-    fib = float(inst.config.get("fiber_area_arcsec2", 0.9503))
-    thr = sky.throughput.astype(np.float64)
-    tel = sky.transmission.astype(np.float64)
-    dw = inst.dwave
-    # electrons per (1e-17 erg/s/cm²/Å) per second in each pixel
-    conv = 1e-17 * wave / ph.HC_ERG_AA * area * thr * dw * cfg.aperture_efficiency
-    sky_rate = sky.emission.astype(np.float64) * fib * area * thr * dw  # e-/s
-    obj_e = np.maximum(model, 0.0) * tel[None, :] * conv[None, :] * t_exp[:, None]
-    sky_e = sky_rate[None, :] * t_exp[:, None]
+    ob = _obs_vectors(inst, cfg.airmass, cfg.n_spatial_pix, cfg.sky_sub_variance_factor)
+    # aperture efficiency: Gaussian seeing ⊗ Gaussian galaxy (σ = r_e / 1.1774) in a circular fibre
+    seeing = cfg.seeing_range[0] + (cfg.seeing_range[1] - cfg.seeing_range[0]) * u[:, 59]
+    r_e = np.where(star, 0.0, cfg.size_range[0] + (cfg.size_range[1] - cfg.size_range[0]) * u[:, 60])
+    s2_ap = (seeing / 2.3548) ** 2 + (r_e / 1.1774) ** 2
+    aperture = (1.0 - np.exp(-ob["r_fib2"] / (2.0 * s2_ap)) if cfg.aperture_efficiency is None
+                else np.full(n, float(cfg.aperture_efficiency)))
     n_exp = np.maximum(np.round(t_exp / cfg.dit_s), 1.0)
-    dark_e = sky.dark_e_per_s.astype(np.float64)[None, :] * t_exp[:, None] * cfg.n_spatial_pix
-    ron2 = (sky.read_noise_e.astype(np.float64) ** 2)[None, :] * n_exp[:, None] * cfg.n_spatial_pix
-    var_e = obj_e + cfg.sky_sub_variance_factor * (sky_e + dark_e + ron2)
-    # imperfect sky subtraction: per-arm fractional scale error + wavelength shift (P-Cygni at OH lines)
-    resid_e = np.zeros((n, W))
-    sky_cont_rate = _sky_continuum(inst, cfg.airmass) * fib * area * thr * dw
-    for j, sl in enumerate(inst.arm_slices()):
-        a = cfg.sky_residual * _N(u[:, 27 + j])
-        ac = cfg.sky_residual_continuum * _N(u[:, 33 + j])
-        sh = cfg.sky_shift_pix * _N(u[:, 30 + j])
-        s = sky_e[:, sl]
-        cont = sky_cont_rate[None, sl] * t_exp[:, None]
-        grad = np.gradient(s, axis=1)
-        resid_e[:, sl] = a[:, None] * (s - cont) + ac[:, None] * cont + sh[:, None] * grad
+    tt = t_exp * aperture
+    f32 = np.float32
+    # electrons: object × transmission × throughput × area × aperture × t; background: sky + dark + read noise
+    obj_e = (np.maximum(model, 0.0).astype(f32) * ob["tel_conv"][None, :]) * tt[:, None].astype(f32)
+    var_e = obj_e + (t_exp[:, None].astype(f32) * ob["bg_rate"][None, :] + n_exp[:, None].astype(f32) * ob["ron2"])
     sig_e = np.sqrt(var_e)
-    obs_e = obj_e + resid_e + sig_e * gauss
-    scale = conv[None, :] * t_exp[:, None]  # e- per flux unit (above the atmosphere)
-    if cfg.telluric_correct:
-        scale = scale * np.maximum(tel, 1e-3)[None, :]
-    flux = obs_e / scale
-    ivar = (scale / sig_e) ** 2
+    # imperfect sky subtraction per arm: scale error on the sky lines and on the continuum, wavelength shift
+    lvl_line = _logu(u[:, 61], *cfg.sky_residual_range)
+    lvl_cont = _logu(u[:, 62], *cfg.sky_continuum_residual_range)
+    lvl_shift = _logu(u[:, 63], *cfg.sky_shift_range_pix)
+    nscale = cfg.noise_scale_range[0] + (cfg.noise_scale_range[1] - cfg.noise_scale_range[0]) * u[:, 64]
+    obs_e = obj_e + (sig_e * nscale[:, None].astype(f32)) * gauss
+    resid_e = np.empty((n, W), f32) if extras else None
+    # delivered flux = electrons / (conv × t × aperture × telluric correction) × calibration error
+    fac = np.empty((n, W), f32)
+    for j, sl in enumerate(slices):
+        a = (lvl_line * _N(u[:, 27 + j]) * t_exp)[:, None].astype(f32)
+        ac = (lvl_cont * _N(u[:, 33 + j]) * t_exp)[:, None].astype(f32)
+        sh = (lvl_shift * _N(u[:, 30 + j]) * t_exp)[:, None].astype(f32)
+        r_ = a * ob["sky_line"][None, sl] + ac * ob["sky_cont"][None, sl] + sh * ob["sky_grad"][None, sl]
+        obs_e[:, sl] += r_
+        if extras:
+            resid_e[:, sl] = r_
+        x = ob["legx"][sl]
+        cl = cfg.fluxcal_rms / np.sqrt(3.0) * _N(u[:, 80 + 3 * j:83 + 3 * j])
+        off = np.exp(cfg.arm_offset_rms * _N(u[:, 89 + j]))
+        cal = off[:, None] * (1.0 + cl[:, 0:1] * x + cl[:, 1:2] * (0.5 * (3 * x**2 - 1))
+                              + cl[:, 2:3] * (0.5 * (5 * x**3 - 3 * x)))
+        cal = np.maximum(cal, 0.2) / tt[:, None]
+        if cfg.telluric_correct:  # the correction uses T^(1+δ): T^-(1+δ) = exp(-(1+δ) ln T)
+            dlt = cfg.telluric_residual_rms * _N(u[:, 68 + j])
+            cal = cal * np.exp(-(1.0 + dlt)[:, None] * ob["lntel"][None, sl])
+        fac[:, sl] = cal.astype(f32) * ob["inv_conv"][None, sl]
+    flux = obs_e * fac
+    ivar = 1.0 / np.square(sig_e * fac)
 
+    sfr_ok = gal & np.isfinite(logsfr)
+    with np.errstate(invalid="ignore"):
+        passive = sfr_ok & (logsfr - logm < np.log10(0.2 / (t_univ * 1e9)))
     if extras:
-        ia = ph.LINE_NAMES.index("Halpha")
+        ia = ia_ha
         lam_ha = ph.LINE_WAVE[ia] * (1 + zg)
         jj = np.clip(np.searchsorted(wave, lam_ha), 0, W - 1)
-        cont_ha = ph.sample_log_grid(spec, lnw0, dlnw, (lam_ha / (1 + zg))[:, None])[:, 0] * mass_scale
-        ext = {"model": model, "sky_flux": sky_e / scale, "sky_resid": resid_e / scale,
+        sky_e = t_exp[:, None] * (ob["sky_line"] + ob["sky_cont"])[None, :]
+        ext = {"model": model, "sky_flux": sky_e * fac, "sky_resid": resid_e * fac,
                "halpha_flux": np.where(star, 0.0, lf[:, ia]), "halpha_cont": cont_ha, "av": av, "sigma_v": sig_v,
-               "line_flux": lf, "continuum": cont_model, "halpha_pix": jj}
-    logm_out = np.where(star, np.nan, logm)
-    logsfr_out = np.where(star, np.nan, logsfr)
+               "line_flux": lf, "continuum": cont_model, "halpha_pix": jj, "delivery_factor": fac, "aperture": aperture,
+               "quench": quench}
     out = {
         "flux": flux.astype(np.float32),
         "ivar": ivar.astype(np.float32),
@@ -374,12 +709,24 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         "dec": dec.astype(np.float64),
         "t_exp": t_exp.astype(np.float32),
         "z_true": z.astype(np.float32),
-        "logmstar_true": logm_out.astype(np.float32),
-        "logsfr_true": logsfr_out.astype(np.float32),
+        "logmstar_true": np.where(star, np.nan, logm).astype(np.float32),
+        "logsfr_true": np.where(star, np.nan, logsfr).astype(np.float32),
         "is_passive": passive.astype(bool),
         "mag_h": mag_h.astype(np.float32),
         "kind": kind,
+        "template_family": fam_code,
+        "sfh_kind": sfh,
+        "age_mw_true": np.where(star, np.nan, age_mw).astype(np.float32),
+        "ew_halpha_rest_true": ew_ha.astype(np.float32),
+        "av_true": np.where(star, np.nan, av).astype(np.float32),
+        "sigma_star_true": np.where(star, np.nan, sig_star).astype(np.float32),
+        "star_index": star_index,
     }
     if extras:
         out.update(ext)
     return out
+
+
+def load_stars() -> dict:
+    """The empirical star library (see :func:`survey_infer.simulate.families.load_stars`)."""
+    return fm.load_stars()

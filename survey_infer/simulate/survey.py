@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..instrument import Instrument, load_instrument
 from ..io.survey_store import SurveyWriter, create_survey
-from .simulator import SIM_VERSION, TRUTH_COLUMNS, SimConfig, simulate_block
+from .simulator import COLUMN_FLAGS, SIM_VERSION, TRUTH_COLUMNS, SimConfig, simulate_block
 
 __all__ = ["simulate_survey"]
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ def simulate_survey(n: int, seed: int, out: str | Path, *, config: SimConfig | N
     Returns
     -------
     Path
-        The committed store. Its attrs hold ``simulation = {"seed", "config", "version", "n"}``.
+        The committed store. Its attrs hold ``simulation = {"seed", "config", "version", "n"}``; the coded
+        truth columns ``template_family`` and ``sfh_kind`` carry ``flag_values`` / ``flag_meanings`` attrs.
     """
     import dask
 
@@ -60,6 +61,8 @@ def simulate_survey(n: int, seed: int, out: str | Path, *, config: SimConfig | N
     writer = create_survey(out, int(n), inst, chunk_objects=chunk, columns=dict(TRUTH_COLUMNS), overwrite=overwrite,
                            attrs={"simulation": {"seed": int(seed), "n": int(n), "version": SIM_VERSION,
                                                  "config": cfg.to_dict()}})
+    for name, attrs in COLUMN_FLAGS.items():  # CF flag_values / flag_meanings, units of the new truth columns
+        writer.group[name].attrs.update(attrs)
     starts = list(range(0, int(n), chunk))
     tasks = [dask.delayed(_write_chunk, pure=False)(writer, s, min(chunk, n - s), int(seed), cfg, inst.config)
              for s in starts]
