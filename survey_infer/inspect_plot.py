@@ -230,9 +230,9 @@ def _summary_text(rec: dict, object_id: int, row: int) -> str:
     lines.append(f"z_mc_std {_fmt(rec.get('z_mc_std'))}   pz_conf {_fmt(rec.get('pz_conf'), 3)}   "
                  f"pz_npeaks {rec.get('pz_npeaks', '-')}   quality {_fmt(rec.get('quality'), 3)}")
     if "logmstar" in rec:
-        lines.append(f"log M* = {_fmt(rec.get('logmstar'), 2)} +- {_fmt(rec.get('logmstar_err'), 2)} dex(Msun)")
+        lines.append(f"log M* = {_fmt(rec.get('logmstar'), 2)} +- {_fmt(rec.get('logmstar_err'), 2)} dex(solMass)")
     if "logsfr" in rec:
-        lines.append(f"log SFR = {_fmt(rec.get('logsfr'), 2)} +- {_fmt(rec.get('logsfr_err'), 2)} dex(Msun/yr)")
+        lines.append(f"log SFR = {_fmt(rec.get('logsfr'), 2)} +- {_fmt(rec.get('logsfr_err'), 2)} dex(solMass / yr)")
     lines.append(f"S/N {_fmt(rec.get('snr'), 2)}   masked fraction {_fmt(rec.get('masked_fraction'), 3)}")
     truth = [f"{k} {_fmt(rec[k], 4 if k == 'z_true' else 2)}" for k in ("z_true", "logmstar_true", "logsfr_true")
              if k in rec]

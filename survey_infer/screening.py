@@ -13,8 +13,9 @@ import numpy as np
 
 from .flags import ZWarn, z_reliable
 
-SCREENING_VERSION = "sc-2"  # part of the catalog's numerics fingerprint: change it whenever a statistic changes
-# (sc-2: intervals resolved below the bin width)
+SCREENING_VERSION = "sc-3"  # part of the catalog's numerics fingerprint: change it whenever a statistic changes
+# (sc-2: intervals resolved below the bin width; sc-3: zwarn at Redrock's bit positions, z_err about the mode
+# with the within-bin spread)
 
 DEFAULT_THRESHOLDS = {
     "quality": 0.5,  # SCREENED below this (calibrated)
@@ -24,9 +25,10 @@ DEFAULT_THRESHOLDS = {
     "broad_pdf": 0.05,  # BROAD_PDF when the 68% interval is wider
     "low_snr": 0.5,  # LOW_SNR when median continuum S/N per pixel below
     "little_coverage": 0.3,  # LITTLE_COVERAGE when usable fraction below
-    "bad_input": 0.05,  # BAD_INPUT when the fraction of invalid input pixels is above
+    "bad_input": 0.05,  # POORDATA when the fraction of invalid input pixels is above
     "peak_mass": 0.05,  # a secondary peak counts when it holds at least this mass (±3 bins)
     "conf_window": 0.01,  # pz_conf window half-width in z
+    "z_edge": 0.01,  # Z_FITLIMIT when the mode is this close to the edge of the redshift grid
 }
 
 
@@ -173,15 +175,57 @@ def count_peaks(pz: np.ndarray, min_mass: float) -> np.ndarray:
     return (is_max & (win >= min_mass)).sum(axis=1).astype(np.int16)
 
 
+def z_error(pz: np.ndarray, zc: np.ndarray, dz: float, z: np.ndarray) -> np.ndarray:
+    """Root-mean-square deviation of the redshift from ``z`` (the mode), the spread inside each bin included.
+
+    The density is taken uniform within each bin, so bin ``i`` contributes ``p_i ((zc_i - z)^2 + dz^2 / 12)``
+    (the variance of a uniform distribution of width ``dz`` is ``dz^2 / 12``; Sheppard's correction, added
+    because the bins hold a continuous density):
+
+    ``z_err = sqrt( sum_i p_i (zc_i - z)^2 + dz^2 / 12 )``.
+
+    A PDF held in one bin thus gives ``dz / sqrt(12)``, not 0. Measured about the mode, ``z_err**2`` is the
+    variance about the mean plus ``(z_mean - z)^2``: a skewed or multi-peaked PDF gets a larger error than its
+    standard deviation. Redrock's ``ZERR`` is a different quantity: the 1-sigma width of the parabola fitted to
+    chi2(z) at the best minimum (local curvature only, blind to other minima); for a single narrow Gaussian
+    peak both agree. For the width of the main peak alone use ``(z_hi68 - z_lo68) / 2``.
+
+    Parameters
+    ----------
+    pz : (n, Z) float64 PDFs, rows summing to 1.
+    zc : (Z,) bin centres; dz : bin width (uniform grid).
+    z : (n,) the refined mode.
+
+    Returns
+    -------
+    (n,) float64 z_err (redshift units).
+    """
+    # elementwise products + row sums (not matmul): a row's value must not depend on its block
+    d2 = (pz * (zc[None, :] - z[:, None]) ** 2).sum(axis=1)
+    return np.sqrt(np.maximum(d2, 0.0) + dz * dz / 12.0)
+
+
 def pdf_statistics(pz: np.ndarray, zc: np.ndarray, dz: float, thresholds: dict | None = None) -> dict[str, np.ndarray]:
-    """All per-object redshift statistics of DESIGN §6/§7 from MC-averaged PDFs ``pz`` (n, Z), rows summing to 1."""
+    """All per-object redshift statistics of DESIGN §6/§7 from MC-averaged PDFs.
+
+    Parameters
+    ----------
+    pz : (n, Z) PDFs, rows summing to 1 (computed in float64).
+    zc : (Z,) bin centres; dz : bin width.
+    thresholds : overrides of :data:`DEFAULT_THRESHOLDS` (the model's calibrated ones).
+
+    Returns
+    -------
+    dict of (n,) arrays: ``z`` (refined mode), ``z_mean``, ``z_err`` (:func:`z_error`), the 68%/95% intervals,
+    ``pz_peak``, ``pz_conf``, ``pz_entropy`` (nats), ``pz_npeaks``.
+    """
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     pz = np.asarray(pz, dtype=np.float64)
     imode, z = refine_mode(pz, zc, dz)
     # elementwise products + row sums, not BLAS matmul: BLAS blocking depends on the number of rows,
     # which would make a row's value depend on its block (determinism rule)
     zmean = (pz * zc[None, :]).sum(axis=1)
-    zerr = np.sqrt(np.maximum((pz * (zc ** 2)[None, :]).sum(axis=1) - zmean ** 2, 0.0))
+    zerr = z_error(pz, zc, dz, z)
     lo68, hi68 = hpd_interval(pz, imode, z, zc, dz, 0.68)
     lo95, hi95 = hpd_interval(pz, imode, z, zc, dz, 0.95)
     lo95, hi95 = np.minimum(lo95, lo68), np.maximum(hi95, hi68)  # nested by construction
@@ -199,7 +243,20 @@ def pdf_statistics(pz: np.ndarray, zc: np.ndarray, dz: float, thresholds: dict |
 def set_flags(stats: dict[str, np.ndarray], *, p_outside: np.ndarray, z_mc_std: np.ndarray, snr: np.ndarray,
               usable_fraction: np.ndarray, bad_input_fraction: np.ndarray, n_good: np.ndarray,
               z_range: tuple[float, float], thresholds: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``zwarn`` (int32) and ``quality`` (float32) for every object."""
+    """``zwarn`` (int32, bits of :mod:`survey_infer.flags`) and ``quality`` (float32) for every object.
+
+    Parameters
+    ----------
+    stats : :func:`pdf_statistics` of the objects.
+    p_outside, z_mc_std, snr, usable_fraction, bad_input_fraction : (n,) per-object inputs (fractions in 0-1).
+    n_good : (n,) number of usable channels; 0 sets NODATA.
+    z_range : (z_min, z_max) of the redshift grid (Z_FITLIMIT within ``thresholds["z_edge"]`` of either).
+    thresholds : overrides of :data:`DEFAULT_THRESHOLDS` (the model's calibrated ones).
+
+    Returns
+    -------
+    zwarn : (n,) int32; quality : (n,) float32, ``pz_conf * (1 - p_outside)`` clipped to 0-1, 0 for NODATA.
+    """
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     n = len(n_good)
     zw = np.zeros(n, np.int64)
@@ -212,14 +269,14 @@ def set_flags(stats: dict[str, np.ndarray], *, p_outside: np.ndarray, z_mc_std: 
     quality = np.where(np.isfinite(quality), quality, 0.0)
     nodata = n_good == 0
     setbit(nodata, ZWarn.NODATA)
-    setbit(bad_input_fraction > th["bad_input"], ZWarn.BAD_INPUT)
+    setbit(bad_input_fraction > th["bad_input"], ZWarn.POORDATA)
     setbit(usable_fraction < th["little_coverage"], ZWarn.LITTLE_COVERAGE)
     setbit(~nodata & ~(snr >= th["low_snr"]), ZWarn.LOW_SNR)
     setbit(stats["pz_npeaks"] > 1, ZWarn.MULTI_PEAK)
     setbit((stats["z_hi68"] - stats["z_lo68"]) > th["broad_pdf"], ZWarn.BROAD_PDF)
     setbit(stats["pz_conf"] < th["low_confidence"], ZWarn.LOW_CONFIDENCE)
     setbit(z_mc_std > th["mc_unstable"], ZWarn.MC_UNSTABLE)
-    setbit((stats["z"] < z_range[0] + 0.01) | (stats["z"] > z_range[1] - 0.01), ZWarn.Z_EDGE)
+    setbit((stats["z"] < z_range[0] + th["z_edge"]) | (stats["z"] > z_range[1] - th["z_edge"]), ZWarn.Z_FITLIMIT)
     setbit(p_outside > th["p_outside"], ZWarn.OUT_OF_RANGE)
     setbit(quality < th["quality"], ZWarn.SCREENED)
     quality = np.where(nodata, 0.0, quality)
@@ -263,4 +320,4 @@ def calibrate_thresholds(quality: np.ndarray, correct: np.ndarray, target_accura
 
 
 __all__ = ["SCREENING_VERSION", "DEFAULT_THRESHOLDS", "pdf_statistics", "set_flags", "calibrate_thresholds", "refine_mode",
-           "hpd_interval", "count_peaks", "z_reliable"]
+           "hpd_interval", "z_error", "count_peaks", "z_reliable"]

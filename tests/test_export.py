@@ -62,8 +62,11 @@ def write_catalog(path: Path, n: int = 40, nz: int = 50, chunk: int = 16, pz_dty
     data["z_true"] = z_true
     data["t_exp"] = np.full(n, 3600.0, np.float32)
     data["logmstar_true"] = rng.normal(10, 1, n).astype(np.float32)
+    data["logsfr_true"] = rng.normal(0.5, 1, n).astype(np.float32)
+    data["mag_h"] = rng.normal(21, 1, n).astype(np.float32)
     data["kind"] = np.zeros(n, np.uint8)
-    passthrough = {"z_true": np.float32, "t_exp": np.float32, "logmstar_true": np.float32, "kind": np.uint8}
+    passthrough = {"z_true": np.float32, "t_exp": np.float32, "logmstar_true": np.float32,
+                   "logsfr_true": np.float32, "mag_h": np.float32, "kind": np.uint8}
     if with_pz:
         data["pz"] = pz.astype(pz_dtype)
     fp = {"model_sha256": "ab" * 32, "preprocessing_version": 1, "sky_mask_hash": "deadbeef", "mc_samples": 8,
@@ -119,14 +122,16 @@ def test_fits_round_trip_units_values_descriptions_checksums(catalog, tmp_path):
                 assert h._checksum_valid and h._datasum_valid
             hdr = hdul["CATALOG"].header
             zg = hdul["Z_GRID"].data
-        t = Table.read(out, hdu="CATALOG")
+        # dex(...) / mag(AB) are not FITS-standard units: astropy keeps them as UnrecognizedUnit (silently here)
+        t = Table.read(out, hdu="CATALOG", unit_parse_strict="silent")
     cat = _cat(catalog)
     np.testing.assert_array_equal(zg, cat["z_grid"].values)
     assert hdr["NZBIN"] == 50 and hdr["ZMIN"] == 0.0 and hdr["ZMAX"] == 3.0 and hdr["DZ"] == pytest.approx(3 / 49)
     assert hdr["MODELSHA"] == "ab" * 32 and hdr["MC_T"] == 8 and hdr["SEED"] == 42
     assert json.loads(hdr["FINGERPR"])["sky_mask_hash"] == "deadbeef"
     assert hdr["V_TORCH"] == "2.13" and hdr["SWVERS"] == "0.1.0"
-    assert hdr["ZWBIT00"] == "NODATA" and hdr["ZWBADMSK"] == flags.BAD_MASK
+    assert hdr["ZWBIT09"] == "NODATA" and hdr["ZWBIT00"] == "SKY" and hdr["ZWBIT11"] == "POORDATA"
+    assert hdr["ZWBADMSK"] == flags.BAD_MASK
     names = [c for c in t.colnames]
     assert names[: len(PER_OBJECT)] == list(PER_OBJECT)
     assert {"z_true", "t_exp", "logmstar_true", "kind"} <= set(names) and "pz" not in names
@@ -140,8 +145,8 @@ def test_fits_round_trip_units_values_descriptions_checksums(catalog, tmp_path):
             assert desc == cat[name].attrs["description"] and units == PER_OBJECT[name][1]
         fu = fits_unit(units)
         if fu:
-            assert t[name].unit == u.Unit(units), name
-            assert hdr[f"TUNIT{i}"] == fu
+            assert u.Unit(str(t[name].unit)) == u.Unit(units), name
+            assert hdr[f"TUNIT{i}"] == fu and u.Unit(hdr[f"TUNIT{i}"]) == u.Unit(units), name
         else:
             assert t[name].unit is None and f"TUNIT{i}" not in hdr, name
         assert t[name].description.startswith(desc), name
@@ -150,8 +155,13 @@ def test_fits_round_trip_units_values_descriptions_checksums(catalog, tmp_path):
     assert t["ra"].unit == u.deg and t["z"].unit is None
     # passthrough columns: units and meaning from the survey store's column contract
     assert t["t_exp"].unit == u.s and t["t_exp"].description.startswith("exposure time")
-    assert "dex(Msun)" in t["logmstar_true"].description
-    assert "dex(solMass)" in t["logmstar"].description
+    # every unit has a TUNIT astropy.units parses, spelled as in the store and the catalog
+    tunit = {hdr[f"TTYPE{i}"]: hdr.get(f"TUNIT{i}") for i in range(1, hdr["TFIELDS"] + 1)}
+    assert tunit["logmstar"] == tunit["logmstar_true"] == "dex(solMass)"
+    assert tunit["logsfr"] == tunit["logsfr_true"] == "dex(solMass / yr)"
+    assert tunit["logmstar_err"] == tunit["logsfr_err_mc"] == "dex" and tunit["mag_h"] == "mag(AB)"
+    assert u.Unit(tunit["logsfr"]) == u.dex(u.solMass / u.yr) and u.Unit(tunit["mag_h"]) == u.ABmag
+    assert "[unit:" not in t["logmstar"].description
     assert t["z_reliable"].dtype == bool
     assert t["zwarn"].dtype.newbyteorder("=") == np.int32 and t["pz_npeaks"].dtype.newbyteorder("=") == np.int16
 
@@ -258,7 +268,7 @@ def test_parquet_round_trip_metadata(catalog, tmp_path):
     assert schema.field("t_exp").metadata[b"units"] == b"s"
     info = json.loads(schema.metadata[b"survey_infer"])
     assert info["attrs"]["model_sha256"] == "ab" * 32 and info["attrs"]["fingerprint"]["mc_samples"] == 8
-    assert len(info["z_grid"]) == 50 and info["columns"]["logsfr"]["units"] == "dex(solMass/yr)"
+    assert len(info["z_grid"]) == 50 and info["columns"]["logsfr"]["units"] == "dex(solMass / yr)"
     assert json.loads(schema.metadata[b"zwarn_bits"]) == flags.bit_table()
     # astropy reads units and descriptions back from the same file
     t = Table.read(out)

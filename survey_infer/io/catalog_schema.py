@@ -1,7 +1,9 @@
 """Names, dtypes, units and descriptions of the catalog's variables (DESIGN §7): the contract, in one place.
 
-Units follow the FITS standard strings where one exists (``deg``, ``s``); dimensionless quantities have no
-unit; log quantities carry ``dex(...)`` in ``units`` and say the unit in words in ``description``.
+Units are strings :class:`astropy.units.Unit` parses, spelled one way everywhere (survey store, catalog, FITS
+``TUNITn``, Parquet): FITS-standard strings where one exists (``deg``, ``s``); log quantities as astropy's function
+units ``dex(solMass)`` and ``dex(solMass / yr)``; their 1-sigma errors (differences of logs) in ``dex``;
+dimensionless quantities have no unit.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ PER_OBJECT: dict[str, tuple[str, str, str]] = {
     "dec": ("float64", "deg", "declination (ICRS), passed through"),
     "z": ("float32", "", "best redshift: mode of the MC-averaged PDF refined below the bin width"),
     "z_mean": ("float32", "", "mean redshift of the PDF"),
-    "z_err": ("float32", "", "standard deviation of the redshift PDF"),
+    "z_err": ("float32", "", "rms deviation of the redshift PDF about z (the mode), the spread within bins included "
+                             "(dz/sqrt(12) for a PDF in one bin); not Redrock's ZERR (chi2 curvature)"),
     "z_lo68": ("float32", "", "lower edge of the narrowest contiguous interval holding the mode and >=68% of the PDF"),
     "z_hi68": ("float32", "", "upper edge of the 68% interval"),
     "z_lo95": ("float32", "", "lower edge of the narrowest contiguous interval holding the mode and >=95% of the PDF"),
@@ -22,18 +25,19 @@ PER_OBJECT: dict[str, tuple[str, str, str]] = {
     "z_mc_std": ("float32", "", "epistemic spread: standard deviation of the per-MC-sample PDF means"),
     "p_outside": ("float32", "", "probability that the object is outside the trained redshift range / not a galaxy"),
     "logmstar": ("float32", "dex(solMass)", "log10 stellar mass in solar masses (Chabrier IMF)"),
-    "logmstar_err": ("float32", "dex(solMass)", "total 1-sigma error of logmstar, dex"),
-    "logmstar_err_mc": ("float32", "dex(solMass)", "epistemic (MC dropout) part of logmstar_err, dex"),
-    "logsfr": ("float32", "dex(solMass/yr)", "log10 star-formation rate in solar masses per year (Chabrier IMF)"),
-    "logsfr_err": ("float32", "dex(solMass/yr)", "total 1-sigma error of logsfr, dex"),
-    "logsfr_err_mc": ("float32", "dex(solMass/yr)", "epistemic (MC dropout) part of logsfr_err, dex"),
+    "logmstar_err": ("float32", "dex", "total 1-sigma error of logmstar"),
+    "logmstar_err_mc": ("float32", "dex", "epistemic (MC dropout) part of logmstar_err"),
+    "logsfr": ("float32", "dex(solMass / yr)", "log10 star-formation rate in solar masses per year (Chabrier IMF)"),
+    "logsfr_err": ("float32", "dex", "total 1-sigma error of logsfr"),
+    "logsfr_err_mc": ("float32", "dex", "epistemic (MC dropout) part of logsfr_err"),
     "pz_peak": ("float32", "", "height of the highest PDF bin (probability per bin)"),
     "pz_conf": ("float32", "", "probability within +-0.01 of the mode"),
     "pz_entropy": ("float32", "", "Shannon entropy of the PDF in nats"),
     "pz_npeaks": ("int16", "", "number of significant peaks in the PDF"),
     "quality": ("float32", "", "reliability score in 0-1 used by the screening rule"),
     "z_reliable": ("bool", "", "(zwarn & BAD_MASK) == 0: the one reliability selection"),
-    "zwarn": ("int32", "", "warning bitmask, 0 = good; see the zwarn_bits attribute"),
+    "zwarn": ("int32", "", "warning bitmask, 0 = good; bits 0-11 at Redrock's (DESI ZWARN) positions; see "
+                           "flag_masks/flag_meanings and the catalog's zwarn_bits attribute"),
     "snr": ("float32", "", "median continuum S/N per pixel over usable channels"),
     "masked_fraction": ("float32", "", "fraction of channels masked (sky + bad pixels + no data)"),
     "run_id": ("int32", "", "which run (see attrs['runs']) wrote this row"),

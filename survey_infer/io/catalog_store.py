@@ -48,6 +48,10 @@ def create_catalog(path: str | Path, n_objects: int, z_centres: np.ndarray, bloc
         a = {"description": desc}
         if units:
             a["units"] = units
+        if name == "zwarn":
+            from ..flags import cf_flag_attrs
+
+            a.update(cf_flag_attrs())  # CF 1.11 §3.5 flags
         data_vars[name] = (("object",), da.full((N,), fill_value(dt), dtype=dt, chunks=block_objects), a)
     from .survey_store import COLUMN_ATTRS
 
@@ -102,7 +106,9 @@ def write_block(path: str | Path, lo: int, hi: int, values: dict[str, np.ndarray
         Partial reprocessing: only these rows (absolute indices within the block) are replaced; the rest of the
         block is read back and kept, and the whole block is written (one writer per chunk still holds).
     """
-    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)  # never stale shapes
+    if missing := sorted(set(values) - set(g.array_keys())):  # refuse before writing anything (never half-written)
+        raise CatalogError(f"{path}: no variable(s) {', '.join(missing)} in the catalog; block [{lo}, {hi}) not written")
     stored = {}
     for name, v in values.items():
         arr = g[name]
@@ -125,7 +131,7 @@ def write_block(path: str | Path, lo: int, hi: int, values: dict[str, np.ndarray
 
 def read_block(path: str | Path, lo: int, hi: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
     """Read rows ``[lo, hi)`` of the named variables (all data variables by default)."""
-    g = zarr.open_group(str(path), mode="r", zarr_format=3)
+    g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
     names = names or [k for k in g.array_keys() if k != "z_grid"]
     return {k: g[k][lo:hi] for k in names}
 

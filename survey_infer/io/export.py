@@ -9,9 +9,12 @@ renamed into place (``os.replace``) only when complete; an existing file is repl
 FITS layout
 -----------
 * HDU 0 (primary): no data; origin, software version, model sha256, creation date.
-* HDU 1 ``CATALOG`` (BINTABLE): one column per per-object catalog variable. ``TUNITn`` holds the unit when it
-  is a valid FITS unit (``deg``, ``s``, ...); dimensionless columns have none; log quantities such as
-  ``dex(solMass)`` are not FITS units, so they get no ``TUNITn`` and the unit is said in the description.
+* HDU 1 ``CATALOG`` (BINTABLE): one column per per-object catalog variable. ``TUNITn`` holds every column's
+  unit (dimensionless columns have none): the FITS-standard spelling when there is one (``deg``, ``s``), else
+  the catalog's own spelling, which :class:`astropy.units.Unit` parses (``dex(solMass)``,
+  ``dex(solMass / yr)``, ``dex``, ``mag(AB)``: the FITS standard has no logarithmic units, so
+  ``Table.read`` warns about these and keeps them as ``UnrecognizedUnit``; ``u.Unit(str(col.unit))`` turns
+  them into astropy units, and the Parquet file restores them directly).
   Each column's description is in ``TCOMMn`` (full text), as the comment of ``TTYPEn`` (what TOPCAT shows)
   and in astropy's serialized-column block (so ``Table.read`` restores ``description``). Header keywords
   carry the provenance (:func:`provenance_cards`), the redshift grid (``ZMIN``, ``ZMAX``, ``DZ``, ``NZBIN``)
@@ -140,7 +143,7 @@ class Column:
 
     @property
     def fits_description(self) -> str:
-        """The description, with the unit appended when it cannot go in TUNIT."""
+        """The description (with the unit appended in the rare case that it cannot go in TUNIT)."""
         desc = self.description
         if self.name == PZ_NAME:
             desc += "; bin centres in the Z_GRID HDU"
@@ -150,10 +153,11 @@ class Column:
 
 
 def fits_unit(units: str | None) -> str | None:
-    """The FITS-standard spelling of ``units``, or None when it has none (or is dimensionless).
+    """The ``TUNITn`` string of ``units``, or None when dimensionless or not a unit astropy parses.
 
-    A unit is accepted only if astropy parses it, writes it in the ``fits`` format and parses that back
-    to the same unit; function units such as ``dex(solMass)`` or ``mag(AB)`` are not FITS units.
+    The FITS-standard spelling when astropy writes one that parses back to the same unit (``deg``, ``s``);
+    else, for function units the FITS standard lacks (``dex(solMass)``, ``dex(solMass / yr)``, ``dex``,
+    ``mag(AB)``), astropy's generic spelling, which ``astropy.units.Unit`` parses back.
     """
     if not units:
         return None
@@ -161,14 +165,18 @@ def fits_unit(units: str | None) -> str | None:
 
     try:
         unit = u.Unit(units)
+    except Exception:  # noqa: BLE001 - not a unit astropy knows: left to the description
+        return None
+    if unit == u.dimensionless_unscaled:
+        return None
+    try:
         s = unit.to_string("fits")
-        if u.Unit(s, format="fits") != unit:
-            return None
-    except Exception:  # noqa: BLE001 - any failure means "not a FITS unit"
-        return None
-    if unit == u.dimensionless_unscaled or not s:
-        return None
-    return s
+        if s and u.Unit(s, format="fits") == unit:
+            return s
+    except Exception:  # noqa: BLE001 - function units have no FITS spelling
+        pass
+    s = unit.to_string()
+    return s if s and u.Unit(s) == unit else None
 
 
 _SUPPORTED_KINDS = "biufSU"
@@ -294,17 +302,19 @@ def zwarn_header_cards(table: list[dict] | None = None) -> list[tuple[str, objec
         A bit table as :func:`survey_infer.flags.bit_table` returns (default: that one).
     """
     table = table if table is not None else flags.bit_table()
+    table = [r for r in table if not r.get("alias_of")]  # other names of a bit: in the docs, not the header
     single = [r for r in table if isinstance(r["bit"], int)]
-    bad = sum(int(r["value"]) for r in single if r["bad"])
-    info = sum(int(r["value"]) for r in single if not r["bad"])
+    bad = sum(int(r["value"]) for r in single if r["bad"] and r.get("used", True))
+    info = sum(int(r["value"]) for r in single if not r["bad"] and r.get("used", True))
     cards: list[tuple[str, object, str]] = [
         ("ZWBADMSK", bad, "zwarn bits that make z unreliable (BAD_MASK)"),
         ("ZWINFMSK", info, "informational zwarn bits"),
         ("ZWUSRMSK", int(flags.USER_MASK), "zwarn bits 16-23 reserved for users"),
     ]
-    comments = ["zwarn: int32 bitmask, 0 = good; z_reliable = (zwarn & ZWBADMSK) == 0"]
+    comments = ["zwarn: int32 bitmask, 0 = good; z_reliable = (zwarn & ZWBADMSK) == 0; bits 0-11 are "
+                "Redrock's (DESI ZWARN) at Redrock's positions"]
     for row in table:
-        kind = "bad" if row["bad"] else "info"
+        kind = ("bad" if row["bad"] else "info") if row.get("used", True) else "never set"
         if isinstance(row["bit"], int):
             cards.append((f"ZWBIT{row['bit']:02d}", row["name"], f"{kind}: {row['description']}"))
             comments.append(f"zwarn bit {row['bit']} {row['name']} ({kind}, value {row['value']}): "
@@ -315,14 +325,37 @@ def zwarn_header_cards(table: list[dict] | None = None) -> list[tuple[str, objec
     return cards
 
 
-def zwarn_markdown() -> str:
-    """The zwarn bit table as Markdown (embedded in docs/catalog.md)."""
+def _shipped_thresholds() -> dict:
+    """The screening thresholds of the shipped default model (its ``model.json``), {} when unreadable."""
+    p = Path(__file__).resolve().parents[1] / "data" / "models" / "default" / "model.json"
+    try:
+        return dict(json.loads(p.read_text()).get("calibration", {}).get("thresholds", {}))
+    except (OSError, ValueError):  # pragma: no cover - a broken install
+        return {}
+
+
+def zwarn_markdown(thresholds: dict | None = None) -> str:
+    """The zwarn bit table as Markdown (embedded in docs/catalog.md).
+
+    Parameters
+    ----------
+    thresholds : thresholds stated in the descriptions (default: the shipped default model's).
+    """
     lines = ["| bit | value | name | bad? | meaning |", "|---:|---:|---|:---:|---|"]
-    for row in flags.bit_table():
-        bad = "bad" if row["bad"] else "info"
+    table = flags.bit_table(_shipped_thresholds() if thresholds is None else thresholds)
+    table.sort(key=lambda r: r["bit"] if isinstance(r["bit"], int) else 16)
+    aliases = {}
+    for row in table:
+        if row.get("alias_of"):
+            aliases.setdefault(row["alias_of"], []).append(row["name"])
+    for row in table:
+        if row.get("alias_of"):
+            continue
+        bad = ("bad" if row["bad"] else "info") if row["used"] else "never set"
         if not isinstance(row["bit"], int):
             bad = "user"
-        lines.append(f"| {row['bit']} | {row['value']} | `{row['name']}` | {bad} | {row['description']} |")
+        name = f"`{row['name']}`" + "".join(f" (also `{a}`)" for a in aliases.get(row["name"], []))
+        lines.append(f"| {row['bit']} | {row['value']} | {name} | {bad} | {row['description']} |")
     lines.append("")
     lines.append(f"`BAD_MASK = {flags.BAD_MASK}` (0x{flags.BAD_MASK:x}), `INFO_MASK = {flags.INFO_MASK}` "
                  f"(0x{flags.INFO_MASK:x}), `USER_MASK = {flags.USER_MASK}` (0x{flags.USER_MASK:x}); "

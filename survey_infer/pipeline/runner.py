@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..flags import ZWARN_BITS, bit_table
+from ..flags import BAD_MASK, NBITS, ZWARN_BITS, bit_table, layout_mismatch
 from ..io.catalog_schema import PASSTHROUGH, PER_OBJECT
 from ..io.catalog_store import block_bounds, create_catalog, open_catalog, output_hash, passthrough_columns, read_block
 from ..io.survey_store import SurveyStoreError, validate_survey
@@ -140,20 +140,13 @@ def _selection_rows(cat_path: Path, n: int, block_objects: int, chunks: str | No
             raise RunError(f"--objects {objects}: {len(missing)} id(s) not in the catalog, e.g. {missing[:5]}")
         return np.array(sorted(pos[int(i)] for i in ids), np.int64)
     if where:
+        from ..selection import SelectionError, select_rows
+
         cat = open_catalog(cat_path)
-
-        class _Columns(dict):  # loads only the columns the expression names
-            def __missing__(self, name):
-                if name in cat.data_vars and cat[name].dims == ("object",):
-                    self[name] = cat[name].values
-                    return self[name]
-                raise KeyError(name)
-
-        try:
-            sel = eval(where, {"__builtins__": {}, "np": np}, _Columns())  # noqa: S307 - column names only
-        except Exception as exc:  # noqa: BLE001
-            raise RunError(f"--where {where!r}: cannot evaluate on the catalog columns ({exc})") from exc
-        return np.flatnonzero(np.asarray(sel, bool))
+        try:  # a safe expression language (no eval): see survey_infer.selection
+            return select_rows(where, {k: v for k, v in cat.data_vars.items() if v.dims == ("object",)}, n)
+        except SelectionError as exc:
+            raise RunError(f"--where {where!r}: {exc}") from exc
     return None
 
 
@@ -382,14 +375,17 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                                  "model_sha256": mdl.sha256, "model_dir": str(mdl.path), "fingerprint": fp,
                                  "mc_samples": int(mc_samples), "seed": int(seed), "created": utc_now(),
                                  "input_store": str(input_store.resolve()), "input_n_objects": n,
-                                 "block_objects": bo, "zwarn_bits": bit_table(),
-                                 "zwarn_bad_mask": int(sum(b.value for b in ZWARN_BITS if b.bad)),
+                                 "block_objects": bo, "zwarn_bits": bit_table(mdl.calibration.get("thresholds")),
+                                 "zwarn_bad_mask": int(BAD_MASK),
                                  "calibration": mdl.calibration, "runs": [], "provenance": provenance()})
             created = True
         g_cat = zarr.open_group(str(cat_path), mode="r+", zarr_format=3)
         cattrs = dict(g_cat.attrs)
         if "block_objects" not in cattrs or "object_id" not in g_cat:
             raise RunError(f"--output {cat_path} is a Zarr group but not a survey-infer catalog")
+        if layout_mismatch(cattrs):
+            raise RunError(f"catalog {cat_path} was made by an older survey-infer whose zwarn bits mean other things "
+                           f"({layout_mismatch(cattrs)}); it cannot be resumed or reprocessed: write a new catalog")
         bo = int(cattrs["block_objects"])
         base_fp = cattrs.get("fingerprint", {})
         if not created and (selection_spec or reprocess):
@@ -493,7 +489,7 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         failed = sorted((r for r in results if not r.get("ok")), key=lambda r: r["block"])
         summary.blocks_failed = [{"block": r["block"], "reason": r["reason"]} for r in failed]
         summary.blocks_computed = len(results) - len(failed)
-        fl = np.zeros(24, np.int64)
+        fl = np.zeros(NBITS, np.int64)
         for r in results:
             if r.get("ok"):
                 fl += np.asarray(r["zwarn"], np.int64)
@@ -501,7 +497,7 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                 for k, v in r["timings"].items():
                     summary.timings[k] = summary.timings.get(k, 0.0) + v
                 summary.worker_max_rss_mb = max(summary.worker_max_rss_mb, float(r.get("max_rss_mb", 0.0)))
-        summary.flag_counts = {b.name: int(fl[b.bit]) for b in ZWARN_BITS}
+        summary.flag_counts = {b.name: int(fl[b.bit]) for b in ZWARN_BITS if b.used}
         summary.seconds = time.time() - t_start
         summary.spectra_per_s = n_todo / summary.seconds if summary.seconds > 0 else 0.0
         lost = lock.lost.is_set() or not lock.still_owner()

@@ -204,7 +204,7 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
         return rec
 
 
-def zwarn_bit_counts(zwarn: np.ndarray, nbits: int = 24) -> list[int]:
+def zwarn_bit_counts(zwarn: np.ndarray, nbits: int = 31) -> list[int]:
     """Number of objects with each zwarn bit set (an object counts once for every bit it carries)."""
     zw = np.asarray(zwarn, np.int64)
     zw = zw[zw > 0]
