@@ -53,7 +53,7 @@ import numpy as np
 from ..instrument import Instrument, load_instrument
 from ..provenance import file_sha256
 from .readers import ReaderError, default_readers, find_reader, reader_by_name
-from .readers.base import probe_file
+from .readers.base import as_int_id, probe_file
 from .resample import DEFAULT_MIN_COVERAGE, resample_arms
 from .survey_store import (COLUMN_ATTRS, DEFAULT_CHUNK_OBJECTS, ROW_COLUMN_DTYPES, SurveyStoreError, append_survey,
                            create_survey, store_instrument, validate_survey)
@@ -133,6 +133,7 @@ class IngestReport:
     n_duplicate_inputs: int = 0
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     changed_files: list[str] = field(default_factory=list)
+    added_columns: list[str] = field(default_factory=list)
     companions: list[str] = field(default_factory=list)
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     low_coverage: list[tuple[int, str, float]] = field(default_factory=list)
@@ -172,6 +173,9 @@ class IngestReport:
                          + ", ".join(Path(p).name for p in self.companions[:5]))
         if self.changed_files:
             lines.append(f"  {len(self.changed_files)} files changed since a previous ingest were ingested again")
+        if self.added_columns:
+            lines.append(f"  new column(s) {', '.join(self.added_columns)} added to the store (fill value, NaN or -1, "
+                         f"for the {self.rows[0]} earlier rows); catalogs made before keep their own columns")
         sc = self.source_counts
         if any(sc.values()):
             lines.append(f"  source pixels set to ivar=0: {sc['nonfinite_flux']} non-finite flux, {sc['bad_ivar']} "
@@ -292,7 +296,8 @@ def _process_unit(unit: tuple) -> dict:
             reader = reader_by_name(reader_name, readers)
             spectra = reader.read_group(paths) if reader.grouped else reader.read(paths[0])
         if not spectra:
-            raise ReaderError(paths[0] if len(paths) == 1 else list(paths), f"{reader.name} reader found no spectrum")
+            raise ReaderError(paths[0] if len(paths) == 1 else list(paths),
+                              f"{reader.name} reader found no spectrum: the file holds no data (empty)")
         W = inst.n_wave
         flux = np.zeros((len(spectra), W), np.float32)
         ivar = np.zeros((len(spectra), W), np.float32)
@@ -303,9 +308,10 @@ def _process_unit(unit: tuple) -> dict:
             flux[k], ivar[k], mask[k] = resample_arms(s.arms, inst, min_coverage=_W["min_coverage"])
             for key, v in _source_counts(s).items():
                 counts[key] += v
+            tid = as_int_id(s.target_id, paths[0] if len(paths) == 1 else list(paths), "target id")
             meta.append({
                 "name": s.name,
-                "target_id": -1 if s.target_id is None else int(s.target_id),
+                "target_id": -1 if tid is None else tid,
                 "ra": float(s.ra), "dec": float(s.dec), "z_catalog": float(s.z_catalog), "t_exp": float(s.t_exp),
                 "columns": {c: float(v) for c, v in s.columns.items() if c in EXTRA_COLUMNS},
                 "coverage": float((ivar[k] > 0).mean()),
@@ -376,6 +382,7 @@ class _StoreSink:
         self.next_id = 0
         self.first_id = None
         self.records = _empty_records()
+        self.added_columns: list[str] = []
         self.session = 0
         self.counts = {"nonfinite_flux": 0, "bad_ivar": 0, "masked": 0}
 
@@ -413,6 +420,10 @@ class _StoreSink:
     def _ensure_column(self, name: str, dtype: str) -> None:
         if name in self.g:
             return
+        if not self.new and self.writer.start > 0:
+            self.added_columns.append(name)
+            log.warning("%s: the appended rows bring column %r, which the store's %d earlier rows lack (they get "
+                        "its fill value)", self.out, name, self.writer.start)
         n = self.g["flux"].shape[0]
         fill = -1 if name in ("target_id",) else (float("nan") if np.dtype(dtype).kind == "f" else 0)
         self.g.create_array(name, shape=(n,), chunks=(self.chunk,), dtype=dtype, dimension_names=("object",),
@@ -549,6 +560,9 @@ class _StoreSink:
         wc = dict(self.writer.counts)
         merged = {k: int(wc.get(k, 0)) + int(self.counts.get(k, 0)) for k in set(wc) | set(self.counts)}
         report.sanitized = wc
+        report.added_columns = list(self.added_columns)
+        if self.added_columns:
+            sessions[-1]["added_columns"] = list(self.added_columns)
         self.writer.commit(extra_attrs={"ingest": ing}, counts=merged)
 
     def abort(self) -> None:

@@ -236,18 +236,25 @@ def resample_arms(
     flux : ndarray float32, shape (W,)
     ivar : ndarray float32, shape (W,)
     mask : ndarray uint8, shape (W,)
-        1 where a channel inside the source footprint was rejected for bad/masked source pixels and no other
-        arm supplied data there; 0 elsewhere.
+        1 (:data:`~survey_infer.io.survey_store.MASK_BAD_SOURCE`) where a channel inside the source footprint was
+        rejected for bad/masked source pixels and no other arm supplied data there, plus 2
+        (:data:`~survey_infer.io.survey_store.MASK_INVALID_INPUT`) when invalid values (non-finite flux, NaN/inf or
+        negative ivar) overlap such a channel; 0 elsewhere.
     """
+    from .survey_store import MASK_BAD_SOURCE, MASK_INVALID_INPUT
+
     W = instrument.n_wave
     wsum = np.zeros(W)
     fsum = np.zeros(W)
     badany = np.zeros(W, dtype=bool)
+    invany = np.zeros(W, dtype=bool)
     dst_edges = instrument_edges(instrument)
     slices = instrument.arm_slices()
     for arm in arms:
         src_wave = arm.wave
         src_lo, src_hi = arm.pixel_edges()[[0, -1]]
+        with np.errstate(invalid="ignore"):
+            invalid = ~np.isfinite(arm.flux) | ~np.isfinite(arm.ivar) | (arm.ivar < 0)
         for k, iarm in enumerate(instrument.arms):
             sl = slices[k]
             de = dst_edges[k]
@@ -258,15 +265,21 @@ def resample_arms(
                 f = np.where(good, arm.flux, 0.0)
                 iv = np.where(good, arm.ivar, 0.0)
                 bad = ~good
+                inv = invalid
             else:
+                A = overlap_matrix(arm.pixel_edges(), de)
                 f, iv, bad = resample_flux(arm.pixel_edges(), arm.flux, arm.ivar, de, arm.mask,
-                                           min_coverage=min_coverage)
+                                           min_coverage=min_coverage, matrix=A)
+                inv = (A @ invalid.astype(np.float64)) > 0 if invalid.any() else np.zeros(len(de) - 1, bool)
+            invany[sl] |= bad & inv
             fsum[sl] += f * iv
             wsum[sl] += iv
             badany[sl] |= bad
     flux = np.zeros(W)
     np.divide(fsum, wsum, out=flux, where=wsum > 0)
-    mask = (badany & (wsum <= 0)).astype(np.uint8)
+    rejected = badany & (wsum <= 0)
+    mask = np.where(rejected, MASK_BAD_SOURCE, 0).astype(np.uint8)
+    mask[rejected & invany] |= MASK_INVALID_INPUT
     return flux.astype(np.float32), wsum.astype(np.float32), mask
 
 

@@ -6,7 +6,10 @@ Dims ``object`` (N) and ``wave`` (W); every array is chunked along ``object`` on
 spectra.
 
 * ``flux(object, wave)`` float32, unit in ``attrs["units"]``; ``ivar(object, wave)`` float32, 0 = no data;
-  optional ``mask(object, wave)`` uint8 from the reduction (non-zero = bad).
+  optional ``mask(object, wave)`` uint8, non-zero = bad: bit value 1 (:data:`MASK_BAD_SOURCE`) a channel inside
+  the source's range rejected for bad source pixels (masked by the reduction or invalid), bit value 2
+  (:data:`MASK_INVALID_INPUT`) the input had non-finite flux or NaN/inf/negative ivar there (set to ivar = 0); the
+  fraction of channels with bit 2 drives the catalog's ``BAD_INPUT`` flag.
 * ``wave(wave)`` float64 vacuum Angstrom, ``arm(wave)`` uint8, ``sky_mask(wave)`` uint8 (the instrument's
   default sky mask, 1 = sky line).
 * per row: ``object_id`` int64 (unique), optional ``target_id`` int64, ``ra``/``dec`` deg, ``t_exp`` s and any
@@ -46,11 +49,17 @@ __all__ = [
     "validate_survey",
     "sanitize_spectra",
     "DEFAULT_CHUNK_OBJECTS",
+    "MASK_BAD_SOURCE",
+    "MASK_INVALID_INPUT",
     "spectrum_codec",
 ]
 
 SURVEY_SCHEMA = 1
 DEFAULT_CHUNK_OBJECTS = 256
+#: ``mask`` bit value: channel inside the source's range rejected for bad (masked or invalid) source pixels
+MASK_BAD_SOURCE = 1
+#: ``mask`` bit value: the input had non-finite flux or NaN/inf/negative ivar in this channel (zeroed)
+MASK_INVALID_INPUT = 2
 REQUIRED_VARS = ("flux", "ivar", "wave", "arm", "object_id")
 ROW_COLUMN_DTYPES: dict[str, str] = {
     "object_id": "int64",
@@ -170,6 +179,14 @@ class SurveyWriter:
         flux, ivar, counts = sanitize_spectra(data["flux"], data["ivar"], data.get("mask"))
         g["flux"][lo : lo + n] = flux
         g["ivar"][lo : lo + n] = ivar
+        if "mask" in g and counts["nonfinite_flux"] + counts["bad_ivar"] > 0:
+            # invalid values zeroed here are marked in the mask, so that BAD_INPUT can be set downstream
+            with np.errstate(invalid="ignore"):
+                invalid = (~np.isfinite(np.asarray(data["flux"], np.float32)) | ~np.isfinite(np.asarray(data["ivar"], np.float32))
+                           | (np.asarray(data["ivar"], np.float32) < 0))
+            m = np.zeros(invalid.shape, np.uint8) if data.get("mask") is None else np.array(data["mask"], np.uint8)
+            m[invalid] |= MASK_INVALID_INPUT | MASK_BAD_SOURCE
+            data = {**data, "mask": m}
         for name, arr in data.items():
             if name in ("flux", "ivar"):
                 continue
@@ -265,7 +282,8 @@ def create_survey(
     if with_mask:
         g.create_array("mask", shape=shape2, chunks=(chunk, W), dtype="uint8", compressors=spectrum_codec(),
                        dimension_names=("object", "wave"), fill_value=0,
-                       attributes={"description": "reduction pipeline mask, non-zero = bad pixel"})
+                       attributes={"description": "non-zero = bad pixel: 1 = rejected for bad (masked or invalid) "
+                                                  "source pixels, 2 = input had non-finite flux or invalid ivar"})
     g.create_array("wave", data=inst.wave.astype("float64"), chunks=(W,), dimension_names=("wave",),
                    attributes={"units": "Angstrom", "description": "vacuum wavelength of channel centres"})
     g.create_array("arm", data=inst.arm_index, chunks=(W,), dimension_names=("wave",),

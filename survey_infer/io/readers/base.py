@@ -55,6 +55,11 @@ __all__ = [
     "read_table",
     "read_image",
     "table_units",
+    "attr_str",
+    "build_arms",
+    "as_int_id",
+    "is_log_unit",
+    "compression_of",
 ]
 
 #: The flux unit every reader converts to (string form as stored in survey attrs).
@@ -226,6 +231,8 @@ class FileProbe:
     hdus: list = field(default_factory=list)
     hdf5_keys: list = field(default_factory=list)
     fits_info: list = field(default_factory=list)
+    #: ``""`` for a plain file, else the compression the file was read through (``"gzip"``, ``"bzip2"``...)
+    compression: str = ""
 
     def hdu(self, name_or_index: str | int):
         """:class:`FitsHDUInfo` of an HDU by extension name or index (None if absent)."""
@@ -281,6 +288,17 @@ def _probe_uncached(path: Path) -> FileProbe:
         raise ReaderError(path, "file is empty")
     with open(path, "rb") as fh:
         head = fh.read(16)
+    comp = compression_of(head)
+    if comp:
+        data = decompressed_bytes(path)
+        if data[:len(FITS_MAGIC)] == FITS_MAGIC:
+            info = scan_fits(path)
+            return FileProbe(path, "fits", hdus=[(h.name, h.type, h.header) for h in info], fits_info=info,
+                             compression=comp)
+        if data[:len(HDF5_MAGIC)] == HDF5_MAGIC:
+            raise ReaderError(path, f"is a {comp}-compressed HDF5 file, which HDF5 cannot read in place: "
+                                    f"decompress it first (its content is a valid HDF5 signature)")
+        raise ReaderError(path, f"unknown format: a {comp}-compressed file whose content is neither FITS nor HDF5")
     if head.startswith(FITS_MAGIC):
         info = scan_fits(path, size)
         return FileProbe(path, "fits", hdus=[(h.name, h.type, h.header) for h in info], fits_info=info)
@@ -295,6 +313,85 @@ def _probe_uncached(path: Path) -> FileProbe:
             raise ReaderError(path, f"corrupt HDF5 file ({type(exc).__name__}: {exc})") from exc
         return FileProbe(path, "hdf5", hdf5_keys=keys)
     return FileProbe(path, "unknown")
+
+
+# ---------------------------------------------------------------------------------------------- compression
+#
+# Archives serve FITS files compressed (``.fits.gz``, ``.fits.bz2``, ``.fits.xz``, single-member ``.zip``).
+# astropy.io.fits opens them transparently; the fast reader below decompresses them in memory (spectra are small)
+# so that every reader sees the same content. The format is recognised by the compressed stream's signature,
+# never by the file name.
+
+_COMPRESSION_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"),
+                      (b"\x1f\x9d", "compress"))
+
+
+def compression_of(head: bytes) -> str:
+    """Compression named by a file's first bytes (``"gzip"``, ``"bzip2"``, ``"xz"``, ``"zip"``, ``"compress"``)
+    or ``""`` for an uncompressed file."""
+    for magic, name in _COMPRESSION_MAGIC:
+        if head.startswith(magic):
+            return name
+    return ""
+
+
+@lru_cache(maxsize=4)
+def _decompressed_cached(path: str, size: int, mtime_ns: int) -> bytes:
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    p = Path(path)
+    with open(p, "rb") as fh:
+        comp = compression_of(fh.read(8))
+    try:
+        if comp == "gzip":
+            return gzip.decompress(p.read_bytes())
+        if comp == "bzip2":
+            return bz2.decompress(p.read_bytes())
+        if comp == "xz":
+            return lzma.decompress(p.read_bytes())
+        if comp == "zip":
+            with zipfile.ZipFile(p) as z:
+                names = [i for i in z.infolist() if not i.is_dir()]
+                if len(names) != 1:
+                    raise ReaderError(p, f"zip archive holds {len(names)} files; give one spectrum file per input")
+                return z.read(names[0])
+        if comp == "compress":
+            try:
+                import uncompresspy  # type: ignore[import-not-found]
+            except ImportError:
+                raise ReaderError(p, "is compressed with Unix compress (.Z), which needs the optional package "
+                                     "uncompresspy: decompress it first (uncompress / gunzip)") from None
+            with uncompresspy.LZWFile(p) as fh:  # pragma: no cover - optional dependency
+                return fh.read()
+    except ReaderError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - EOFError, zlib.error, OSError, BadZipFile...
+        raise ReaderError(p, f"corrupt or truncated {comp}-compressed file ({type(exc).__name__}: {exc})") from exc
+    return p.read_bytes()
+
+
+def decompressed_bytes(path: str | os.PathLike) -> bytes:
+    """The content of a compressed file (cached for the last few files read)."""
+    p = Path(path)
+    st = p.stat()
+    return _decompressed_cached(str(p), st.st_size, st.st_mtime_ns)
+
+
+def _is_compressed(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as fh:
+        return bool(compression_of(fh.read(8)))
+
+
+def _open_binary(path: str | os.PathLike):
+    """A binary file object on the (decompressed) content of ``path``."""
+    import io
+
+    if _is_compressed(path):
+        return io.BytesIO(decompressed_bytes(path))
+    return open(path, "rb")
 
 
 # ---------------------------------------------------------------------------------------------- fast FITS access
@@ -408,10 +505,12 @@ def scan_fits(path: str | os.PathLike, size: int | None = None) -> list[FitsHDUI
         If the file is not valid FITS or is truncated (the message gives on-disk and announced sizes).
     """
     path = Path(path)
+    if _is_compressed(path):
+        size = len(decompressed_bytes(path))
     size = path.stat().st_size if size is None else size
     out: list[FitsHDUInfo] = []
     pos = 0
-    with open(path, "rb") as fh:
+    with _open_binary(path) as fh:
         while pos < size:
             fh.seek(pos)
             if out:
@@ -503,7 +602,7 @@ def fits_table(path: str | os.PathLike, info: FitsHDUInfo, columns: Sequence[str
         raise FastFitsUnsupported(f"HDU {info.index} is not a binary table")
     dt = _table_dtype(h)
     nrows = int(h.get("NAXIS2", 0))
-    with open(path, "rb") as fh:
+    with _open_binary(path) as fh:
         fh.seek(info.data_offset)
         buf = fh.read(dt.itemsize * nrows)
     if len(buf) < dt.itemsize * nrows:
@@ -523,6 +622,8 @@ def fits_table(path: str | os.PathLike, info: FitsHDUInfo, columns: Sequence[str
             arr = col == b"T"
         else:
             arr = col.astype(col.dtype.newbyteorder("="))
+            tnull = h.get(f"TNULL{i}") if code in "BIJK" else None
+            null = (arr == tnull) if isinstance(tnull, int) and not isinstance(tnull, bool) else None
             scal, zero = h.get(f"TSCAL{i}", 1), h.get(f"TZERO{i}", 0)
             if scal != 1 or zero != 0:
                 nbit = 8 * arr.dtype.itemsize
@@ -530,6 +631,8 @@ def fits_table(path: str | os.PathLike, info: FitsHDUInfo, columns: Sequence[str
                     arr = arr.view(f"u{arr.dtype.itemsize}") ^ np.array(1 << (nbit - 1), dtype=f"u{arr.dtype.itemsize}")
                 else:
                     arr = arr * scal + zero
+            if null is not None and null.any():  # FITS null marker (TNULLn, on the stored value): missing
+                arr = np.ma.masked_array(arr, mask=null)
         out[name] = arr
     return out
 
@@ -548,16 +651,21 @@ def fits_image(path: str | os.PathLike, info: FitsHDUInfo) -> np.ndarray:
     dt = np.dtype(_BITPIX[int(h["BITPIX"])])
     shape = tuple(int(h[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
     n = int(np.prod(shape))
-    with open(path, "rb") as fh:
+    with _open_binary(path) as fh:
         fh.seek(info.data_offset)
         buf = fh.read(dt.itemsize * n)
     if len(buf) < dt.itemsize * n:
         raise ReaderError(path, f"truncated FITS image in HDU {info.index}")
     arr = np.frombuffer(buf, dtype=dt, count=n).reshape(shape)
     arr = arr.astype(dt.newbyteorder("="))
+    blank = h.get("BLANK") if int(h["BITPIX"]) > 0 else None
+    null = (arr == blank) if isinstance(blank, int) and not isinstance(blank, bool) else None
     scale, zero = h.get("BSCALE", 1), h.get("BZERO", 0)
     if scale != 1 or zero != 0:
         arr = arr * scale + zero
+    if null is not None and null.any():  # FITS null marker (BLANK): undefined pixels become NaN, as in astropy
+        arr = arr.astype(np.float64)
+        arr[null] = np.nan
     return arr
 
 
@@ -642,6 +750,7 @@ class SpectrumReader(ABC):
 
 # ---------------------------------------------------------------------------------------------------- units
 
+_LOG_UNIT_RE = re.compile(r"^\s*(dex|log|log10|lg|ln)\s*\(\s*(.*?)\s*\)\s*$", re.IGNORECASE)
 _SCALE_RE = re.compile(r"^\s*(?:(1(?:\.0*)?[eE]([-+]?\d+))|10\s*\*\*\s*\(?\s*([-+]?\d+)\s*\)?)\s*[*.]?\s*")
 
 
@@ -666,9 +775,18 @@ def parse_unit(text: str, kind: str = "flux"):
     """
     import astropy.units as u
 
-    s = str(text).strip()
+    s = attr_str(text)
     if not s:
         raise ValueError("empty unit string")
+    if kind == "wave":
+        m = _LOG_UNIT_RE.match(s)
+        if m:  # logarithmic wavelength: log10 (dex, log, lg, log10) or natural (ln) of a length
+            from astropy.units.function.logarithmic import LogUnit
+
+            inner = parse_unit(m.group(2) or "Angstrom", "wave")
+            if m.group(1).lower() == "ln":
+                return LogUnit(inner, function_unit=u.dex / np.log(10.0))
+            return u.dex(inner)
     scale = 1.0
     m = _SCALE_RE.match(s)
     if m:
@@ -692,6 +810,10 @@ def parse_unit(text: str, kind: str = "flux"):
             except Exception as exc:  # noqa: BLE001
                 last_exc = exc
                 continue
+            if isinstance(unit, u.FunctionUnitBase):
+                if kind == "wave" and scale == 1.0 and unit.physical_unit.is_equivalent(u.m):
+                    return unit
+                continue
             unit = u.Unit(scale * unit)
             if kind == "wave" and unit.is_equivalent(u.m):
                 return unit
@@ -701,13 +823,33 @@ def parse_unit(text: str, kind: str = "flux"):
                      + (f" ({last_exc})" if last_exc else ""))
 
 
-def wave_to_angstrom(wave: np.ndarray, unit) -> np.ndarray:
-    """Convert wavelengths in ``unit`` (astropy unit or string) to Angstrom (float64)."""
+def is_log_unit(unit) -> bool:
+    """True for a logarithmic (function) unit such as ``dex(Angstrom)``, ``log(um)`` or ``ln(Angstrom)``."""
     import astropy.units as u
 
-    if isinstance(unit, str):
+    if isinstance(unit, (str, bytes, np.bytes_, np.ndarray)):
+        try:
+            unit = parse_unit(attr_str(unit), "wave")
+        except ValueError:
+            return False
+    return isinstance(unit, u.FunctionUnitBase)
+
+
+def wave_to_angstrom(wave: np.ndarray, unit) -> np.ndarray:
+    """Convert wavelengths in ``unit`` (astropy unit or string) to Angstrom (float64).
+
+    Logarithmic units (``dex(Angstrom)``, FITS ``log(Angstrom)`` = log10, ``ln(um)``...) are converted to their
+    physical length: ``10**value`` (or ``e**value``) in the unit inside the parentheses.
+    """
+    import astropy.units as u
+
+    if not isinstance(unit, u.UnitBase) and not isinstance(unit, u.FunctionUnitBase):
         unit = parse_unit(unit, "wave")
-    return np.asarray(wave, dtype=np.float64) * float(unit.to(u.AA))
+    w = np.asarray(wave, dtype=np.float64)
+    if isinstance(unit, u.FunctionUnitBase):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray((w * unit).physical.to_value(u.AA), dtype=np.float64)
+    return w * float(unit.to(u.AA))
 
 
 def flux_factor(unit, wave_aa: np.ndarray) -> np.ndarray | float:
@@ -797,24 +939,57 @@ def header_str(headers: Sequence, *keys: str) -> str:
     return ""
 
 
-def as_int_id(value) -> int | None:
-    """Integer target id from a header/table value (int, numeric string); None if not an integer."""
-    if value is None:
+#: Range of ids the store's int64 ``target_id`` holds losslessly (-1 = unknown).
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
+
+
+def as_int_id(value, path: str | os.PathLike | None = None, column: str = "id") -> int | None:
+    """Integer target id from a header/table value (any integer width or sign, numeric string).
+
+    Returns None for missing values (None, masked cells - FITS ``TNULLn`` -, NaN, blank or non-integer values).
+
+    Raises
+    ------
+    ReaderError
+        (when ``path`` is given; else ValueError) if the integer does not fit the store's signed 64-bit
+        ``target_id`` (e.g. a uint64 id >= 2**63): ids are stored losslessly or refused, never wrapped.
+    """
+    if value is None or value is np.ma.masked or isinstance(value, np.ma.core.MaskedConstant):
         return None
-    if isinstance(value, (bytes, np.bytes_)):
-        value = value.decode("ascii", "replace")
-    if isinstance(value, str):
-        v = value.strip()
+    if isinstance(value, np.ma.MaskedArray):
+        if value.size != 1 or bool(np.ma.getmaskarray(value).ravel()[0]):
+            return None
+        value = value.ravel()[0]
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            return None
+        value = value.ravel()[0]
+    iv: int | None = None
+    if isinstance(value, (bytes, np.bytes_, str)):
+        v = attr_str(value)
         if re.fullmatch(r"[-+]?\d+", v):
             iv = int(v)
-            return iv if -(2**63) <= iv < 2**63 else None
+    elif isinstance(value, (bool, np.bool_)):
         return None
-    try:
-        if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+    elif isinstance(value, (int, np.integer)):
+        iv = int(value)
+    else:
+        try:
+            f = float(value)
+        except (TypeError, ValueError, OverflowError):
             return None
-        return int(value)
-    except (TypeError, ValueError, OverflowError):
+        if not np.isfinite(f) or not f.is_integer():
+            return None
+        iv = int(f)
+    if iv is None:
         return None
+    if not ID_MIN <= iv <= ID_MAX:
+        msg = (f"{column} value {iv} does not fit the store's signed 64-bit target_id (range -2**63..2**63-1; "
+               f"-1 = unknown); refusing rather than changing it")
+        if path is not None:
+            raise ReaderError(path, msg)
+        raise ValueError(msg)
+    return iv
 
 
 def read_table(path: str | os.PathLike, info: FitsHDUInfo, columns: Sequence[str] | None = None) -> dict:
@@ -826,12 +1001,14 @@ def read_table(path: str | os.PathLike, info: FitsHDUInfo, columns: Sequence[str
 
         want = None if columns is None else {c.upper() for c in columns}
         with fits.open(path, memmap=False) as hdul:
-            d = hdul[info.index].data
+            t = astropy_table(hdul[info.index])  # TNULLn cells come back masked
             out = {}
-            for c in d.columns.names:
+            for c in t.colnames:
                 if want is None or c.upper() in want:
-                    a = np.asarray(d[c])
-                    out[c.upper()] = np.char.strip(a.astype(str)) if a.dtype.kind in "SU" else np.array(a)
+                    col = t[c]
+                    a = np.ma.asarray(col) if getattr(col, "mask", None) is not None and np.any(col.mask) \
+                        else np.asarray(col)
+                    out[c.upper()] = np.char.strip(a.astype(str)) if a.dtype.kind in "SU" else a
             return out
 
 
@@ -843,7 +1020,7 @@ def read_image(path: str | os.PathLike, info: FitsHDUInfo) -> np.ndarray:
         from astropy.io import fits
 
         with fits.open(path, memmap=False) as hdul:
-            return np.array(hdul[info.index].data)
+            return image_data(hdul[info.index])
 
 
 def table_units(info: FitsHDUInfo) -> dict[str, str]:
@@ -860,3 +1037,141 @@ def table_column_keyword(info: FitsHDUInfo, column: str, key: str) -> str:
         if str(h.get(f"TTYPE{i}", "")).strip().upper() == column.upper():
             return str(h.get(f"{key}{i}", "") or "").strip()
     return ""
+
+
+def image_data(hdu) -> np.ndarray:
+    """Data of an astropy image HDU as a numpy array with undefined pixels (``BLANK``) as NaN; empty -> size 0."""
+    if hdu.data is None:
+        return np.zeros(0)
+    blank = hdu.header.get("BLANK")
+    data = np.asarray(hdu.data)
+    if data.dtype.kind in "iu" and isinstance(blank, int) and not isinstance(blank, bool):
+        null = data == blank
+        if null.any():
+            data = data.astype(np.float64)
+            data[null] = np.nan
+    return data
+
+
+def attr_str(value) -> str:
+    """A string attribute / keyword in any form as ``str``: bytes, ``numpy.bytes_``/``numpy.str_``, 0-d or
+    one-element arrays and lists (as h5py returns fixed-length or array attributes), stripped."""
+    if isinstance(value, np.ndarray):
+        if value.size == 1:
+            return attr_str(value.ravel()[0])
+        return str(value.tolist())
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        return attr_str(value[0])
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", "replace").strip().rstrip("\x00").strip()
+    if value is None:
+        return ""
+    return str(value).strip()
+
+
+#: at most this many increasing pieces are accepted in one wavelength array (arms joined in one array)
+MAX_WAVE_PIECES = 16
+
+
+def build_arms(path: str | os.PathLike, wave, flux, ivar, mask=None, *, name: str = "", edges=None,
+               label: str = "") -> list[SpectrumArm]:
+    """Arms from one wavelength array, repairing what is safe and refusing with the real reason otherwise.
+
+    * no pixels at all: refused (``empty spectrum: no pixels``);
+    * non-finite or non-positive wavelengths (NaN padding, zero padding): at the ends those pixels are dropped;
+      inside, the wavelength is interpolated between its neighbours and the pixel gets ivar = 0 (no data);
+    * decreasing order: reversed;
+    * a few increasing pieces (arms joined in one array, a repeated sample where they meet): one arm per piece,
+      merged later by inverse-variance weighting; more than :data:`MAX_WAVE_PIECES` pieces or a piece of a
+      single pixel is refused, naming where the order breaks.
+
+    Parameters
+    ----------
+    path : path
+        The file (for error messages).
+    wave : ndarray, shape (n,)
+        Vacuum Angstrom (already converted).
+    flux, ivar : ndarray, shape (n,)
+        Store units.
+    mask : ndarray, shape (n,), optional
+        Non-zero = bad.
+    edges : ndarray, shape (n + 1,), optional
+        Pixel edges; kept when no repair was needed.
+    label : str
+        Prefix naming the spectrum in messages (e.g. ``"spectrum 2: "``).
+
+    Returns
+    -------
+    list of SpectrumArm
+
+    Raises
+    ------
+    ReaderError
+        Empty spectrum, no usable wavelength, mismatched lengths, or wavelengths out of order beyond repair.
+    """
+    w = np.asarray(wave, dtype=np.float64).ravel()
+    f = np.asarray(flux, dtype=np.float64).ravel()
+    iv = np.array(ivar, dtype=np.float64).ravel()
+    n = w.size
+    if n == 0 or f.size == 0:
+        raise ReaderError(path, f"{label}empty spectrum: no pixels (zero-length wavelength/flux arrays)")
+    if f.size != n or iv.size != n:
+        raise ReaderError(path, f"{label}wavelength ({n}), flux ({f.size}) and weight ({iv.size}) lengths differ")
+    mk = None if mask is None else np.asarray(mask).ravel()
+    if mk is not None and mk.size != n:
+        raise ReaderError(path, f"{label}mask has {mk.size} pixels, wavelength {n}")
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(w) & (w > 0)
+    if not valid.any():
+        raise ReaderError(path, f"{label}no finite positive wavelength in its {n} pixels (all NaN/inf/zero)")
+    repaired = not valid.all()
+    if repaired:
+        idx = np.flatnonzero(valid)
+        a, b = int(idx[0]), int(idx[-1]) + 1
+        inner_bad = ~valid[a:b]
+        w, f, iv = w[a:b].copy(), f[a:b], iv[a:b].copy()
+        mk = None if mk is None else mk[a:b]
+        if inner_bad.any():
+            pos = np.arange(b - a)
+            w[inner_bad] = np.interp(pos[inner_bad], pos[~inner_bad], w[~inner_bad])
+            iv[inner_bad] = 0.0
+        log.info("%s: %s%d pixels without a valid wavelength (NaN/inf/<= 0) get no data", path, label,
+                 int(n - valid.sum()))
+    d = np.diff(w)
+    if np.all(d > 0):
+        pieces = [np.arange(w.size)]
+    elif np.all(d < 0):
+        pieces = [np.arange(w.size)[::-1]]
+        repaired = True
+    else:
+        order = np.arange(w.size)
+        if (d < 0).sum() > (d > 0).sum():
+            order = order[::-1]
+        ww = w[order]
+        cuts = np.flatnonzero(np.diff(ww) <= 0) + 1
+        pieces = np.split(order, cuts)
+        repaired = True
+        if len(pieces) > MAX_WAVE_PIECES or min(len(p) for p in pieces) < 2:
+            k = int(cuts[0])
+            raise ReaderError(path, f"{label}wavelengths are not in order: they go back {len(cuts)} times (first at "
+                                    f"pixel {int(order[k])}: {ww[k]:.6g} after {ww[k - 1]:.6g} Angstrom); sort the "
+                                    f"spectrum or split it into arms")
+        log.info("%s: %swavelengths go back %d times; read as %d arms", path, label, len(cuts), len(pieces))
+    out = []
+    for j, sel in enumerate(pieces):
+        e = None
+        if edges is not None and not repaired:
+            e = np.asarray(edges, dtype=np.float64)
+        out.append(SpectrumArm(wave=w[sel], flux=f[sel], ivar=iv[sel], mask=None if mk is None else mk[sel],
+                               name=name if len(pieces) == 1 else f"{name}{'.' if name else ''}{j}", edges=e))
+    return out
+
+
+def astropy_table(hdu):
+    """An astropy :class:`~astropy.table.Table` of a binary-table HDU with the FITS null markers honoured (TNULLn
+    integer cells masked; float NaN kept as NaN) and unit warnings (non-standard TUNIT strings) silenced."""
+    from astropy.table import Table
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Table.read(hdu, mask_invalid=False)

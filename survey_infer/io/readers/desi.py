@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, as_int_id, flux_factor, log,
-                   parse_unit)
+from .base import (FileProbe, ReaderError, Spectrum, SpectrumReader, as_int_id, astropy_table, build_arms,
+                   flux_factor, image_data, log, parse_unit, wave_to_angstrom)
 
 _ARM_RE = re.compile(r"^([A-Z]+)_WAVELENGTH$")
 
@@ -51,8 +51,8 @@ def read_companion_redshifts(path: Path) -> dict[int, float]:
                 if ext is None:
                     log.warning("%s: companion %s has no REDSHIFTS/ZBEST HDU; no catalog redshifts", path, cand)
                     continue
-                d = h[ext].data
-                return {int(t): float(z) for t, z in zip(d["TARGETID"], d["Z"])}
+                d = astropy_table(h[ext])  # TNULLn ids come back masked: skipped
+                return {int(t): float(z) for t, z in zip(d["TARGETID"], d["Z"]) if not np.ma.is_masked(t)}
         except Exception as exc:  # noqa: BLE001 - a bad companion must not stop the spectra
             log.warning("%s: cannot read companion redshift file %s (%s); no catalog redshifts", path, cand, exc)
     return {}
@@ -96,14 +96,20 @@ class DESIReader(SpectrumReader):
                              and f"{m.group(1)}_FLUX" in hdu_names and f"{m.group(1)}_IVAR" in hdu_names]
                 if not arm_names:
                     raise ReaderError(path, "DESI file without X_WAVELENGTH/X_FLUX/X_IVAR HDUs")
-                fm = hdul["FIBERMAP"].data
+                fm = astropy_table(hdul["FIBERMAP"])  # TNULLn cells come back masked
                 arm_data = []
                 nspec = None
                 for a in arm_names:
-                    wave = np.asarray(hdul[f"{a}_WAVELENGTH"].data, dtype=np.float64)
-                    flux = np.atleast_2d(np.asarray(hdul[f"{a}_FLUX"].data, dtype=np.float64))
-                    ivar = np.atleast_2d(np.asarray(hdul[f"{a}_IVAR"].data, dtype=np.float64))
-                    mask = (np.atleast_2d(np.asarray(hdul[f"{a}_MASK"].data)) if f"{a}_MASK" in hdu_names else None)
+                    wave = np.asarray(image_data(hdul[f"{a}_WAVELENGTH"]), dtype=np.float64)
+                    flux = np.atleast_2d(np.asarray(image_data(hdul[f"{a}_FLUX"]), dtype=np.float64))
+                    ivar = np.atleast_2d(np.asarray(image_data(hdul[f"{a}_IVAR"]), dtype=np.float64))
+                    mask = None
+                    if f"{a}_MASK" in hdu_names:
+                        mask = np.atleast_2d(image_data(hdul[f"{a}_MASK"]))
+                        mask = np.where(np.isfinite(mask), mask, 1) if mask.dtype.kind == "f" else mask
+                    if wave.size == 0 or flux.size == 0:
+                        raise ReaderError(path, f"arm {a}: empty spectrum: no pixels ({a}_WAVELENGTH / {a}_FLUX "
+                                                f"hold no data)")
                     bunit = hdul[f"{a}_FLUX"].header.get("BUNIT")
                     wunit = hdul[f"{a}_WAVELENGTH"].header.get("BUNIT")
                     if flux.shape != ivar.shape or flux.shape[1] != wave.size:
@@ -113,16 +119,27 @@ class DESIReader(SpectrumReader):
                         nspec = flux.shape[0]
                     elif flux.shape[0] != nspec:
                         raise ReaderError(path, f"arm {a} has {flux.shape[0]} spectra, other arms {nspec}")
-                    if wunit and parse_unit(wunit, "wave").to("Angstrom") != 1.0:
-                        wave = wave * parse_unit(wunit, "wave").to("Angstrom")
-                    fac = flux_factor(parse_unit(bunit, "flux"), wave) if bunit else 1.0
+                    if wunit:
+                        wave = wave_to_angstrom(wave, str(wunit))
+                    fac = (flux_factor(parse_unit(bunit, "flux"), np.where(np.isfinite(wave) & (wave > 0), wave, 1.0))
+                           if bunit else 1.0)
                     arm_data.append((a, wave, flux * fac, ivar / np.asarray(fac) ** 2, mask))
-                cols = {c.upper(): c for c in fm.columns.names}
+                cols = {c.upper(): c for c in fm.colnames}
+                if nspec == 0 or len(fm) == 0:
+                    raise ReaderError(path, "holds no spectrum: the arms / FIBERMAP have zero rows (empty file)")
                 if len(fm) != nspec:
                     raise ReaderError(path, f"FIBERMAP has {len(fm)} rows but the arms hold {nspec} spectra")
 
                 def col(name, default=np.nan):
-                    return np.asarray(fm[cols[name]]) if name in cols else np.full(nspec, default)
+                    if name not in cols:
+                        return np.full(nspec, default)
+                    c = fm[cols[name]]
+                    if getattr(c, "mask", None) is not None and np.any(c.mask):
+                        if c.dtype.kind in "iu":  # masked ids (TNULLn) -> None: unknown
+                            return np.array([None if m else v for v, m in zip(np.asarray(c.data).tolist(),
+                                                                              np.asarray(c.mask).tolist())], object)
+                        return np.ma.filled(np.ma.asarray(c, dtype=float), np.nan)
+                    return np.asarray(c)
 
                 tids = col("TARGETID", -1)
                 ra = col("TARGET_RA")
@@ -138,9 +155,11 @@ class DESIReader(SpectrumReader):
             log.info("%s: no companion redrock file; z_catalog left unknown", path)
         out = []
         for k in range(nspec):
-            tid = as_int_id(tids[k])
-            arms = [SpectrumArm(wave=w, flux=f[k], ivar=iv[k], mask=None if m is None else m[k], name=a)
-                    for a, w, f, iv, m in arm_data]
+            tid = as_int_id(tids[k], path, "FIBERMAP TARGETID")
+            arms = []
+            for a, w, f, iv, m in arm_data:
+                arms += build_arms(path, w, f[k], iv[k], None if m is None else m[k], name=a,
+                                   label=f"spectrum {k} arm {a}: ")
             nm = str(names[k]).strip() if names is not None else ""
             out.append(Spectrum(
                 arms=arms,

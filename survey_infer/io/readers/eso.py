@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, flux_factor, header_float,
+from .base import (FileProbe, ReaderError, Spectrum, SpectrumReader, build_arms, flux_factor, header_float,
                    header_str, ivar_from_error, log, parse_unit, probe_file, read_table, stable_id,
                    table_column_keyword, table_units, wave_to_angstrom)
 
@@ -46,14 +46,20 @@ class ESOPhase3Reader(SpectrumReader):
     name = "eso_phase3"
     priority = 20
 
-    def _table_hdu(self, probe: FileProbe) -> int | None:
+    @staticmethod
+    def _table_hdus(probe: FileProbe) -> list[int]:
+        out = []
         for i, (n, t, h) in enumerate(probe.hdus):
             if t != "table":
                 continue
             cols = [c.upper() for c in probe.table_columns(i)]
             if "WAVE" in cols and ("FLUX" in cols or "FLUX_REDUCED" in cols):
-                return i
-        return None
+                out.append(i)
+        return out
+
+    def _table_hdu(self, probe: FileProbe) -> int | None:
+        t = self._table_hdus(probe)
+        return t[0] if t else None
 
     def can_read_probe(self, probe: FileProbe) -> bool:
         if probe.kind != "fits":
@@ -67,11 +73,18 @@ class ESOPhase3Reader(SpectrumReader):
         return prodcatg.startswith("SCIENCE.SPECTRUM") or voclass.startswith("SPECTRUM") or probe.hdus[i][0] == "PHASE3SPECTRA"
 
     def read(self, path: str | os.PathLike) -> list[Spectrum]:
+        """Every row of every WAVE/FLUX table of the file (one spectrum each)."""
         path = Path(path)
         probe = probe_file(path)
-        idx = self._table_hdu(probe)
-        if idx is None:
+        tables = self._table_hdus(probe)
+        if not tables:
             raise ReaderError(path, "ESO Phase-3 file without a WAVE/FLUX table")
+        out = []
+        for idx in tables:
+            out += self._read_hdu(path, probe, idx, f"HDU {idx}: " if len(tables) > 1 else "")
+        return out
+
+    def _read_hdu(self, path: Path, probe: FileProbe, idx: int, where: str) -> list[Spectrum]:
         info = probe.hdu(idx)
         h, hdr0 = info.header, probe.header(0)
         names = list(table_units(info))
@@ -87,14 +100,15 @@ class ESOPhase3Reader(SpectrumReader):
             d = read_table(path, info, [c for c in (cw, cf, ce, cq) if c])
             rows = []
             for r in range(len(d[cw])):
-                rows.append((np.atleast_1d(np.asarray(d[cw][r], dtype=np.float64)).ravel(),
-                             np.atleast_1d(np.asarray(d[cf][r], dtype=np.float64)).ravel(),
-                             np.atleast_1d(np.asarray(d[ce][r], dtype=np.float64)).ravel() if ce else None,
-                             np.atleast_1d(np.asarray(d[cq][r])).ravel() if cq else None))
+                rows.append((np.atleast_1d(np.ma.filled(np.ma.asarray(d[cw][r], dtype=np.float64), np.nan)).ravel(),
+                             np.atleast_1d(np.ma.filled(np.ma.asarray(d[cf][r], dtype=np.float64), np.nan)).ravel(),
+                             np.atleast_1d(np.ma.filled(np.ma.asarray(d[ce][r], dtype=np.float64), np.nan)).ravel()
+                             if ce else None,
+                             np.atleast_1d(np.ma.filled(np.ma.asarray(d[cq][r]), 1)).ravel() if cq else None))
         except Exception as exc:  # noqa: BLE001
             raise ReaderError(path, f"cannot read ESO Phase-3 spectrum ({type(exc).__name__}: {exc})") from exc
         if not rows:
-            raise ReaderError(path, "ESO Phase-3 table has no rows")
+            raise ReaderError(path, f"{where}ESO Phase-3 table has no rows (empty: no spectrum)")
         if not wunit.strip():
             log.warning("%s: wavelength unit not given; assuming Angstrom", path)
             wunit = "Angstrom"
@@ -108,26 +122,27 @@ class ESOPhase3Reader(SpectrumReader):
         z = header_float([h, hdr0], "Z", "REDSHIFT", "Z_SPEC", "Z_BEST")
         out = []
         for r, (wave, flux, err, qual) in enumerate(rows):
+            label = f"{where}row {r}: "
+            if wave.size == 0:
+                raise ReaderError(path, f"{label}empty spectrum: no pixels")
             if not (wave.size == flux.size and (err is None or err.size == wave.size)):
-                raise ReaderError(path, f"row {r}: WAVE ({wave.size}), FLUX ({flux.size}) and ERR lengths differ")
+                raise ReaderError(path, f"{label}WAVE ({wave.size}), FLUX ({flux.size}) and ERR lengths differ")
             try:
                 wave = wave_to_angstrom(wave, wunit)
                 if air:
                     from ..resample import air_to_vacuum
 
                     wave = air_to_vacuum(wave)
-                ff = flux_factor(parse_unit(funit, "flux"), wave)
-                fe = flux_factor(parse_unit(eunit, "flux"), wave)
+                wpos = np.where(np.isfinite(wave) & (wave > 0), wave, 1.0)
+                ff = flux_factor(parse_unit(funit, "flux"), wpos)
+                fe = flux_factor(parse_unit(eunit, "flux"), wpos)
             except ValueError as exc:
-                raise ReaderError(path, str(exc)) from exc
-            order_ok = np.all(np.diff(wave) > 0)
-            if not order_ok:
-                raise ReaderError(path, f"row {r}: WAVE is not strictly increasing")
+                raise ReaderError(path, f"{label}{exc}") from exc
             if err is None:
                 raise ReaderError(path, "ESO Phase-3 table has no ERR column: cannot weight the spectrum")
             ivar = ivar_from_error(err * fe)
             out.append(Spectrum(
-                arms=[SpectrumArm(wave=wave, flux=flux * ff, ivar=ivar, mask=qual)],
+                arms=build_arms(path, wave, flux * ff, ivar, qual, label=label if len(rows) > 1 or where else ""),
                 source_files=(str(path),),
                 reader=self.name,
                 name=obj or path.stem + (f":{r}" if len(rows) > 1 else ""),

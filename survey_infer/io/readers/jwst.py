@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, as_int_id, flux_factor,
+from .base import (FileProbe, ReaderError, Spectrum, SpectrumReader, as_int_id, build_arms, flux_factor,
                    header_float, header_str, ivar_from_error, log, parse_unit, probe_file, read_table, stable_id,
                    table_units, wave_to_angstrom)
 
@@ -38,11 +38,18 @@ class MsaexpReader(SpectrumReader):
         return {"wave", "flux", "err"} <= cols
 
     def read(self, path: str | os.PathLike) -> list[Spectrum]:
+        """Every ``SPEC1D`` table of the file (one spectrum each)."""
         path = Path(path)
         probe = probe_file(path)
-        info = probe.hdu("SPEC1D")
-        if info is None:
+        infos = [i for i in probe.fits_info if i.name == "SPEC1D" and i.type == "table"]
+        if not infos:
             raise ReaderError(path, "no SPEC1D table")
+        out = []
+        for info in infos:
+            out += self._read_table(path, probe, info, f"SPEC1D HDU {info.index}: " if len(infos) > 1 else "")
+        return out
+
+    def _read_table(self, path: Path, probe: FileProbe, info, label: str) -> list[Spectrum]:
         h, hdr0 = info.header, probe.header(0)
         units = {k.lower(): v for k, v in table_units(info).items()}
         try:
@@ -54,7 +61,7 @@ class MsaexpReader(SpectrumReader):
         except Exception as exc:  # noqa: BLE001
             raise ReaderError(path, f"cannot read msaexp SPEC1D table ({type(exc).__name__}: {exc})") from exc
         if wave.size == 0:
-            raise ReaderError(path, "SPEC1D table has no rows")
+            raise ReaderError(path, f"{label}SPEC1D table has no rows (empty spectrum, no pixels)")
         wunit = units.get("wave") or ""
         funit = units.get("flux") or ""
         eunit = units.get("err") or funit
@@ -66,20 +73,20 @@ class MsaexpReader(SpectrumReader):
             funit = eunit = "uJy"
         try:
             wave = wave_to_angstrom(wave, wunit)
-            ff = flux_factor(parse_unit(funit, "flux"), wave)
-            fe = flux_factor(parse_unit(eunit, "flux"), wave)
+            wpos = np.where(np.isfinite(wave) & (wave > 0), wave, 1.0)
+            ff = flux_factor(parse_unit(funit, "flux"), wpos)
+            fe = flux_factor(parse_unit(eunit, "flux"), wpos)
         except ValueError as exc:
-            raise ReaderError(path, str(exc)) from exc
-        if not np.all(np.diff(wave) > 0):
-            raise ReaderError(path, "SPEC1D wave is not strictly increasing")
+            raise ReaderError(path, f"{label}{exc}") from exc
         ivar = ivar_from_error(err * fe)
-        mask = None if valid is None else (~valid).astype(np.uint8)
+        mask = None if valid is None else (~np.ma.filled(valid, False)).astype(np.uint8)
         name = header_str([h, hdr0], "SRCNAME") or path.stem
-        tid = as_int_id(h.get("SRCID"))
+        arms = build_arms(path, wave, flux * ff, ivar, mask, name=header_str([h, hdr0], "GRATING"), label=label)
+        tid = as_int_id(h.get("SRCID"), path, "SRCID")
         if tid is None:
             tid = stable_id(name)
         spec = Spectrum(
-            arms=[SpectrumArm(wave=wave, flux=flux * ff, ivar=ivar, mask=mask, name=header_str([h, hdr0], "GRATING"))],
+            arms=arms,
             source_files=(str(path),),
             reader=self.name,
             name=name,

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, as_int_id, flux_factor,
-                   header_float, header_str, ivar_from_error, log, parse_unit, probe_file, read_image, stable_id)
+                   header_float, header_str, ivar_from_error, log, parse_unit, probe_file, read_image, stable_id,
+                   wave_to_angstrom)
 
 ARM_ORDER = ("RI", "YJ", "H")
 _BAND_RE = re.compile(r"^(.*)_(RI|YJ|H|YJH|[A-Z]+)$")
@@ -92,19 +93,21 @@ class Moons1dReader(SpectrumReader):
             raise
         except Exception as exc:  # noqa: BLE001
             raise ReaderError(path, f"cannot read moons1d arm file ({type(exc).__name__}: {exc})") from exc
+        if flux.size == 0:
+            raise ReaderError(path, "empty spectrum: the flux image (HDU 1) has no pixels")
         if flux.shape != err.shape:
             raise ReaderError(path, f"flux ({flux.size}) and error ({err.size}) lengths differ")
         band = _band_of(path, hdr0)
         try:
-            wu = parse_unit(wunit, "wave")
-            wave = (crval + cdelt * (np.arange(flux.size) + 1 - crpix)) * float(wu.to("Angstrom"))
+            wave = wave_to_angstrom(crval + cdelt * (np.arange(flux.size) + 1 - crpix), wunit)
             if not funit:
                 log.warning("%s: moons1d flux unit (TUNIT2) missing; assuming erg/s/cm2/Angstrom", path)
                 funit = "erg/s/cm2/Angstrom"
             fac = flux_factor(parse_unit(funit, "flux"), wave)
         except ValueError as exc:
             raise ReaderError(path, str(exc)) from exc
-        sky = None if qual is None or qual.size != flux.size else qual.astype(np.uint8)
+        # undefined sky-mask pixels (BLANK -> NaN) count as flagged
+        sky = None if qual is None or qual.size != flux.size else np.where(np.isfinite(qual), qual, 1).astype(np.uint8)
         mask = sky if self.apply_sky_mask else None
         arm = SpectrumArm(wave=wave, flux=flux * fac, ivar=ivar_from_error(err * fac), mask=mask, name=band)
         return band, arm, {"header": hdr0, "sky_mask": sky}
@@ -139,7 +142,7 @@ class Moons1dReader(SpectrumReader):
             mag_h = header_float(headers, "MAG")
         key = self.group_key(paths[0])
         name = header_str(headers, "OBJNAME") or Path(key).name
-        tid = as_int_id(headers[0].get("TARGID"))
+        tid = as_int_id(headers[0].get("TARGID"), paths[0], "TARGID")
         columns = {"z_true": z}
         if np.isfinite(mag_h):
             columns["mag_h"] = mag_h

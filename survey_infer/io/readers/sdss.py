@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, as_int_id, flux_factor,
+from .base import (FileProbe, ReaderError, Spectrum, SpectrumReader, as_int_id, build_arms, flux_factor,
                    header_float, log, parse_unit, probe_file, read_table)
 
 
@@ -54,27 +54,31 @@ class SDSSReader(SpectrumReader):
             if so is not None and int(so.header.get("NAXIS2", 0)) > 0:
                 cols = read_table(path, so, ["Z", "Z_ERR", "ZWARNING", "CLASS", "PLUG_RA", "PLUG_DEC", "BESTOBJID",
                                              "TARGETOBJID", "SPECOBJID", "PLATE", "MJD", "FIBERID"])
-                meta_row = {k: v[0] for k, v in cols.items()}
+                # masked cells (FITS TNULLn) are unknown values
+                meta_row = {k: v[0] for k, v in cols.items() if not np.ma.is_masked(v[0])}
         except (ReaderError, KeyError) as exc:
             raise ReaderError(path, f"cannot read SDSS spec file: {exc}") from exc
         except Exception as exc:  # noqa: BLE001
             raise ReaderError(path, f"cannot read SDSS spec file ({type(exc).__name__}: {exc})") from exc
         if loglam.size == 0:
-            raise ReaderError(path, "SDSS COADD HDU has no pixels")
-        dl = np.median(np.diff(loglam)) if loglam.size > 1 else 1e-4
+            raise ReaderError(path, "SDSS COADD HDU has no pixels (empty spectrum)")
+        loglam = np.ma.filled(loglam, np.nan)
+        flux = np.ma.filled(flux, np.nan)
+        ivar = np.ma.filled(ivar, np.nan)
+        if mask is not None:
+            mask = np.ma.filled(mask, 1)
+        dl = np.nanmedian(np.diff(loglam)) if loglam.size > 1 else 1e-4
         wave = 10.0**loglam
         edges = 10.0 ** np.concatenate([loglam - dl / 2, [loglam[-1] + dl / 2]])
         if hdr0.get("VACUUM", True) is False:  # SDSS spectra are vacuum; honour an explicit VACUUM = F
             from ..resample import air_to_vacuum
 
             wave, edges = air_to_vacuum(wave), air_to_vacuum(edges)
-        if not np.all(np.diff(wave) > 0):
-            raise ReaderError(path, "SDSS loglam is not strictly increasing")
         bunit = hdr0.get("BUNIT")
         fac = 1.0
         if bunit:
             try:
-                fac = flux_factor(parse_unit(str(bunit), "flux"), wave)
+                fac = flux_factor(parse_unit(str(bunit), "flux"), np.where(np.isfinite(wave), wave, 1.0))
             except ValueError as exc:
                 raise ReaderError(path, f"unusable flux unit BUNIT={bunit!r}: {exc}") from exc
         flux = flux * fac
@@ -84,7 +88,7 @@ class SDSSReader(SpectrumReader):
         dec = float(meta_row["PLUG_DEC"]) if "PLUG_DEC" in meta_row else header_float([hdr0], "PLUG_DEC", "DEC")
         tid = None
         for key in ("BESTOBJID", "TARGETOBJID", "SPECOBJID"):
-            tid = as_int_id(meta_row.get(key))
+            tid = as_int_id(meta_row.get(key), path, key)
             if tid:
                 break
         plate = meta_row.get("PLATE", hdr0.get("PLATEID"))
@@ -97,7 +101,7 @@ class SDSSReader(SpectrumReader):
         if not np.isfinite(z):
             log.debug("%s: no SPECOBJ redshift", path)
         spec = Spectrum(
-            arms=[SpectrumArm(wave=wave, flux=flux, ivar=ivar, mask=mask, name="", edges=edges)],
+            arms=build_arms(path, wave, flux, ivar, mask, edges=edges),
             source_files=(str(path),),
             reader=self.name,
             name=name,
