@@ -130,6 +130,8 @@ def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.
     """
     import time
 
+    from ..io.survey_store import MASK_INVALID_INPUT
+
     tm = timings if timings is not None else {}
     n = len(flux)
     th = model.calibration.get("thresholds", {})
@@ -138,7 +140,10 @@ def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.
         s1 = min(n, s0 + PREPROCESS_ROWS)
         t0 = time.perf_counter()
         f, iv = np.asarray(flux[s0:s1]), np.asarray(ivar[s0:s1])
-        bad_in = (~np.isfinite(f) | ~np.isfinite(iv) | (iv < 0)).mean(axis=1)
+        bad_in = ~np.isfinite(f) | ~np.isfinite(iv) | (iv < 0)
+        if mask is not None:  # the store zeroes invalid input at ingest and marks it in the mask (bit value 2)
+            bad_in |= (np.asarray(mask[s0:s1]) & MASK_INVALID_INPUT) != 0
+        bad_in = bad_in.mean(axis=1)
         pp = preprocess(f, iv, model.instrument, model.sky_mask, None if mask is None else np.asarray(mask[s0:s1]))
         t1 = time.perf_counter()
         res = run_network(model, pp.x, pp.scalars, np.asarray(object_id[s0:s1]),

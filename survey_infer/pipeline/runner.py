@@ -412,6 +412,8 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                 if arr.metadata.dimension_names and arr.metadata.dimension_names[0] == "object":
                     arr.resize((n,) + arr.shape[1:])
             print_fn(f"input appended: catalog grown from {n_cat:,} to {n:,} rows")
+            if new_cols := sorted(set(passthrough_columns(g_in)) - set(g_cat.array_keys())):  # added by an append
+                print_fn(f"  input column(s) {', '.join(new_cols)} are newer than the catalog: not passed through")
         rows = _selection_rows(cat_path, n, bo, chunks, objects, where)
         spec = selection_spec or ("all" if fp != base_fp and not created else "")
         job, frozen = _job_for(cat_path, rows, fp, spec)
@@ -470,7 +472,8 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         ctx = RunContext(catalog=str(cat_path.resolve()), input_store=str(input_store.resolve()), job=job, epoch=epoch,
                          run_id=run_id, fingerprint=fp, model_dir=str(mdl.path), model_sha256=mdl.sha256,
                          mc_samples=int(mc_samples), seed=int(seed), keep_pz=keep_pz,
-                         passthrough=tuple(passthrough_columns(g_in)), chunk_rows=chunk_rows, device=device,
+                         passthrough=tuple(c for c in passthrough_columns(g_in) if c in g_cat),
+                         chunk_rows=chunk_rows, device=device,
                          torch_threads=torch_threads)
         n_todo = sum((hi - lo) if r is None else len(r) for _, lo, hi, r in pending)
         print_fn(f"survey-infer run: {n:,} objects in {len(bounds)} blocks of {bo}; job {job} (run_id {run_id}, "
