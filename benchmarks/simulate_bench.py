@@ -128,7 +128,7 @@ def compare_moons1d(path: str, n_per: int = 2, mags=(21.0, 22.0, 23.0, 24.0), ho
                     h = arms[2]
                     off = ~skym[h]
                     snr_me = np.median(model[h][off] / sig_me[h][off])
-                    rec = {"mag": mag, "hours": hrs, "aperture": aperture or base.aperture_efficiency,
+                    rec = {"mag": mag, "hours": hrs, "aperture": aperture or 0.0,
                            "snr_me": snr_me, "z": float(d["z_true"][i])}
                     if aperture == 1.0:
                         chi = (d["flux"][i] - model) / sig_me
@@ -158,7 +158,7 @@ def compare_moons1d(path: str, n_per: int = 2, mags=(21.0, 22.0, 23.0, 24.0), ho
                         rec["snr_moons1d"] = snr_m1[0]
                     rows.append(rec)
     print("\nContinuum S/N per pixel in H (median over non-sky pixels), XSWITCH, airmass 1.0")
-    print("| m_H (AB) | t_exp | this sim, aperture 1.0 | moons1d (point source, 0.8\") | this sim, default aperture 0.6 |")
+    print("| m_H (AB) | t_exp | this sim, aperture 1.0 | moons1d (point source, 0.8\") | this sim, seeing-dependent aperture |")
     print("|---|---|---|---|---|")
     for mag in mags:
         for hrs in hours:
@@ -171,8 +171,8 @@ def compare_moons1d(path: str, n_per: int = 2, mags=(21.0, 22.0, 23.0, 24.0), ho
         print(f"  {k}: continuum pixels {np.median(noise_ratio[k]):.3f}, sky-line pixels {np.median(noise_ratio_sky[k]):.3f}")
     print("\nNormalised residual rms, std((flux - model)/sigma):")
     c0 = SimConfig()
-    print(f"  this sim ({c0.sky_residual:.1%} line / {c0.sky_residual_continuum:.1%} continuum sky scale error, "
-          f"{c0.sky_shift_pix} px shift): sky-line pixels {np.median(chi_sky_me):.2f}, "
+    print(f"  this sim ({c0.sky_residual_range} line / {c0.sky_continuum_residual_range} continuum sky scale "
+          f"error, {c0.sky_shift_range_pix} px shift): sky-line pixels {np.median(chi_sky_me):.2f}, "
           f"other pixels {np.median(chi_off_me):.2f}")
     print(f"  moons1d (Poisson-only sky subtraction):       sky-line pixels {np.median(chi_sky_m1d):.2f}, "
           f"other pixels {np.median(chi_off_m1d):.2f}")
@@ -253,6 +253,108 @@ def make_figure(out: str = "docs/figures/simulated_spectra.png") -> None:
     fig.savefig(out, dpi=110)
 
 
+def family_figure(out: str = "docs/figures/passive_families.png") -> None:
+    """Passive spectra from each continuum family (docs/figures/passive_families.png).
+
+    Top: rest-frame 5 Gyr (kcorrect: its oldest NMF template), solar-metallicity SSPs on the shipped grid,
+    normalised at 5400–5600 Å, with each family's native range marked (outside it: the PopStar
+    extension). Bottom: the noiseless observed continuum (MOONS arms) of the same old-passive galaxy
+    (z = 1.6, m_H = 21.5, σ★ = 200 km/s, A_V = 0) simulated from each family.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from survey_infer.instrument import load_instrument
+    from survey_infer.simulate import physics as ph
+    from survey_infer.simulate.families import load_family
+    from survey_infer.simulate.simulator import FAMILIES, SimConfig, _simulate
+
+    inst = load_instrument()
+    fig, axes = plt.subplots(2, 1, figsize=(13, 9))
+    ax = axes[0]
+    for k, name in enumerate(FAMILIES):
+        if name == "kcorrect":
+            tb = ph.template_basis()
+            w, f, nat = tb["wave"], tb["flux"][3], (900.0, 30000.0)
+            lab = "kcorrect (NMF template 3, oldest)"
+        else:
+            fam = load_family(name)
+            ia = int(np.argmin(np.abs(np.log(fam["age_gyr"] / 5.0))))
+            iz = int(np.argmin(np.abs(fam["logz"])))
+            f = fam["cube"][ia * fam["n_z"] + iz].astype(float)
+            w = np.exp(fam["lnw0"] + fam["dlnw"] * np.arange(f.size))
+            nat = tuple(fam["native"])
+            lab = f"{name} ({fam['age_gyr'][ia]:.1f} Gyr, [Z/H]={fam['logz'][iz]:+.2f})"
+        sel = (w > 1200) & (w < 12500)
+        f = f / np.mean(f[(w > 5400) & (w < 5600)])
+        line, = ax.semilogy(w[sel], f[sel] * 2.0**k, lw=0.5, label=lab + f" ×{2**k}")
+        if name != "kcorrect":
+            ax.axvline(nat[0], color=line.get_color(), lw=0.6, ls=":")
+            ax.axvline(nat[1], color=line.get_color(), lw=0.6, ls=":")
+    ax.set_xlabel("rest wavelength [Å] (dotted: native range; outside it the PopStar extension)")
+    ax.set_ylabel("f_λ / f_λ(5500 Å), offset")
+    ax.legend(fontsize=8, loc="lower right")
+    ax = axes[1]
+    base = replace(SimConfig(), interloper_fraction=0.0, passive_fraction=1.0, post_starburst_fraction=0.0,
+                   z_range=(1.6, 1.6001), mag_h_range=(21.5, 21.5), sigma_star_range=(200.0, 200.0), av_max_passive=0.0,
+                   liner_fraction=0.0)
+    for k, name in enumerate(FAMILIES):
+        d = _simulate(3, 1, 5, replace(base, families=(name,)), inst, extras=True)
+        c = d["continuum"][0].astype(float)
+        cut = np.flatnonzero(np.diff(inst.wave) > 100) + 1
+        ax.plot(np.insert(inst.wave, cut, np.nan), np.insert(c * 1.5**k, cut, np.nan), lw=0.4,
+                label=f"{name}: age_mw {d['age_mw_true'][0]:.1f} Gyr, log M★ {d['logmstar_true'][0]:.2f}")
+    ax.set_xlabel("observed wavelength [Å] (z = 1.6, noiseless, offsets ×1.5ᵏ)")
+    ax.set_ylabel("f_λ [1e-17 erg/s/cm²/Å]")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+def diagnostics(n: int = 1500, seed: int = 99) -> None:
+    """Population and observation diagnostics of the default configuration (printed as Markdown)."""
+    from survey_infer.instrument import load_instrument
+    from survey_infer.simulate.simulator import FAMILIES, SFH_KINDS, SimConfig, _simulate
+    from survey_infer.skymask import instrument_sky_mask
+
+    inst = load_instrument()
+    sl = inst.arm_slices()
+    d = _simulate(0, n, seed, replace(SimConfig(), interloper_fraction=0.0), inst, extras=True)
+    c, z, p, f = d["continuum"], d["z_true"], d["is_passive"], d["template_family"]
+    r = np.median(c[:, sl[0]], 1) / np.median(c[:, sl[2]], 1)
+    bins = [0.9, 1.2, 1.5, 2.0, 2.3, 2.6]
+    print(f"\nMedian RI/H continuum flux ratio of passive galaxies (n={n}, seed {seed})\n")
+    print("| family | " + " | ".join(f"z {a}–{b}" for a, b in zip(bins[:-1], bins[1:])) + " |")
+    print("|---" * len(bins) + "|")
+    for k, name in list(enumerate(FAMILIES)) + [(None, "all passive"), (-1, "all star-forming")]:
+        row = []
+        for a, b in zip(bins[:-1], bins[1:]):
+            s = (z >= a) & (z < b)
+            s &= (~p) if k == -1 else p
+            if k is not None and k >= 0:
+                s &= f == k
+            row.append(f"{np.median(r[s]):.2f}" if s.sum() else "–")
+        print(f"| {name} | " + " | ".join(row) + " |")
+    print(f"\npassive (sSFR < 0.2/t_H): {p.mean():.3f}; by SFH kind:")
+    for k, name in enumerate(SFH_KINDS):
+        s = d["sfh_kind"] == k
+        if s.any():
+            print(f"  {name}: {s.mean():.3f} of galaxies, passive {p[s].mean():.2f}, "
+                  f"median age_mw {np.nanmedian(d['age_mw_true'][s]):.2f} Gyr, "
+                  f"EW(Hα) 16/50/84% {np.percentile(d['ew_halpha_rest_true'][s], [16, 50, 84]).round(1)} Å")
+    ew = d["ew_halpha_rest_true"]
+    print(f"  EW(Hα) < 3 Å among star-forming: {(ew[~p] < 3).mean():.3f}; > 3 Å among passive: {(ew[p] > 3).mean():.3f}")
+    m = instrument_sky_mask(inst).astype(bool)
+    chi = (d["flux"] - d["expected"]) * np.sqrt(d["ivar"])
+    print(f"\n|flux − noiseless| > 5σ: sky-mask channels {(np.abs(chi[:, m]) > 5).mean():.3f}, "
+          f"other channels {(np.abs(chi[:, ~m]) > 5).mean():.4f}")
+    print(f"aperture efficiency 5/50/95%: {np.percentile(d['aperture'], [5, 50, 95]).round(2)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2048)
@@ -262,7 +364,15 @@ def main() -> None:
     ap.add_argument("--moons1d-path", default="/tmp/m1dlib")
     ap.add_argument("--population", action="store_true", help="print Hα EW and SFR–M* statistics")
     ap.add_argument("--figure", default=None, help="write the example-spectra figure to this PNG path")
+    ap.add_argument("--family-figure", default=None, help="write the passive-spectra-per-family figure here")
+    ap.add_argument("--diagnostics", action="store_true", help="print population / observation diagnostics")
     args = ap.parse_args()
+    if args.family_figure:
+        family_figure(args.family_figure)
+        return
+    if args.diagnostics:
+        diagnostics()
+        return
     if args.compare_moons1d:
         compare_moons1d(args.moons1d_path)
         population_stats()

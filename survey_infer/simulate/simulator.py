@@ -45,6 +45,9 @@ COLUMN_FLAGS = {
     "sigma_star_true": {"units": "km/s", "description": "stellar velocity dispersion"},
     "star_index": {"description": "row of the empirical star library (stars only, else -1)"},
 }
+#: stellar / nebular colour excess: 0.44 locally (Calzetti 2000), 0.6–0.8 at z ≈ 1–2 (Kashino et al. 2013,
+#: Reddy et al. 2015 at low SFR); an intermediate value
+NEB_STELLAR_AV = 0.6
 _NU = 96  # uniform draws per object (fixed: adding uses of them never shifts the noise stream)
 
 
@@ -324,53 +327,65 @@ def _arm_plan(inst: Instrument) -> list[dict]:
         pad = 48  # ≥ 5 σ of the widest kernel (≈ 360 km/s = 12 px)
         span = int(np.ceil((lw[-1] - lw[0]) / d)) + 2
         nfft = next_fast_len(span + 2 * pad, real=True)
-        plans.append({"arm": a, "sl": sl, "lw": lw, "pad": pad, "nfft": nfft,
+        plans.append({"arm": a, "sl": sl, "lw": lw, "pad": pad, "nfft": nfft, "xf": np.arange(nfft, dtype=float),
                       "f2": np.fft.rfftfreq(nfft) ** 2, "sigma_lsf": ph.C_KMS / (2.3548 * a.resolution)})
     return plans
 
 
 def _ssp_continua(rows: np.ndarray, fam_name: str, w: np.ndarray, z: np.ndarray, av: np.ndarray,
-                  dust_law: np.ndarray, sig_star: np.ndarray, lsf_scale: np.ndarray, inst: Instrument,
-                  out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Observed-frame continua per M☉ formed at 10 pc × (1+z)⁻¹ for rows of one SSP family.
+                  dust_law: np.ndarray, sig_star: np.ndarray, lsf_scale: np.ndarray, dist_fac: np.ndarray,
+                  mag_h: np.ndarray, inst: Instrument, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Observed continua (1e-17 erg/s/cm²/Å) of the rows of one SSP family, written into ``out[rows]``.
 
-    For each row: Σ_k w_k SSP_k on the rest window the arms see, times the dust law, then per arm a Gaussian
-    broadening (FFT) by sqrt(σ★² + (s σ_LSF)² − σ_template²) in ln λ and linear interpolation at the arm's
-    pixels. Writes ``out[rows]`` (rest-frame f_λ per M☉ formed at 10 pc, observed wavelengths) and returns the
-    same spectrum sampled at the H filter (rows, S) and at rest Hα (rows,), unbroadened.
+    For each row: S = Σ_k w_k SSP_k on the rest window the arms see (per M☉ formed, 10 pc), times the dust law;
+    the mass formed M follows from m_H of S × ``dist_fac`` (unbroadened, top-hat H filter); then per arm a
+    Gaussian broadening (FFT) by sqrt(σ★² + (s σ_LSF)² − σ_template²) in ln λ and linear interpolation at the
+    arm's pixels, × M × dist_fac × 1e17.
+
+    Returns
+    -------
+    m_formed : (rows,) M☉ formed.
+    cont_ha : (rows,) observed-frame continuum at observed Hα (1e-17 erg/s/cm²/Å, unbroadened).
     """
     fam = fm.load_family(fam_name)
     cube, lnw0, dlnw, L = fam["cube"], fam["lnw0"], fam["dlnw"], fam["L"]
-    curves = {law: fm.dust_curve(law, lnw0, dlnw, L) for law in ("calzetti", "smc")}
+    curves = {law: fm.dust_curve(law, lnw0, dlnw, L) * (-0.4 * np.log(10.0)) for law in ("calzetti", "smc")}
     plans = _arm_plan(inst)
-    lw_min = min(float(p["lw"][0]) for p in plans)
-    lw_max = max(float(p["lw"][-1]) for p in plans + []) if plans else 0.0
-    lw_min = min(lw_min, np.log(ph.H_FILTER[0]))
-    lw_max = max(lw_max, np.log(ph.H_FILTER[1]))
+    lw_min = min(min(float(p["lw"][0]) for p in plans), np.log(ph.H_FILTER[0]))
+    lw_max = max(max(float(p["lw"][-1]) for p in plans), np.log(ph.H_FILTER[1]))
     pad = 64
     Lw = int(np.ceil((lw_max - lw_min) / dlnw)) + 2 * pad + 2
+    xw = np.arange(Lw, dtype=np.float64)
     lh = np.log(ph._H_SAMPLES)
+    h_den = ph.C_AA_S * np.log(ph.H_FILTER[1] / ph.H_FILTER[0]) / (ph.H_FILTER[1] - ph.H_FILTER[0])
     i_ha = (np.log(ph.LINE_WAVE[ph.LINE_NAMES.index("Halpha")]) - lnw0) / dlnw
     iha0 = int(np.floor(i_ha))
     tha = i_ha - iha0
-    fH = np.empty((rows.size, lh.size))
+    m_formed = np.empty(rows.size)
     cha = np.empty(rows.size)
+    tmp = np.empty(Lw, np.float32)
     for j, r in enumerate(rows):
         lz = np.log1p(z[r])
         i0 = int(np.floor((lw_min - lz - lnw0) / dlnw)) - pad
         i0 = min(max(i0, 0), L - Lw)
-        acc = np.zeros(Lw)
+        acc = np.zeros(Lw, np.float32)
         nz = np.flatnonzero(w[j])
+        wj = w[j].astype(np.float32)
         for k in nz:  # fixed order: ascending component index
-            acc += w[j, k] * cube[k, i0:i0 + Lw]
+            np.multiply(cube[k, i0:i0 + Lw], wj[k], out=tmp)
+            acc += tmp
         curve = curves["smc" if dust_law[r] else "calzetti"]
-        acc *= 10.0 ** (-0.4 * av[r] * curve[i0:i0 + Lw])
+        acc *= np.exp(av[r] * curve[i0:i0 + Lw]).astype(np.float32)
         x0 = lnw0 + dlnw * i0 + lz  # observed ln λ of acc[0]
-        fH[j] = np.interp((lh - x0) / dlnw, np.arange(Lw), acc)
+        fH = np.interp((lh - x0) / dlnw, xw, acc) * dist_fac[r]
+        m_unit = -2.5 * np.log10(np.mean(fH * ph._H_SAMPLES) / h_den) - 48.60
+        mf = 10.0 ** ((m_unit - mag_h[r]) / 2.5)
+        m_formed[j] = mf
+        scale = mf * dist_fac[r] * 1e17
         ha = 0.0
         for k in nz:
             ha += w[j, k] * (cube[k, iha0] * (1 - tha) + cube[k, iha0 + 1] * tha)
-        cha[j] = ha * 10.0 ** (-0.4 * av[r] * float(np.interp(i_ha, np.arange(L), curve)))
+        cha[j] = ha * np.exp(av[r] * (curve[iha0] * (1 - tha) + curve[iha0 + 1] * tha)) * scale
         for ia, p in enumerate(plans):
             lo = int(np.floor((p["lw"][0] - x0) / dlnw)) - p["pad"]
             seg = acc[lo:lo + p["nfft"]]
@@ -380,10 +395,10 @@ def _ssp_continua(rows: np.ndarray, fam_name: str, w: np.ndarray, z: np.ndarray,
             spix = np.sqrt(max(s2, 0.0)) / (ph.C_KMS * dlnw)
             if seg.size < p["nfft"]:
                 seg = np.concatenate([seg, np.full(p["nfft"] - seg.size, seg[-1])])
-            conv = np.fft.irfft(np.fft.rfft(seg) * np.exp(-2.0 * np.pi ** 2 * spix ** 2 * p["f2"]), p["nfft"])
-            xs = (p["lw"] - x0) / dlnw - lo
-            out[r, p["sl"]] = np.interp(xs, np.arange(p["nfft"]), conv)
-    return fH, cha
+            kern = np.exp((-2.0 * np.pi ** 2 * spix ** 2) * p["f2"]) * scale
+            conv = np.fft.irfft(np.fft.rfft(seg) * kern, p["nfft"])
+            out[r, p["sl"]] = np.interp((p["lw"] - x0) / dlnw - lo, p["xf"], conv)
+    return m_formed, cha
 
 
 def _mag_from_samples(fH: np.ndarray) -> np.ndarray:
@@ -432,8 +447,9 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     ``model`` (n, W) noiseless spectrum above the atmosphere, ``sky_flux`` (n, W) sky in flux units (same
     calibration as ``flux``), ``sky_resid`` (n, W) the sky-subtraction residual in flux units, ``halpha_flux``
     (observed, attenuated Hα, 1e-17 erg/s/cm²), ``halpha_cont`` (continuum at observed Hα, flux units),
-    ``av`` (stellar A_V), ``sigma_v`` (gas, km/s), ``line_flux``, ``continuum``, ``halpha_pix``, ``calib``
-    (n, W) the multiplicative calibration error applied, ``aperture`` (n,)."""
+    ``av`` (stellar A_V), ``sigma_v`` (gas, km/s), ``line_flux``, ``continuum``, ``halpha_pix``,
+    ``delivery_factor`` (n, W) delivered flux per electron (calibration and telluric errors included),
+    ``expected`` (n, W) the noiseless delivered spectrum without sky residuals, ``aperture`` (n,), ``quench``."""
     cfg = config or SimConfig()
     cfg.validate()
     inst = instrument if isinstance(instrument, Instrument) else load_instrument(instrument)
@@ -495,7 +511,7 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     av = np.where(quench, cfg.av_max_passive * u[:, 50], cfg.av_max_sf * u[:, 50] ** 1.5)
     lsf_scale = cfg.lsf_scale_range[0] + (cfg.lsf_scale_range[1] - cfg.lsf_scale_range[0]) * u[:, 71:71 + n_arm]
 
-    model = np.zeros((n, W))
+    model = np.zeros((n, W), np.float32)
     logm = np.full(n, np.nan)
     logsfr = np.full(n, np.nan)
     age_mw = np.full(n, np.nan)
@@ -508,13 +524,13 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     tau_sf = _logu(u[:, 44], 0.3, 10.0)
     t0_old = np.minimum(1.0 + (np.minimum(12.0, tmax) - 1.0) * u[:, 43], tmax)
     t0_old = np.where(tmax < 1.0, tmax, t0_old)
-    tau_old = t0_old * (0.05 + 0.1 * u[:, 44])
+    tau_old = t0_old * (0.03 + 0.07 * u[:, 44])
     t0 = np.where(sfh == fm.SFH_CODE["old_passive"], t0_old, t0_sf)
     tau = np.where(sfh == fm.SFH_CODE["old_passive"], tau_old, tau_sf)
     tb = 0.3 * u[:, 45]
     fb = 0.05 + 0.35 * u[:, 46]
     tq = np.minimum(0.1 + 1.4 * u[:, 47], 0.8 * t0)
-    eps = 10.0 ** (-4.0 + 2.0 * u[:, 52])
+    eps = 10.0 ** (-5.0 + 2.5 * u[:, 52])
     logz = np.log10(cfg.metallicity_range[0]) + np.log10(cfg.metallicity_range[1] / cfg.metallicity_range[0]) * u[:, 53]
     for code, name in enumerate(FAMILIES):
         if code == 0:
@@ -525,17 +541,13 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         fam = fm.load_family(name)
         psi = fm.sfh_psi(sfh[rows], t0[rows], tau[rows], tb[rows], fb[rows], tq[rows], eps[rows])
         w, ms, sfr_pf, amw = fm.sfh_weights(fam, psi, logz[rows])
-        fH, cha = _ssp_continua(rows, name, w, zg, av, smc, sig_star, lsf_scale, inst, model)
-        m_unit = _mag_from_samples(fH * dist_fac[rows, None])
-        mf = 10.0 ** ((m_unit - mag_h[rows]) / 2.5)
+        mf, cha = _ssp_continua(rows, name, w, zg, av, smc, sig_star, lsf_scale, dist_fac, mag_h, inst, model)
         m_formed[rows] = mf
         logm[rows] = np.log10(mf * ms)
         with np.errstate(divide="ignore"):
             logsfr[rows] = np.log10(np.maximum(mf * sfr_pf, 1e-30))
         age_mw[rows] = amw
-        scale = mf * dist_fac[rows] * 1e17
-        model[rows] *= scale[:, None]
-        cont_ha[rows] = cha * scale
+        cont_ha[rows] = cha
 
     # --- kcorrect family (5 NMF templates, Dirichlet mixture; as simulator 1.x) --------------------------
     krows = np.flatnonzero(kc_rows)
@@ -595,7 +607,7 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         "OIII_5007": o3_5007, "NII_6548": n2_6583 / 2.94, "Halpha": ha, "NII_6583": n2_6583,
         "SII_6716": s2_tot * 1.35 / 2.35, "SII_6731": s2_tot / 2.35,
     }
-    av_neb = av / 0.44
+    av_neb = av / NEB_STELLAR_AV
     lf = np.stack([rel[k] for k in ph.LINE_NAMES], axis=1)
     k_neb = np.where(smc[:, None], (ph.LINE_WAVE[None, :] / 5510.0) ** -1.2,
                      ph.calzetti_k(ph.LINE_WAVE)[None, :] / 4.05)
@@ -699,7 +711,7 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         sky_e = t_exp[:, None] * (ob["sky_line"] + ob["sky_cont"])[None, :]
         ext = {"model": model, "sky_flux": sky_e * fac, "sky_resid": resid_e * fac,
                "halpha_flux": np.where(star, 0.0, lf[:, ia]), "halpha_cont": cont_ha, "av": av, "sigma_v": sig_v,
-               "line_flux": lf, "continuum": cont_model, "halpha_pix": jj, "delivery_factor": fac, "aperture": aperture,
+               "line_flux": lf, "continuum": cont_model, "halpha_pix": jj, "delivery_factor": fac, "aperture": aperture, "expected": obj_e * fac,
                "quench": quench}
     out = {
         "flux": flux.astype(np.float32),
