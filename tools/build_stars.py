@@ -11,10 +11,10 @@ Sources (data taken from PyPI wheels/sdists at build time; the packages are not 
 
 * **MaStar HC v2** (MaNGA-DAP, BSD-3): 66 hierarchically clustered averages of empirical MaStar stellar spectra
   (O to late M, 3630–10340 Å vacuum, R ≈ 1800). Beyond 10150 Å each is continued with the shape that best
-  matches its own 8000–10150 Å continuum (χ² in log flux after smoothing to R ≈ 100): a BT-Settl model
-  (Allard et al. 2012; the grizli grid, 1200–3500 K, log g 4.5–5.0) for cool stars or, for warmer stars,
-  a power law f_λ ∝ λ^−α (α = 0…4.5) fitted there — smooth, without the NIR absorption lines of real stars;
-  scaled over 10000–10150 Å and cross-faded over 100 Å.
+  matches its own 8000–10150 Å continuum (χ² in log flux after smoothing to R ≈ 100): the best BT-Settl model
+  atmosphere (Allard et al. 2012; the grizli grid, 1200–7000 K, log g 4.5–5.0; R ≈ 300, so NIR bands but no
+  narrow lines); stars whose best model is the grid's hottest (7000 K) take the best power law
+  f_λ ∝ λ^−α (α = 0…4.5) instead when it fits better (smooth: no Paschen lines); scaled over 10000–10150 Å and cross-faded over 100 Å.
 * **grizli empirical dwarfs** (MIT): M6.5, M8.0, L1.0, L3.5, L6.0, T2.0, T6.0, T7.5 (optical + SpeX near-IR
   spectra, spliced in grizli) and a carbon star (Lançon & Wood 2000, J/A+A/393/167), used as they are.
 
@@ -52,7 +52,7 @@ def build(mdap: Path, grizli: Path) -> dict:
         bf = np.asarray(h[1].data["flux"], float)  # (n_wave, 213)
         teff = np.array([h[1].header[f"TEFF{i:03d}"] for i in range(bf.shape[1])])
         logg = np.array([h[1].header[f"LOGG{i:03d}"] for i in range(bf.shape[1])])
-    bsel = np.flatnonzero((teff >= 1200) & (logg >= 4.5))
+    bsel = np.flatnonzero((teff >= 1200) & (logg >= 4.5) & (logg <= 5.0))
     fitw = np.exp(np.arange(np.log(8000.0), np.log(JOIN), 2e-3))
     shapes, kinds = [], []
     for j in bsel:
@@ -70,12 +70,13 @@ def build(mdap: Path, grizli: Path) -> dict:
             w = 10 ** (h[0].header["CRVAL1"] + h[0].header["CDELT1"] * np.arange(f.size))
         ws, fs = _smooth_log(w, np.maximum(f, 1e-30))
         obs = np.log(np.interp(fitw, ws, fs))
-        best, bi = np.inf, 0
-        for i, s in enumerate(fit_shapes):
-            d = obs - np.log(np.maximum(s, 1e-300))
-            chi = np.sum((d - d.mean()) ** 2)
-            if chi < best:
-                best, bi = chi, i
+        chi = np.array([np.sum((d - d.mean()) ** 2) for d in (obs - np.log(np.maximum(fs_, 1e-300))
+                                                                for fs_ in fit_shapes)])
+        is_bt = np.array([k.startswith("bt-settl") for k in kinds])
+        i_bt = int(np.flatnonzero(is_bt)[np.argmin(chi[is_bt])])
+        i_pl = int(np.flatnonzero(~is_bt)[np.argmin(chi[~is_bt])])
+        hot = kinds[i_bt] == f"bt-settl {teff[bsel].max():.0f} K"  # hotter than the grid
+        bi = i_pl if (hot and chi[i_pl] < chi[i_bt]) else i_bt
         g = np.interp(GRID, w, f, right=np.nan)
         j = (GRID > JOIN - 150) & (GRID < JOIN)
         model = shapes[bi] * np.median(g[j]) / np.median(shapes[bi][j])
