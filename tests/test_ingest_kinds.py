@@ -43,6 +43,7 @@ from survey_infer.io.survey_store import MASK_BAD_SOURCE, MASK_INVALID_INPUT, cr
 FUNIT = "1e-17 erg/(s cm2 Angstrom)"
 REAL = Path(os.environ.get("SURVEY_INFER_REAL_SPECTRA",
                            Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_spectra"))
+pytestmark = pytest.mark.filterwarnings("ignore:Keyword name 'SOURCE_ID'")  # JWST's own keyword (HIERARCH)
 MOONS_GRIDS = {"RI": (6470.0, 0.6970899470899469, 4117), "YJ": (9340.0, 0.9836347975882856, 4229),
                "H": (14520.0, 0.8988391376451075, 3871)}
 
@@ -562,6 +563,18 @@ def test_append_adding_columns_then_the_same_run_resumes(tmp_path, tiny_model):
     assert c["object_id"].shape[0] == 4 and np.isfinite(c["z"][3]) and int(c["run_id"][3]) >= 0
     np.testing.assert_array_equal(c["z"][:3], before)  # old rows kept
     assert run_catalog(store, cat, **kw).ok  # and it stays complete
+
+
+def test_append_lacking_store_columns_is_reported(tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest(moons1d_like(tmp_path, "objM", z=1.5, seed=1), store, progress=False)
+    w = np.linspace(6500.0, 17900.0, 1000)
+    rep = ingest([table_fits(tmp_path / "g.fits", {"wave": w, "flux": np.ones(w.size), "ivar": np.ones(w.size)})],
+                 store, append=True, progress=False)
+    assert rep.unfilled_columns == ["mag_h", "z_true"] and rep.added_columns == []
+    assert "not given by the appended files" in rep.summary()
+    g = zarr.open_group(str(store), mode="r")
+    assert np.isfinite(g["z_true"][0]) and np.isnan(g["z_true"][1])
 
 
 def test_write_block_refuses_unknown_variables_before_writing(tmp_path, tiny_model):

@@ -21,7 +21,10 @@ What happens, in order:
    observations of a target stay separate rows and share ``target_id``) and the columns ``target_id``, ``ra``,
    ``dec``, ``z_catalog`` and ``t_exp`` (fill values -1 / NaN when a file does not say), plus ``z_true`` and
    ``mag_h`` for moons1d simulations. NaN/inf flux and NaN/negative ivar become ivar = 0 and are counted, both in
-   the source pixels (before resampling) and in the stored channels (``attrs["sanitized"]``).
+   the source pixels (before resampling) and in the stored channels (``attrs["sanitized"]``), and such channels
+   carry :data:`~survey_infer.io.survey_store.MASK_INVALID_INPUT` in ``mask`` (the catalog's ``BAD_INPUT``).
+   An append whose files bring new columns adds them (fill values for the earlier rows); store columns the
+   appended files lack get fill values; both are listed in the report.
 
 The record of ingested files lives inside the store, in the Zarr group ``ingest_files`` (one entry per file: path,
 size, mtime, sha256, reader, first row and row count, session); its committed length is
@@ -134,6 +137,7 @@ class IngestReport:
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     changed_files: list[str] = field(default_factory=list)
     added_columns: list[str] = field(default_factory=list)
+    unfilled_columns: list[str] = field(default_factory=list)
     companions: list[str] = field(default_factory=list)
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     low_coverage: list[tuple[int, str, float]] = field(default_factory=list)
@@ -176,6 +180,9 @@ class IngestReport:
         if self.added_columns:
             lines.append(f"  new column(s) {', '.join(self.added_columns)} added to the store (fill value, NaN or -1, "
                          f"for the {self.rows[0]} earlier rows); catalogs made before keep their own columns")
+        if self.unfilled_columns:
+            lines.append(f"  column(s) {', '.join(self.unfilled_columns)} of the store are not given by the appended "
+                         f"files: their fill value (NaN, -1, 0 or False) for the new rows")
         sc = self.source_counts
         if any(sc.values()):
             lines.append(f"  source pixels set to ivar=0: {sc['nonfinite_flux']} non-finite flux, {sc['bad_ivar']} "
@@ -383,6 +390,7 @@ class _StoreSink:
         self.first_id = None
         self.records = _empty_records()
         self.added_columns: list[str] = []
+        self.written_columns: set[str] = set()
         self.session = 0
         self.counts = {"nonfinite_flux": 0, "bad_ivar": 0, "masked": 0}
 
@@ -473,6 +481,7 @@ class _StoreSink:
         mask = np.concatenate([r["mask"] for r in self.buf])
         metas = [m for r in self.buf for m in r["meta"]]
         cols = set(BASE_COLUMNS) | {c for m in metas for c in m["columns"]}
+        self.written_columns |= cols
         ids = np.arange(self.next_id, self.next_id + n_out, dtype=np.int64)
         data = {"flux": flux[:n_out], "ivar": ivar[:n_out], "object_id": ids}
         if self.with_mask:
@@ -561,6 +570,13 @@ class _StoreSink:
         merged = {k: int(wc.get(k, 0)) + int(self.counts.get(k, 0)) for k in set(wc) | set(self.counts)}
         report.sanitized = wc
         report.added_columns = list(self.added_columns)
+        if not self.new:
+            skip = {"flux", "ivar", "mask", "object_id"} | self.written_columns
+            report.unfilled_columns = sorted(
+                k for k in self.g.array_keys()
+                if k not in skip and (self.g[k].metadata.dimension_names or ("",))[0] == "object")
+            if report.unfilled_columns:
+                sessions[-1]["unfilled_columns"] = list(report.unfilled_columns)
         if self.added_columns:
             sessions[-1]["added_columns"] = list(self.added_columns)
         self.writer.commit(extra_attrs={"ingest": ing}, counts=merged)

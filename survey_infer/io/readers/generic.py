@@ -5,11 +5,11 @@ What it accepts (column / dataset names are case-insensitive):
 ==========  ==========================================================================================
 role        accepted names
 ==========  ==========================================================================================
-wavelength  ``wave``, ``wavelength``, ``lambda``, ``lam``, ``loglam`` (log10 Angstrom)
+wavelength  ``wave``, ``wavelength``, ``lambda``, ``lam``, ``loglam`` (log10 of lambda)
 flux        ``flux``, ``f_lambda``, ``flam``, ``fnu``
 weight      ``ivar`` / ``inverse_variance``, or a 1 sigma error ``error``, ``err``, ``sigma``, ``flux_err``,
             ``noise``, ``uncertainty``
-mask        optional: ``mask``, ``and_mask``, ``qual``, ``quality`` (non-zero = bad); or ``valid``/``good``
+mask        optional: ``mask``, ``and_mask``, ``qual``, ``quality``, ``dq`` (non-zero = bad); or ``valid``/``good``
             (non-zero = good)
 ==========  ==========================================================================================
 
@@ -23,6 +23,11 @@ Layouts:
 * **HDF5**: datasets with those names at the root or in one group; ``flux`` 1-D or 2-D (n_spec, n_pix), ``wave``
   1-D or the same shape. Units from the dataset attribute ``units`` (or ``unit``); per-spectrum metadata from 1-D
   datasets ``ra``, ``dec``, ``z``, ``target_id``, ``t_exp`` or from group attributes of those names.
+
+Several spectra: every table HDU (FITS) and every group (HDF5) holding those names is read; several ``FLUX``
+images in one file are refused with their count. FITS null markers (``TNULLn``, ``BLANK``) and HDF5
+``_FillValue``/``missing_value`` mark missing values. Logarithmic wavelength units (``dex(Angstrom)``,
+``log(um)``, ``ln(Angstrom)``) are converted to the length inside.
 
 Units and conventions: wavelength unit default Angstrom, flux default 1e-17 erg/s/cm2/A (a warning is logged when
 a unit is absent). f_nu units (Jy, uJy, erg/s/cm2/Hz) are converted. Wavelengths are vacuum unless the header /
