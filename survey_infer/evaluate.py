@@ -53,7 +53,8 @@ def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None) -> di
     if need:
         from .cli import UserError
 
-        raise UserError(f"catalog {catalog} has no truth column(s) {need}: evaluate needs a simulated input")
+        raise UserError(f"catalog {catalog} has no truth column(s) {', '.join(need)}: evaluate needs a simulated "
+                        f"input")
     v = {k: cat[k].values for k in ("z", "z_true", "z_reliable", "kind", "z_lo68", "z_hi68", "z_lo95", "z_hi95",
                                    "logmstar", "logmstar_err", "logsfr", "logsfr_err", "quality") if k in cat}
     z, zt, rel = v["z"].astype(np.float64), v["z_true"].astype(np.float64), v["z_reliable"].astype(bool)
@@ -101,9 +102,54 @@ def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None) -> di
     out["logmstar"] = _prop(v["logmstar"], v["logmstar_err"], cat["logmstar_true"].values, gal) if "logmstar_true" in cat else {}
     out["logsfr"] = _prop(v["logsfr"], v["logsfr_err"], cat["logsfr_true"].values, gal) if "logsfr_true" in cat else {}
     if plots:
+        import time as _time
+
+        t_plots = _time.time() - 1.0
         _plots(Path(plots), z, zt, rel, gal, has, v["quality"], pit)
+        _property_plot(Path(plots), cat, v, gal)
         out["plots"] = str(plots)
+        out["plots_written"] = [str(p) for p in sorted(Path(plots).glob("evaluate*.png"))
+                                if p.stat().st_mtime >= t_plots]
     return out
+
+
+def _property_plot(d: Path, cat, v: dict, gal: np.ndarray) -> None:
+    """``evaluate_mstar_sfr.png``: log M* and log SFR against truth, and their error-normalised residuals."""
+    props = [p for p in ("logmstar", "logsfr") if f"{p}_true" in cat and p in v]
+    if not props:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d.mkdir(parents=True, exist_ok=True)
+    rel = v["z_reliable"].astype(bool)
+    fig, ax = plt.subplots(1, len(props) + 1, figsize=(5 * (len(props) + 1), 4.6))
+    label = {"logmstar": "log M* [dex(solMass)]", "logsfr": "log SFR [dex(solMass / yr)]"}
+    for i, p in enumerate(props):
+        pred, true = v[p].astype(np.float64), np.asarray(cat[f"{p}_true"].values, np.float64)
+        s = gal & np.isfinite(pred) & np.isfinite(true)
+        ax[i].scatter(true[s & ~rel], pred[s & ~rel], s=3, c="0.6", label="not reliable")
+        ax[i].scatter(true[s & rel], pred[s & rel], s=3, c="C0", label="z_reliable")
+        if s.any():
+            lo, hi = np.percentile(true[s], [0.5, 99.5])
+            ax[i].plot([lo, hi], [lo, hi], "k-", lw=0.5)
+            dd = pred[s] - true[s]
+            ax[i].set_title(f"{p}: bias {np.median(dd):+.3f}, NMAD {_nmad(dd):.3f} dex")
+        ax[i].set(xlabel=f"true {label[p]}", ylabel=label[p])
+        ax[i].legend(markerscale=3, fontsize=8)
+        err = v.get(f"{p}_err")
+        if err is not None:
+            r = ((pred - true) / err.astype(np.float64))[s]
+            ax[-1].hist(r[np.isfinite(r)], bins=40, range=(-5, 5), histtype="step", density=True, label=p)
+    x = np.linspace(-5, 5, 201)
+    ax[-1].plot(x, np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi), "k:", lw=1, label="N(0, 1)")
+    ax[-1].set(xlabel="(estimate - truth) / error", ylabel="density", title="error calibration (galaxies in range)")
+    ax[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(d / "evaluate_mstar_sfr.png", dpi=110)
+    plt.close(fig)
 
 
 def _plots(d: Path, z, zt, rel, gal, has, quality, pit) -> None:
@@ -175,4 +221,6 @@ def register(subparsers) -> None:
 def main(args) -> int:
     m = evaluate_catalog(args.catalog, args.plots)
     print(json.dumps(m, indent=1) if args.json else format_report(m))
+    if m.get("plots_written") and not args.json:
+        print("plots written: " + ", ".join(m["plots_written"]))
     return 0

@@ -282,7 +282,7 @@ def test_parquet_round_trip_metadata(catalog, tmp_path):
 def test_refuses_overwrite_unless_asked(catalog, tmp_path):
     out = tmp_path / "cat.fits"
     out.write_bytes(b"precious")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="pass overwrite=True to replace it"):  # the Python argument
         export_catalog(catalog, out)
     assert out.read_bytes() == b"precious"
     export_catalog(catalog, out, overwrite=True)
@@ -295,7 +295,10 @@ def test_cli_export(catalog, tmp_path, capsys):
     assert cli_main(["export", str(catalog), "--format", "parquet", "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out and out.exists()
     assert cli_main(["export", str(catalog), "--format", "parquet", "--out", str(out)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the CLI flag only, never the Python argument
+    assert "pass --overwrite to replace it" in err and "overwrite=True" not in err and len(err.splitlines()) == 1
+    assert cli_main(["export", str(catalog), "--out", str(tmp_path / "c.fits"), "--chunk-rows", "0"]) == 2
+    assert "--chunk-rows must be >= 1" in capsys.readouterr().err
     assert cli_main(["export", str(catalog), "--format", "fits", "--out", str(tmp_path / "c.fits"),
                      "--with-pz", "--overwrite"]) == 0
     assert cli_main(["export", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "x.fits")]) == 2

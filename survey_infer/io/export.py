@@ -74,6 +74,7 @@ __all__ = [
     "provenance_cards",
     "fits_checksum",
     "encode_checksum",
+    "OutputExistsError",
     "TARGET_CHUNK_BYTES",
 ]
 
@@ -992,9 +993,9 @@ def export_catalog(catalog: str | Path, out: str | Path, fmt: str | None = None,
         raise UserError(f"{out}: compressed output is not supported (streaming writer); write {out.stem} "
                         "and compress it afterwards")
     if out.is_dir():
-        raise UserError(f"--out {out} is a directory; give a file name")
+        raise UserError(f"{out} is a directory; give a file name")
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+        raise OutputExistsError(out)
     ds = open_catalog(catalog)
     cols = catalog_columns(ds, with_pz=with_pz)
     if not cols:
@@ -1012,7 +1013,7 @@ def export_catalog(catalog: str | Path, out: str | Path, fmt: str | None = None,
         else:
             _write_parquet(ds, cols, tmp, chunk_rows, attrs)
         if out.exists() and not overwrite:  # appeared while we were writing
-            raise FileExistsError(f"{out} appeared while exporting; pass --overwrite to replace it")
+            raise OutputExistsError(out, "appeared while exporting")
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -1021,9 +1022,22 @@ def export_catalog(catalog: str | Path, out: str | Path, fmt: str | None = None,
     return out
 
 
+class OutputExistsError(FileExistsError):
+    """The export's output file exists and ``overwrite`` is False (``path``: that file)."""
+
+    def __init__(self, path: Path, what: str = "exists") -> None:
+        self.path, self.what = Path(path), what
+        super().__init__(f"{path} {what}; pass overwrite=True to replace it")
+
+
 def _cmd(args: argparse.Namespace) -> int:
-    out = export_catalog(args.catalog, args.out, fmt=args.format, with_pz=args.with_pz,
-                         overwrite=args.overwrite, chunk_rows=args.chunk_rows)
+    if args.chunk_rows is not None and args.chunk_rows < 1:
+        raise UserError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
+    try:
+        out = export_catalog(args.catalog, args.out, fmt=args.format, with_pz=args.with_pz,
+                             overwrite=args.overwrite, chunk_rows=args.chunk_rows)
+    except OutputExistsError as exc:  # the same error in the command's own words
+        raise UserError(f"{exc.path} {exc.what}; pass --overwrite to replace it") from None
     size = out.stat().st_size
     human = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.1f} KiB"
     print(f"wrote {out} ({human})")
