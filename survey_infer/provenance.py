@@ -23,6 +23,59 @@ def dependency_versions() -> dict[str, str]:
     return out
 
 
+def hardware(device: str = "cpu") -> dict:
+    """The hardware class a result's bits depend on (bit identity holds per CPU instruction set / GPU model).
+
+    Parameters
+    ----------
+    device : ``cpu``, ``cuda`` or ``cuda:N`` — the device the model runs on.
+
+    Returns
+    -------
+    dict
+        ``machine`` (e.g. ``x86_64``) and ``cpu_capability``: the instruction set torch's CPU kernels dispatch
+        to (``torch.backends.cpu.get_cpu_capability()``: ``DEFAULT``, ``AVX2``, ``AVX512``, ...); on a CUDA
+        device also ``gpu`` (device name), ``compute_capability``, ``cuda`` (torch's CUDA runtime) and ``cudnn``
+        (version number). ``cpu_model`` (informational, not part of the class) is the CPU's model name.
+        :func:`hardware_label` gives the class as one string.
+    """
+    import platform as _platform
+
+    import torch
+
+    out = {"machine": _platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        dev = torch.device(device)
+        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(idx)
+        out.update(gpu=torch.cuda.get_device_name(idx), compute_capability=f"{major}.{minor}",
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    out["cpu_model"] = _cpu_model()
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def hardware_label(hw: dict | None) -> str:
+    """One string naming a :func:`hardware` record's class: ``"x86_64 AVX512"`` or ``"NVIDIA H200 (sm 9.0), CUDA
+    12.8, cuDNN 91002"``; ``"unrecorded"`` for None (markers of older versions)."""
+    if not hw:
+        return "unrecorded"
+    if hw.get("gpu"):
+        return (f"{hw['gpu']} (sm {hw.get('compute_capability')}), CUDA {hw.get('cuda')}, "
+                f"cuDNN {hw.get('cudnn')}")
+    return f"{hw.get('machine')} {hw.get('cpu_capability')}"
+
+
 def file_sha256(path) -> str:
     """sha256 (hex) of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()

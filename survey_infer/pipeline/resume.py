@@ -20,41 +20,24 @@ Done-markers
     be resumed while damage to the kept rows is refused.
 
 Lease lock
-    ``CATALOG/_lock.json``: owner (host, pid, boot id, process start time), epoch, heartbeat time, lease length.
-    A run takes the lock if it is absent or released, if its holder is provably dead (same host and boot, the
-    process is gone), or if its heartbeat is older than the lease (a dead run on another node, e.g. before a
-    Slurm requeue: the catalog lives on a shared file system). A live holder on another node is recognised by its
-    heartbeat advancing. Every acquisition increments the epoch. Changes to the lock file are serialised by a
-    short-lived exclusive claim file (``_lock.json.claim``, ``O_CREAT | O_EXCL``). Tasks carry their run's epoch
-    and refuse to write (data or marker) when the lock's epoch is newer.
+    One writer per catalog: see :mod:`survey_infer.pipeline.lock` (tickets created atomically per epoch,
+    liveness proven or judged by heartbeat, tasks checking epoch and owner). Its names are re-exported here.
 """
 from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
-import time
 import uuid
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from .lock import (CLOCK_SKEW_S, LOCK, LOCK_DIR, LeaseLock, LockHeldError, StaleEpochError,  # noqa: F401 - re-exported
+                   check_epoch, current_epoch, holder_is_dead, lock_record)
+
 MARKERS = "_markers"
-LOCK = "_lock.json"
 FAILURES = "_failures"
-CLAIM_STALE_S = 10.0
-#: a heartbeat from another host older than its lease plus this is taken over without watching it (s)
-CLOCK_SKEW_S = 30.0
-
-
-class LockHeldError(RuntimeError):
-    """Another live run holds the catalog's lock."""
-
-
-class StaleEpochError(RuntimeError):
-    """A task of an older run tried to write after a newer run took the catalog over."""
 
 
 class FingerprintMismatch(RuntimeError):
@@ -214,216 +197,3 @@ def hash_parts(arrs: dict, sel: np.ndarray | None = None) -> list[np.ndarray]:
     if sel is not None and len(sel) != len(arrs["object_id"]):
         out = [a[sel] for a in out]
     return out
-
-
-# ---- lease lock -------------------------------------------------------------------------------------------------
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _pid_ns() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
-def _proc_start(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return float(psutil.Process(pid).create_time())
-    except Exception:  # noqa: BLE001 - no such process, or psutil missing
-        return None
-
-
-def holder_is_dead(rec: dict) -> bool:
-    """True only when the lock's holder provably no longer exists: same host, same boot, same PID namespace,
-    and its PID is gone or now belongs to a process started later. Holders elsewhere are judged by heartbeat."""
-    ident = rec.get("identity") or {}
-    if not ident or ident.get("host") != socket.gethostname() or ident.get("boot_id") != _boot_id() \
-            or ident.get("pid_ns") != _pid_ns() or not ident.get("boot_id"):
-        return False
-    start = _proc_start(int(ident.get("pid", -1)))
-    return start is None or abs(start - float(ident.get("start", 0.0))) > 1.0
-
-
-class LeaseLock:
-    """One writer per catalog: a lease with heartbeat and a monotonically increasing epoch.
-
-    Parameters
-    ----------
-    catalog : path
-        The catalog folder (created if missing: the lock is taken before the catalog is).
-    lease_s : float
-        Seconds without a heartbeat after which a holder is considered dead. The holder beats every
-        ``lease_s / 4`` seconds.
-    """
-
-    def __init__(self, catalog: str | Path, lease_s: float = 60.0):
-        self.path = Path(catalog) / LOCK
-        self.claim = self.path.with_name(LOCK + ".claim")
-        self.lease_s = float(lease_s)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.identity = {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": _boot_id(),
-                         "pid_ns": _pid_ns(), "start": _proc_start(os.getpid()) or 0.0}
-        self.epoch = -1
-        self.taken_over_from: dict | None = None
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # -- claim: serialises read-modify-write of the lock file between processes ----------------------------------
-    def _take_claim(self, timeout: float = 5.0) -> bool:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                fd = os.open(self.claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                os.write(fd, self.owner.encode())
-                os.close(fd)
-                return True
-            except FileExistsError:
-                try:
-                    if time.time() - self.claim.stat().st_mtime > CLAIM_STALE_S:  # its taker died inside the claim
-                        self.claim.unlink()
-                        continue
-                except FileNotFoundError:
-                    continue
-                if time.time() >= deadline:
-                    return False
-                time.sleep(0.05)
-
-    def _drop_claim(self) -> None:
-        try:
-            if self.claim.read_text() == self.owner:
-                self.claim.unlink()
-        except FileNotFoundError:
-            pass
-
-    def acquire(self, wait_s: float | None = None, min_epoch: int = 0) -> int:
-        """Take the lock; returns the new epoch.
-
-        * absent or released: taken;
-        * holder provably dead (same host, boot and PID namespace; its process is gone): taken over at once;
-        * holder on this host, alive: refused (:class:`LockHeldError`), unless its heartbeat is older than the
-          lease (a hung process): taken over;
-        * holder on another host: its heartbeat is watched on this host's clock (so that clock skew between nodes
-          does not matter): if it advances the holder is alive (refused); if it stays unchanged for a whole lease
-          it is taken over. A heartbeat older than the lease plus :data:`CLOCK_SKEW_S` is taken over at once.
-
-        ``wait_s`` additionally waits that long for a live holder to finish (default: refuse at once). The new
-        epoch is above both the lock's and ``min_epoch`` (the highest epoch the catalog has recorded), so epochs
-        never go back even if the lock file was lost.
-        """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.monotonic()
-        watched: tuple | None = None  # (heartbeat value, monotonic time first seen)
-        while True:
-            cur = read_json(self.path)
-            now = time.time()
-            if not cur or cur.get("released"):
-                state = "free"
-            elif holder_is_dead(cur):
-                state = "dead"
-            else:
-                lease = float(cur.get("lease_s", self.lease_s))
-                beat = float(cur.get("heartbeat", 0))
-                age = now - beat
-                same_host = (cur.get("identity") or {}).get("host") == socket.gethostname()
-                if same_host:
-                    state = "expired" if age >= lease else "alive"
-                elif age >= lease + CLOCK_SKEW_S:
-                    state = "expired"
-                elif watched is None or watched[0] != beat:
-                    state = "alive" if watched is not None else "watch"  # it beat while watched: alive
-                    watched = (beat, time.monotonic())
-                else:
-                    state = "expired" if time.monotonic() - watched[1] >= lease else "watch"
-                if state == "alive" and time.monotonic() - t0 >= float(wait_s or 0.0):
-                    raise LockHeldError(
-                        f"catalog {self.path.parent} is being written by another run ({cur.get('owner')}, epoch "
-                        f"{cur.get('epoch')}, last heartbeat {max(0.0, age):.0f} s ago, lease {lease:g} s). Wait for "
-                        f"it to finish; a run that died is taken over automatically once its lease expires.")
-                if state in ("alive", "watch"):
-                    time.sleep(min(1.0, max(0.05, lease / 8)))
-                    continue
-            if not self._take_claim():
-                raise LockHeldError(f"catalog {self.path.parent}: cannot claim {self.claim} (another run is taking "
-                                    f"the lock at this moment)")
-            try:
-                cur2 = read_json(self.path)
-                if any((cur2 or {}).get(k) != (cur or {}).get(k) for k in ("owner", "epoch", "heartbeat", "released")):
-                    continue  # changed under us (a beat, a release, another taker): decide again
-                epoch = max(int(cur.get("epoch", 0)) if cur else 0, int(min_epoch)) + 1
-                rec = {"owner": self.owner, "identity": self.identity, "epoch": epoch, "heartbeat": now,
-                       "lease_s": self.lease_s, "acquired": now, "released": False,
-                       "taken_over": state in ("dead", "expired"),
-                       "previous": {k: cur.get(k) for k in ("owner", "epoch", "heartbeat")} if cur else None}
-                atomic_write_json(self.path, rec)
-                self.epoch = epoch
-                self.taken_over_from = rec["previous"] if rec["taken_over"] else None
-            finally:
-                self._drop_claim()
-            self._start_heartbeat()
-            return epoch
-
-    def _start_heartbeat(self) -> None:
-        self._stop.clear()
-        self.lost.clear()
-
-        def beat():
-            while not self._stop.wait(self.lease_s / 4.0):
-                if not self._take_claim(timeout=self.lease_s / 8.0):
-                    continue  # try again at the next beat
-                try:
-                    cur = read_json(self.path)
-                    if not cur or cur.get("owner") != self.owner:
-                        self.lost.set()  # taken over (we were silent too long): stop beating
-                        return
-                    cur["heartbeat"] = time.time()
-                    atomic_write_json(self.path, cur)
-                except OSError:
-                    pass  # a transient file-system error: the next beat retries
-                finally:
-                    self._drop_claim()
-
-        self._thread = threading.Thread(target=beat, name="survey-infer-lease", daemon=True)
-        self._thread.start()
-
-    def still_owner(self) -> bool:
-        cur = read_json(self.path)
-        ok = bool(cur and cur.get("owner") == self.owner and int(cur.get("epoch", -1)) == self.epoch)
-        if not ok:
-            self.lost.set()
-        return ok
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-        if not self._take_claim():
-            return  # the lease will expire by itself
-        try:
-            cur = read_json(self.path)
-            if cur and cur.get("owner") == self.owner:
-                cur["released"] = True
-                cur["heartbeat"] = time.time()
-                atomic_write_json(self.path, cur)
-        finally:
-            self._drop_claim()
-
-
-def current_epoch(catalog: str | Path) -> int:
-    cur = read_json(Path(catalog) / LOCK)
-    return int(cur.get("epoch", 0)) if cur else 0
-
-
-def check_epoch(catalog: str | Path, epoch: int) -> None:
-    """Raise :class:`StaleEpochError` when a newer run has taken the catalog over."""
-    cur = current_epoch(catalog)
-    if cur > epoch:
-        raise StaleEpochError(f"catalog {catalog}: this task belongs to run epoch {epoch} but epoch {cur} now owns "
-                              f"the catalog; the write was refused")

@@ -26,7 +26,8 @@ from ..io.catalog_schema import PASSTHROUGH, PER_OBJECT
 from ..io.catalog_store import block_bounds, create_catalog, open_catalog, output_hash, passthrough_columns, read_block
 from ..io.survey_store import SurveyStoreError, validate_survey
 from ..provenance import provenance, utc_now
-from .resume import (FAILURES, LOCK, MARKERS, FingerprintMismatch, LeaseLock, fingerprint_diff, hash_parts,
+from .faults import TransientIOError, fault_point, storage_message
+from .resume import (FAILURES, LOCK, LOCK_DIR, MARKERS, FingerprintMismatch, LeaseLock, fingerprint_diff, hash_parts,
                      input_hash, input_stamp, iter_input_rows, latest_marker, load_markers, read_json, rows_hash)
 from .worker import SUB_ROWS, ModelPlugin, RunContext, process_block
 
@@ -34,11 +35,17 @@ log = logging.getLogger(__name__)
 MAX_BLOCK = 32768
 CHECK_THREADS = 4  # threads verifying done-markers when a run starts
 RUN_ID_IN_MEMORY = 20_000_000  # catalogs up to this many rows have their run_id column read at once on resume
+TRANSIENT_RETRIES = 3  # a block failing on a transient OSError (NFS hiccup) is retried this many times
 JOBS = "_jobs"
 
 
 class RunError(RuntimeError):
     """The run cannot start (bad input, incompatible model or catalog); the message says why."""
+
+
+class CatalogStorageError(RunError):
+    """The catalog's file system refused a write (full, over quota, read-only): one line naming the path and what
+    to do (:func:`~survey_infer.pipeline.faults.storage_message`)."""
 
 
 @dataclass
@@ -251,7 +258,7 @@ def _chunk_rows(input_store: Path) -> dict[str, int]:
 
 
 # ---- the catalog folder ----------------------------------------------------------------------------------------
-_OWN = {LOCK, LOCK + ".claim", MARKERS, JOBS, FAILURES, "zarr.json", "pz", "z_grid", *PER_OBJECT, *PASSTHROUGH}
+_OWN = {LOCK, LOCK + ".claim", LOCK_DIR, MARKERS, JOBS, FAILURES, "zarr.json", "pz", "z_grid", *PER_OBJECT, *PASSTHROUGH}
 
 
 def _check_output(cat_path: Path) -> None:
@@ -273,7 +280,7 @@ def _create_in_place(cat_path: Path, **kwargs) -> None:
     import uuid
 
     for p in cat_path.iterdir():
-        if p.name in (LOCK, LOCK + ".claim"):
+        if p.name in (LOCK, LOCK + ".claim", LOCK_DIR):
             continue
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     for stale in cat_path.parent.glob(f".{cat_path.name}.creating-*"):
@@ -361,6 +368,7 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
     run_rec: dict | None = None
     g_cat = None
     try:
+        fault_point("lock-acquired", lock.path)
         if lock.taken_over_from:
             prev = lock.taken_over_from
             print_fn(f"took over the catalog lock from {prev.get('owner')} (epoch {prev.get('epoch')}, last "
@@ -474,7 +482,7 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                          mc_samples=int(mc_samples), seed=int(seed), keep_pz=keep_pz,
                          passthrough=tuple(c for c in passthrough_columns(g_in) if c in g_cat),
                          chunk_rows=chunk_rows, device=device,
-                         torch_threads=torch_threads)
+                         torch_threads=torch_threads, lock_owner=lock.owner, versions=software_versions())
         n_todo = sum((hi - lo) if r is None else len(r) for _, lo, hi, r in pending)
         print_fn(f"survey-infer run: {n:,} objects in {len(bounds)} blocks of {bo}; job {job} (run_id {run_id}, "
                  f"epoch {epoch}); {done_before} block(s) already done, {len(pending)} to compute ({n_todo:,} objects)"
@@ -512,9 +520,10 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                         ("complete" if summary.ok else "incomplete"), "blocks_computed": summary.blocks_computed,
                         "blocks_failed": summary.blocks_failed[:100], "seconds": round(summary.seconds, 3)})
         if not lost:
+            fault_point("run-record", cat_path / "zarr.json")
             _update_run_record(g_cat, run_rec)
         return summary
-    except BaseException:
+    except BaseException as exc:
         if run_rec is not None and run_rec.get("status") == "running" and g_cat is not None:
             try:
                 if lock.still_owner():
@@ -522,9 +531,25 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                     _update_run_record(g_cat, run_rec)
             except Exception:  # noqa: BLE001 - best effort while stopping
                 pass
+        msg = storage_message(exc, f"catalog {cat_path}") if isinstance(exc, Exception) else None
+        if msg:  # a full / read-only / over-quota file system: one line, not a traceback
+            raise CatalogStorageError(msg) from exc
         raise
     finally:
-        lock.release()
+        if not lock.release() and lock.release_error:
+            print_fn(f"warning: {lock.release_error}")
+
+
+def _run_with_retries(b: int, lo: int, hi: int, ctx: RunContext, r) -> dict:
+    """In-process execution of one block with the retries Dask gives a task (``retries=TRANSIENT_RETRIES``):
+    only a :class:`~survey_infer.pipeline.faults.TransientIOError` (an NFS hiccup) is retried."""
+    for _attempt in range(TRANSIENT_RETRIES + 1):
+        try:
+            return process_block(b, lo, hi, ctx, r)
+        except TransientIOError as exc:
+            last = exc
+    return {"block": b, "ok": False, "reason": f"{type(last).__name__}: {last} (still failing after "
+            f"{TRANSIENT_RETRIES} retries)"}
 
 
 def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_in_flight, progress, mdl,
@@ -542,6 +567,7 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
     results: list[dict] = []
 
     def done(rec):
+        fault_point("block-done")
         results.append(rec)
         if rec.get("ok"):
             bar.update(rec["n"])
@@ -571,7 +597,7 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
             if lost():
                 not_run([p[0] for p in pending[i:]])
                 break
-            done(process_block(b, lo, hi, ctx, r))
+            done(_run_with_retries(b, lo, hi, ctx, r))
         bar.close()
         return results
     from distributed import as_completed
@@ -594,7 +620,8 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
 
         def submit_next():
             b, lo, hi, r = queue.pop(0)
-            f = client.submit(process_block, b, lo, hi, ctx, r, key=f"block-{ctx.job}-{b}-e{ctx.epoch}", pure=False)
+            f = client.submit(process_block, b, lo, hi, ctx, r, key=f"block-{ctx.job}-{b}-e{ctx.epoch}", pure=False,
+                              retries=TRANSIENT_RETRIES)  # retries: transient OSErrors (NFS hiccups)
             in_flight[f.key] = (f, b)
             futs.add(f)
 
@@ -605,7 +632,8 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
             try:
                 rec = fut.result()
             except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker after repeated worker deaths
-                rec = {"block": b, "ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+                rec = {"block": b, "ok": False, "reason": f"{type(exc).__name__}: {exc}" + (
+                    f" (still failing after {TRANSIENT_RETRIES} retries)" if isinstance(exc, TransientIOError) else "")}
             done(rec)
             fut.release()
             if lost():

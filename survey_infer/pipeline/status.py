@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .resume import FAILURES, LOCK, holder_is_dead, load_markers, read_json
+from .resume import FAILURES, holder_is_dead, load_markers, lock_record, marker_order, read_json
 
 
 def _lock_state(lk: dict | None) -> dict | None:
@@ -30,6 +30,26 @@ def _lock_state(lk: dict | None) -> dict | None:
         state = "held by a live run"
     return {**{k: lk.get(k) for k in ("owner", "epoch", "lease_s", "taken_over")}, "heartbeat_age_s": round(age, 1),
             "state": state}
+
+
+def hardware_classes(markers: dict[str, dict[int, dict]], n_blocks: int) -> dict[str, list[int]]:
+    """Hardware class (:func:`survey_infer.provenance.hardware_label`) of the stored rows of every block: the class
+    recorded in the block's latest marker over all jobs (the one that wrote what is stored). More than one class
+    means the catalog mixes hardware (bit identity holds only within one class).
+
+    Returns
+    -------
+    dict
+        label -> sorted block numbers (blocks without a marker are left out).
+    """
+    from ..provenance import hardware_label
+
+    out: dict[str, list[int]] = {}
+    for b in range(n_blocks):
+        cands = [jm[b] for jm in markers.values() if b in jm]
+        if cands:
+            out.setdefault(hardware_label(max(cands, key=marker_order).get("hardware")), []).append(b)
+    return dict(sorted(out.items(), key=lambda kv: -len(kv[1])))
 
 
 def catalog_status(catalog: str | Path, verify: bool = False) -> dict:
@@ -73,7 +93,8 @@ def catalog_status(catalog: str | Path, verify: bool = False) -> dict:
         for i, c in zip(ids, counts):
             by_run[int(i)] = by_run.get(int(i), 0) + int(c)
     out = {"catalog": str(cat), "n_objects": n, "block_objects": bo, "n_blocks": len(bounds),
-           "fingerprint": attrs.get("fingerprint"), "runs": runs, "lock": _lock_state(read_json(cat / LOCK)),
+           "fingerprint": attrs.get("fingerprint"), "runs": runs, "lock": _lock_state(lock_record(cat)),
+           "hardware": hardware_classes(all_markers, len(bounds)),
            "rows_by_run": dict(sorted(by_run.items())), "jobs": {}, "verified": verify}
     checker = None
     if verify:
@@ -199,6 +220,13 @@ def main(args) -> int:
             print(f"    FAILED block {f['block']}: {f['reason']}")
         for f in j["not_verified"]:
             print(f"    block {f['block']} has a marker but will be recomputed: {f['reason']}")
+    hw = st.get("hardware") or {}
+    if len(hw) > 1:
+        print("  MIXED HARDWARE: " + "; ".join(f"{len(b)} block(s) on {k} (e.g. block {b[0]})" for k, b in hw.items())
+              + ". Results are bit-identical only within one hardware class: pin runs to one partition (Slurm "
+              "partition or constraint) to keep a catalog uniform; a catalog written anew on one partition is.")
+    elif hw:
+        print(f"  hardware: {next(iter(hw))}")
     lk = st["lock"]
     if lk:
         print(f"  lock: epoch {lk['epoch']}, {lk['state']}, owner {lk['owner']}, last heartbeat "

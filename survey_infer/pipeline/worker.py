@@ -7,6 +7,7 @@ the scheduler.
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,11 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from ..io.catalog_store import output_hash, read_block, write_block
+from .faults import TransientIOError, fault_point, storage_message, transient_oserror
 from .resume import (DamagedBlockError, StaleEpochError, atomic_write_json, check_epoch, failure_path, hash_parts,
                      crc_update, input_stamp, intent_path, iter_input_rows, latest_marker, marker_path, read_json,
                      rows_hash)
 
 SUB_ROWS = 1024  # rows read and processed at once inside a block
+TRANSIENT_BACKOFF_S = float(os.environ.get("SURVEY_INFER_TRANSIENT_BACKOFF", "1.0"))  # wait before a retry (s)
 PLUGIN_NAME = "survey-infer-model"
 _LOCAL_MODELS: dict[str, object] = {}
 
@@ -43,6 +46,8 @@ class RunContext:
     chunk_rows: dict = field(default_factory=dict)
     device: str = "cpu"
     torch_threads: int = 1
+    lock_owner: str = ""  # the run's lock owner token: tasks check (epoch, owner) before every write
+    versions: dict = field(default_factory=dict)  # the driver's software_versions(): checked in every task
 
 
 def _set_threads(n: int) -> None:
@@ -106,8 +111,48 @@ def _get_model(ctx: RunContext):
     except ValueError:
         pass  # not on a worker: in-process execution
     if ctx.model_sha256 not in _LOCAL_MODELS:
-        ModelPlugin(ctx.model_dir, ctx.model_sha256, {}, ctx.device, ctx.torch_threads).setup(None)
+        ModelPlugin(ctx.model_dir, ctx.model_sha256, ctx.versions, ctx.device, ctx.torch_threads).setup(None)
     return _LOCAL_MODELS[ctx.model_sha256]
+
+
+class SoftwareMismatchError(RuntimeError):
+    """A worker runs other software versions than the driver (its results would not match the fingerprint)."""
+
+
+_MY_VERSIONS: dict | None = None
+_MY_HARDWARE: dict[str, dict] = {}
+
+
+def check_versions(expected: dict) -> None:
+    """Refuse to compute on a worker whose software differs from the driver's (checked in every task: a
+    WorkerPlugin's ``setup`` error is only logged by Dask on workers that join late).
+
+    Raises
+    ------
+    SoftwareMismatchError
+        Naming each package with the driver's and this worker's version.
+    """
+    global _MY_VERSIONS
+    if not expected:
+        return
+    if _MY_VERSIONS is None:
+        from .runner import software_versions
+
+        _MY_VERSIONS = software_versions()
+    diff = {k: (v, _MY_VERSIONS.get(k)) for k, v in expected.items() if _MY_VERSIONS.get(k) != v}
+    if diff:
+        raise SoftwareMismatchError(
+            f"worker {os.uname().nodename}:{os.getpid()} runs different software than the driver ("
+            + ", ".join(f"{k} driver={a} worker={b}" for k, (a, b) in diff.items())
+            + "); install the driver's versions there or run on nodes that have them")
+
+
+def _hardware(device: str) -> dict:
+    if device not in _MY_HARDWARE:
+        from ..provenance import hardware
+
+        _MY_HARDWARE[device] = hardware(device)
+    return _MY_HARDWARE[device]
 
 
 def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarray | None = None) -> dict:
@@ -131,7 +176,8 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     try:
-        check_epoch(ctx.catalog, ctx.epoch)
+        check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
+        check_versions(ctx.versions)
         model = _get_model(ctx)
         g = zarr.open_group(ctx.input_store, mode="r", zarr_format=3)
         todo = np.arange(lo, hi) if rows is None else np.asarray(rows, np.int64)
@@ -144,6 +190,8 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
         while True:
             t0 = time.perf_counter()
             try:
+                if n_read == 0:
+                    fault_point("read", ctx.input_store, block)  # once per attempt, before the block's first read
                 r, a, b, sel, arrs = next(reader)
             except StopIteration:
                 break
@@ -166,11 +214,13 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
         values = {k: np.concatenate(v) for k, v in cols.items()}
         names = sorted(values)
         t0 = time.perf_counter()
-        check_epoch(ctx.catalog, ctx.epoch)
+        check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
         if rows is None:
+            fault_point("write", ctx.catalog, block)
             write_block(ctx.catalog, lo, hi, values)
         else:
             _merge_and_write(block, lo, hi, todo, values, ctx)
+        fault_point("after-write", None, block)
         # the output hash is of the block as stored (read back): what a resume will compare against
         stored = read_block(ctx.catalog, lo, hi, names)
         out_hash = output_hash(stored)
@@ -181,10 +231,12 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
             "input_stamp": input_stamp(Path(ctx.input_store), lo, hi, ctx.chunk_rows),
             "output_names": names, "output_hash": out_hash, "whole": rows is None, "rows_hash": rows_hash(rows),
             "n_rows": int(len(todo)), "time": time.time(), "timings": timings, "host": os.uname().nodename,
-            "pid": os.getpid(),
+            "pid": os.getpid(), "hardware": _hardware(ctx.device),
         }
-        check_epoch(ctx.catalog, ctx.epoch)
+        check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
+        fault_point("marker", marker_path(Path(ctx.catalog), ctx.job, block), block)
         atomic_write_json(marker_path(Path(ctx.catalog), ctx.job, block), marker)
+        fault_point("after-marker", None, block)
         for p in (failure_path(Path(ctx.catalog), ctx.job, block), intent_path(Path(ctx.catalog), ctx.job, block)):
             if p.exists():
                 p.unlink()
@@ -192,15 +244,23 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
                 "timings": timings, "n_reliable": int(np.count_nonzero(values["z_reliable"])),
                 "zwarn": zwarn_bit_counts(values["zwarn"]), "max_rss_mb": _max_rss_mb()}
     except Exception as exc:  # noqa: BLE001 - reported per block, the run goes on
-        rec = {"block": block, "ok": False, "lo": lo, "hi": hi, "reason": f"{type(exc).__name__}: {exc}",
+        transient = transient_oserror(exc)
+        reason = storage_message(exc, f"block {block} of catalog {ctx.catalog}") or f"{type(exc).__name__}: {exc}"
+        if transient is not None and not isinstance(exc, StaleEpochError):
+            reason = (f"transient I/O error in block {block} ({errno.errorcode.get(transient.errno, '?')}: "
+                      f"{transient.strerror or transient}, {transient.filename or 'no path'})")
+        rec = {"block": block, "ok": False, "lo": lo, "hi": hi, "reason": reason,
                "seconds": time.perf_counter() - t_start, "stale": isinstance(exc, StaleEpochError),
                "epoch": ctx.epoch, "job": ctx.job}
         if not rec["stale"]:
             try:
-                check_epoch(ctx.catalog, ctx.epoch)
+                check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
                 atomic_write_json(failure_path(Path(ctx.catalog), ctx.job, block), {**rec, "time": time.time()})
             except (OSError, StaleEpochError):
                 pass
+        if transient is not None and not rec["stale"]:
+            time.sleep(TRANSIENT_BACKOFF_S)  # let the hiccup pass, then Dask retries the task (bounded)
+            raise TransientIOError(reason) from exc
         return rec
 
 
@@ -251,13 +311,15 @@ def _merge_and_write(block: int, lo: int, hi: int, todo: np.ndarray, values: dic
                 f"run {latest.get('run_id')}, epoch {latest.get('epoch')}) outside the rows to reprocess: a torn or "
                 f"overwritten chunk. Run the job that owns those rows with its original settings to repair the "
                 f"block, then resume this job")
+    fault_point("after-intent", None, block)
     merged = {}
     for k in names:
         v = cur[k].copy()
         if k in values:
             v[todo - lo] = np.asarray(values[k]).astype(v.dtype, copy=False)
         merged[k] = v
-    check_epoch(ctx.catalog, ctx.epoch)
+    check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
+    fault_point("write", ctx.catalog, block)
     write_block(cat, lo, hi, merged)
 
 
