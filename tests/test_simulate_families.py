@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,24 @@ def test_observing_conditions_are_randomised():
     assert 0.2 < ap.min() and ap.max() < 0.95 and np.ptp(ap) > 0.1
     fixed = _simulate(0, 4, 8, replace(base, aperture_efficiency=0.6), None, extras=True)
     assert np.all(fixed["aperture"] == 0.6)
+
+
+def test_shipped_family_data_is_compact_and_not_miles():
+    from importlib import resources
+
+    from survey_infer.simulate.families import SSP_FAMILIES
+
+    root = resources.files("survey_infer") / "data"
+    total = sum(p.stat().st_size for sub in ("templates", "stars") for p in Path(str(root / sub)).iterdir())
+    assert total <= 20e6
+    for name in SSP_FAMILIES:
+        fam = load_family(name)
+        cube = fam["cube"]
+        assert cube.shape == (fam["n_age"] * fam["n_z"], fam["L"]) and np.all(np.isfinite(cube)) and cube.min() >= 0
+        w = np.exp(fam["lnw0"] + fam["dlnw"] * np.arange(fam["L"]))
+        assert w[0] <= 1200 and w[-1] >= 18000  # extended to what MOONS sees from z = 4 down to z = 0.05
+        assert 0.025 <= fam["age_gyr"].min() and fam["age_gyr"].max() <= 15
+        with np.load(str(root / "templates" / f"ssp_{name}.npz")) as d:
+            assert "miles" not in str(d["source"]).lower()
+    with pytest.raises(KeyError, match="unknown SSP family"):
+        load_family("miles")
