@@ -419,7 +419,7 @@ def test_uint64_id_beyond_int64_is_one_clear_error(tmp_path, capsys):
                "TARGETID": np.array([2**63 + 5, 7], dtype=np.uint64)})
     p = tmp_path / "big_ids.fits"
     t.write(p)
-    with pytest.raises(ReaderError, match=r"big_ids\.fits: target id value 9223372036854775813 does not fit"):
+    with pytest.raises(ReaderError, match=r"big_ids\.fits: target id TARGETID value 9223372036854775813 does not fit"):
         read_spectra(p)
     assert run_cli("ingest", p, "--out", tmp_path / "s.zarr", "--no-progress") == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -431,7 +431,7 @@ def test_uint64_id_beyond_int64_is_one_clear_error(tmp_path, capsys):
     with h5py.File(tmp_path / "u.h5", "w") as f:
         f["wave"], f["flux"], f["ivar"] = w, np.ones((1, w.size)), np.ones((1, w.size))
         f["target_id"] = np.array([2**64 - 1], np.uint64)
-    with pytest.raises(ReaderError, match=r"u\.h5: target id value 18446744073709551615"):
+    with pytest.raises(ReaderError, match=r"u\.h5: target id TARGET_ID value 18446744073709551615"):
         read_spectra(tmp_path / "u.h5")
 
 

@@ -110,6 +110,18 @@ def _meta_value(key: str, *sources):
     return None
 
 
+def _meta_key(key: str, *sources) -> str | None:
+    """The name (column / keyword / attribute, as written) that :func:`_meta_value` takes ``key`` from."""
+    for src in sources:
+        if src is None:
+            continue
+        for k in META_KEYS[key]:
+            for kk in (k, k.lower()):
+                if kk in src:
+                    return kk
+    return None
+
+
 def _to_float(v) -> float:
     if v is np.ma.masked or isinstance(v, np.ma.core.MaskedConstant):
         return float("nan")
@@ -283,7 +295,8 @@ class GenericTableReader(SpectrumReader):
             name = _meta_value("name", m, hdr_meta)
             default_name = path.stem + (f":{tag}" if tag else "") + (f":{k}" if nspec > 1 else "")
             name = str(name).strip() if name is not None else default_name
-            tid = as_int_id(_meta_value("target_id", m, hdr_meta), path, "target id")
+            tid = as_int_id(_meta_value("target_id", m, hdr_meta), path,
+                            f"{where}target id {_meta_key('target_id', m, hdr_meta)}")
             out.append(Spectrum(
                 arms=arms,
                 source_files=(str(path),),
