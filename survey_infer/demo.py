@@ -8,6 +8,7 @@ simulated spectra (``survey.zarr``, roughly 80-90 kB per spectrum: about 250 MB 
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def run_demo(out: str | Path = "survey-infer-demo", n: int = 3000, seed: int = 2
 
         raise UserError(f"{catalog} was made by an earlier demo with other settings or another model "
                         f"({str(exc).splitlines()[1].strip()}); use --out NEW_FOLDER or delete {out}") from exc
-    print_summary(s)
+    print_summary(s, out=sys.stdout)  # today's stdout (the default is bound when the module is imported)
     print(f"[3/3] accuracy against the simulation's truth -> {png}")
     m = evaluate_catalog(catalog)
     print(format_report(m))

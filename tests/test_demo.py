@@ -89,3 +89,14 @@ def test_evaluate_cli_says_what_it_wrote(demo, tmp_path):
     assert r.returncode == 0, r.stderr
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("plots written:")]
     assert line and "evaluate_mstar_sfr.png" in line[0] and str(tmp_path / "p") in line[0]
+
+
+def test_progress_bar_shows_one_rate(small_survey, tiny_model, tmp_path, capfd):
+    from survey_infer.pipeline.runner import run_catalog
+
+    s = run_catalog(small_survey, tmp_path / "c.zarr", model=tiny_model, cluster="inprocess", mc_samples=2,
+                    block_objects=64, progress=True, print_fn=lambda *a: None)
+    assert s.ok
+    frames = [f for f in capfd.readouterr().err.replace("\n", "\r").split("\r") if "spec" in f]
+    assert frames and all(f.count("spec/s") <= 1 for f in frames), frames[-1]
+    assert "300/300" in frames[-1]

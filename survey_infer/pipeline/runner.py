@@ -562,8 +562,7 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
     from tqdm import tqdm
 
     total = sum((hi - lo) if r is None else len(r) for _, lo, hi, r in pending)
-    bar = tqdm(total=total, unit="spec", desc="run", disable=not progress, smoothing=0.1)
-    t0 = time.time()
+    bar = tqdm(total=total, unit="spec", desc="run", disable=not progress, smoothing=0)  # one rate: the mean
     results: list[dict] = []
 
     def done(rec):
@@ -573,8 +572,6 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
             bar.update(rec["n"])
         else:
             bar.write(f"block {rec['block']} failed: {rec['reason']}")
-        el = time.time() - t0
-        bar.set_postfix_str(f"{bar.n / el:,.0f} spec/s" if el > 0 else "")
 
     def lost() -> bool:
         return lock is not None and (lock.lost.is_set() or bool(results and results[-1].get("stale"))
