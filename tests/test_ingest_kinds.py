@@ -655,6 +655,21 @@ def test_compressed_fits_read_like_the_plain_file(tmp_path, kind):
     assert read_spectra(eso)[0].wave.size == 100
 
 
+def test_tile_compressed_images_read_like_plain_images(tmp_path):
+    w = np.linspace(6500.0, 9000.0, 500)
+    f = np.linspace(1.0, 2.0, 500)
+    hdus = [fits.PrimaryHDU(), fits.CompImageHDU(w, name="WAVE", compression_type="GZIP_2", quantize_level=0.0),
+            fits.CompImageHDU(f, name="FLUX", compression_type="GZIP_2", quantize_level=0.0),
+            fits.CompImageHDU(np.ones(500), name="IVAR")]
+    hdus[1].header["BUNIT"] = "Angstrom"
+    hdus[2].header["BUNIT"] = FUNIT
+    fits.HDUList(hdus).writeto(tmp_path / "fz.fits")
+    assert "WAVE(image 500)" in probe_file(tmp_path / "fz.fits").describe()
+    s = read_spectra(tmp_path / "fz.fits")[0]
+    np.testing.assert_array_equal(s.wave, w)
+    np.testing.assert_array_equal(s.flux, f)
+
+
 def test_compressed_corrupt_and_hdf5_give_clear_errors(tmp_path):
     plain = sdss_like(tmp_path / "spec-0295-51585-0596.fits")
     gz = _compress(plain, "gzip")

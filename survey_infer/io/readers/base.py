@@ -270,7 +270,8 @@ class FileProbe:
                 if t == "table":
                     parts.append(f"{n or '?'}(table {h.get('NAXIS2', 0)} rows: {', '.join(self.table_columns(n or 0)[:8])})")
                 else:
-                    shape = "x".join(str(h.get(f"NAXIS{i}", 0)) for i in range(1, int(h.get("NAXIS", 0)) + 1)) or "no data"
+                    z = "Z" if h.get("ZIMAGE") is True else ""  # tile-compressed image: its own axes
+                    shape = "x".join(str(h.get(f"{z}NAXIS{i}", 0)) for i in range(1, int(h.get(f"{z}NAXIS", 0)) + 1)) or "no data"
                     parts.append(f"{n or t.upper()}({t} {shape})")
             return "FITS HDUs " + ", ".join(parts)
         if self.kind == "hdf5":
@@ -548,6 +549,8 @@ def scan_fits(path: str | os.PathLike, size: int | None = None) -> list[FitsHDUI
                 raise ReaderError(path, f"corrupt FITS header in HDU {len(out)}: {exc}") from exc
             xt = str(hdr.get("XTENSION", "")).strip().upper()
             typ = "primary" if not out else ("table" if xt == "BINTABLE" else ("ascii_table" if xt == "TABLE" else "image"))
+            if typ == "table" and hdr.get("ZIMAGE") is True:  # a tile-compressed image (fpack): read via astropy
+                typ = "image"
             name = str(hdr.get("EXTNAME", "") or "").strip().upper()
             if pos + nbytes > size:
                 raise ReaderError(path, f"truncated FITS file: {size} bytes on disk, HDU {len(out)} "
@@ -643,6 +646,8 @@ _BITPIX = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 def fits_image(path: str | os.PathLike, info: FitsHDUInfo) -> np.ndarray:
     """Data of an image HDU as a native numpy array (BSCALE/BZERO applied), shape ``(NAXISn, ..., NAXIS1)``."""
     h = info.header
+    if h.get("ZIMAGE") is True:
+        raise FastFitsUnsupported("tile-compressed image")
     naxis = int(h.get("NAXIS", 0))
     if naxis == 0:
         return np.zeros(0)

@@ -54,9 +54,7 @@ class MsaexpReader(SpectrumReader):
         units = {k.lower(): v for k, v in table_units(info).items()}
         try:
             d = read_table(path, info, ["wave", "flux", "err", "valid"])
-            wave = d["WAVE"].astype(np.float64)
-            flux = d["FLUX"].astype(np.float64)
-            err = d["ERR"].astype(np.float64)
+            wave, flux, err = (np.ma.filled(np.ma.asarray(d[k], dtype=np.float64), np.nan) for k in ("WAVE", "FLUX", "ERR"))
             valid = d["VALID"].astype(bool) if "VALID" in d else None
         except Exception as exc:  # noqa: BLE001
             raise ReaderError(path, f"cannot read msaexp SPEC1D table ({type(exc).__name__}: {exc})") from exc
