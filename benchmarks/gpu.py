@@ -111,12 +111,12 @@ def compute_ceiling(model_dir: str, store, n: int, T: int, device: str, seconds:
         masks = {k: v.to(device) for k, v in make_masks(model, oid[:bsz], np.ones(bsz, bool), T, 0).items()}
         with torch.inference_mode():
             tr = model.net.trunk(xb, sb)  # warm-up (kernel selection)
-            model.net.head(tr["a"], tr["ctx"], masks)
+            model.net.head(tr["a"], tr["ctx"], masks, tr.get("zadd"))
             sync()
             done, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < seconds / 4 or done == 0:
                 tr = model.net.trunk(xb, sb)
-                model.net.head(tr["a"], tr["ctx"], masks)
+                model.net.head(tr["a"], tr["ctx"], masks, tr.get("zadd"))
                 done += bsz
             sync()
         out[f"bare_batch{bsz}_spectra_per_s"] = done / (time.perf_counter() - t0)

@@ -59,7 +59,7 @@ def naive_mc(model, x, sc, oid, T: int, seed: int) -> np.ndarray:
             xt, st = torch.from_numpy(xb), torch.from_numpy(sb)
             for t in range(T):
                 tr = model.net.trunk(xt, st)
-                hd = model.net.head(tr["a"], tr["ctx"], {k: v[:, t:t + 1] for k, v in masks.items()})
+                hd = model.net.head(tr["a"], tr["ctx"], {k: v[:, t:t + 1] for k, v in masks.items()}, tr.get("zadd"))
                 logits = torch.cat([hd["logits_z"], hd["logit_out"][..., None]], dim=-1)[:, 0]
                 acc += torch.softmax(logits.double(), dim=-1)
             p = (acc / T)[:, :-1]
@@ -87,7 +87,7 @@ def mc_breakdown(model, x, sc, oid, T: int, seed: int) -> dict:
             t2 = time.perf_counter()
             tr = model.net.trunk(torch.from_numpy(xb), torch.from_numpy(sb))
             t3 = time.perf_counter()
-            hd = model.net.head(tr["a"], tr["ctx"], masks)
+            hd = model.net.head(tr["a"], tr["ctx"], masks, tr.get("zadd"))
             t4 = time.perf_counter()
             logits = torch.cat([hd["logits_z"], hd["logit_out"][..., None]], dim=-1)
             prob = torch.softmax(logits.double(), dim=-1)

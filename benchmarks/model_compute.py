@@ -38,7 +38,7 @@ def count_flops(model, T: int, B: int | None = None) -> dict:
         for name, t, seed in (("head_T", T, 0), ("head_1", 1, -1)):
             masks = make_masks(model, oid, valid, t, seed)
             with FlopCounterMode(display=False) as fc:
-                net.head(tr["a"], tr["ctx"], masks)
+                net.head(tr["a"], tr["ctx"], masks, tr.get("zadd"))
             out[name] = fc.get_total_flops()
     per = {k: v / B for k, v in out.items()}
     per["mc_T"] = per["trunk"] + per["head_T"]

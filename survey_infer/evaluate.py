@@ -6,6 +6,12 @@ reliable. Metrics: |Δz| < 0.01 before screening and among ``z_reliable`` with t
 per exposure time, per m_H bin); NMAD of Δz/(1+z) and the outlier fraction (|Δz|/(1+z) > 0.05); coverage of
 the 68% / 95% intervals; a PIT histogram (from ``pz``); bias, NMAD, outliers (> 0.5 dex) and 68% coverage of
 log M★ and log SFR. Plots: z_pred vs z_true, PIT, the screening curve (accuracy vs fraction kept).
+
+Every redshift metric (accuracy before screening, among ``z_reliable``, set aside, 68% / 95% interval coverage)
+is also reported by galaxy type (``is_passive``: passive / star-forming), by rest-frame Hα equivalent-width bin
+(weak-line galaxies; ``ew_halpha_rest_true`` when the input has it), by template family (``template_family``
+when present), by exposure time and by m_H bin, and by type × m_H bin; interlopers by kind. The figure
+``evaluate_groups.png`` shows accuracy, accuracy among reliable and coverage per group.
 """
 from __future__ import annotations
 
@@ -23,7 +29,11 @@ def _nmad(x: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(x - np.median(x)))) if x.size else float("nan")
 
 
-def _zblock(z, zt, rel, sel) -> dict:
+EW_BINS = ((-np.inf, 5.0), (5.0, 20.0), (20.0, 100.0), (100.0, np.inf))  # rest-frame Hα EW (Å)
+
+
+def _zblock(z, zt, rel, sel, iv: dict | None = None) -> dict:
+    """Redshift metrics of the rows ``sel``; with ``iv`` (``z_lo68``… arrays) the interval coverages too."""
     s = sel & np.isfinite(zt)
     n = int(s.sum())
     if n == 0:
@@ -31,8 +41,33 @@ def _zblock(z, zt, rel, sel) -> dict:
     ok = np.abs(z - zt) < DZ_OK
     ok = np.where(np.isfinite(z), ok, False)
     kept = s & rel
-    return {"n": n, "acc_all": float(ok[s].mean()), "acc_reliable": float(ok[kept].mean()) if kept.any() else float("nan"),
-            "set_aside": float(1.0 - kept.sum() / n)}
+    out = {"n": n, "acc_all": float(ok[s].mean()), "acc_reliable": float(ok[kept].mean()) if kept.any() else float("nan"),
+           "set_aside": float(1.0 - kept.sum() / n)}
+    if iv is not None and "z_lo68" in iv:
+        out["coverage68"] = float(((zt >= iv["z_lo68"]) & (zt <= iv["z_hi68"]))[s].mean())
+        out["coverage95"] = float(((zt >= iv["z_lo95"]) & (zt <= iv["z_hi95"]))[s].mean())
+    return out
+
+
+def _group_masks(cat, n: int) -> dict[str, dict[str, np.ndarray]]:
+    """Selections by galaxy type, Hα EW bin and template family (those the catalog's truth columns allow)."""
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    if "is_passive" in cat:
+        p = np.asarray(cat["is_passive"].values).astype(bool)
+        groups["by_type"] = {"passive": p, "star-forming": ~p}
+    if "ew_halpha_rest_true" in cat:
+        ew = np.asarray(cat["ew_halpha_rest_true"].values, np.float64)
+        groups["by_ew_halpha"] = {(f"<{b:g}" if not np.isfinite(a) else f">{a:g}" if not np.isfinite(b) else f"{a:g}-{b:g}"):
+                                  (ew >= a) & (ew < b) for a, b in EW_BINS}
+    if "template_family" in cat:
+        fam = np.asarray(cat["template_family"].values)
+        names = None
+        attrs = cat["template_family"].attrs
+        if fam.dtype.kind in "iu" and "flag_meanings" in attrs:
+            names = dict(zip(np.atleast_1d(attrs.get("flag_values", [])).tolist(), str(attrs["flag_meanings"]).split()))
+        groups["by_family"] = {str(names.get(int(f), f) if names else (f.decode() if isinstance(f, bytes) else f)):
+                               fam == f for f in np.unique(fam)}
+    return groups
 
 
 def _prop(pred, err, true, sel) -> dict:
@@ -69,9 +104,15 @@ def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None) -> di
     mag = cat["mag_h"].values if "mag_h" in cat else np.full(len(z), np.nan)
     out: dict = {"catalog": str(catalog), "n_objects": int(len(z)), "n_galaxies_in_range": int(gal.sum()),
                  "n_interlopers": int((~gal).sum()), "n_nodata": int((~has).sum())}
-    out["redshift"] = _zblock(z, zt, rel, gal)
-    out["by_exposure_h"] = {f"{h:g}": _zblock(z, zt, rel, gal & np.isclose(texp, h * 3600.0)) for h in (2, 4, 8)}
-    out["by_mag_h"] = {f"{a:g}-{b:g}": _zblock(z, zt, rel, gal & (mag >= a) & (mag < b)) for a, b in MAG_BINS}
+    iv = {k: v[k].astype(np.float64) for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95") if k in v}
+    out["redshift"] = _zblock(z, zt, rel, gal, iv)
+    for gname, sels in _group_masks(cat, len(z)).items():
+        out[gname] = {k: _zblock(z, zt, rel, gal & m, iv) for k, m in sels.items()}
+    out["by_exposure_h"] = {f"{h:g}": _zblock(z, zt, rel, gal & np.isclose(texp, h * 3600.0), iv) for h in (2, 4, 8)}
+    out["by_mag_h"] = {f"{a:g}-{b:g}": _zblock(z, zt, rel, gal & (mag >= a) & (mag < b), iv) for a, b in MAG_BINS}
+    if "by_type" in out:
+        out["by_type_mag_h"] = {f"{t}/{a:g}-{b:g}": _zblock(z, zt, rel, gal & m & (mag >= a) & (mag < b), iv)
+                                for t, m in _group_masks(cat, len(z))["by_type"].items() for a, b in MAG_BINS}
     out["by_exposure_h_mag"] = {f"{h:g}h/{a:g}-{b:g}": _zblock(z, zt, rel, gal & np.isclose(texp, h * 3600.0) &
                                                                (mag >= a) & (mag < b))
                                 for h in (2, 4, 8) for a, b in MAG_BINS}
@@ -101,12 +142,16 @@ def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None) -> di
         out["pit_hist"] = (hist / max(1, hist.sum())).round(4).tolist()
     out["logmstar"] = _prop(v["logmstar"], v["logmstar_err"], cat["logmstar_true"].values, gal) if "logmstar_true" in cat else {}
     out["logsfr"] = _prop(v["logsfr"], v["logsfr_err"], cat["logsfr_true"].values, gal) if "logsfr_true" in cat else {}
+    if "by_type" in out and "logsfr_true" in cat:  # SFR matters for star-forming galaxies
+        sf = gal & ~np.asarray(cat["is_passive"].values).astype(bool)
+        out["logsfr_starforming"] = _prop(v["logsfr"], v["logsfr_err"], cat["logsfr_true"].values, sf)
     if plots:
         import time as _time
 
         t_plots = _time.time() - 1.0
         _plots(Path(plots), z, zt, rel, gal, has, v["quality"], pit)
         _property_plot(Path(plots), cat, v, gal)
+        _group_plot(Path(plots), out)
         out["plots"] = str(plots)
         out["plots_written"] = [str(p) for p in sorted(Path(plots).glob("evaluate*.png"))
                                 if p.stat().st_mtime >= t_plots]
@@ -183,6 +228,42 @@ def _plots(d: Path, z, zt, rel, gal, has, quality, pit) -> None:
     plt.close(fig)
 
 
+GROUPS = (("by_type", ""), ("by_ew_halpha", "EW(Ha) "), ("by_family", ""), ("by_exposure_h", "h"),
+          ("by_mag_h", "m_H "), ("by_type_mag_h", ""))
+
+
+def _group_plot(d: Path, m: dict) -> None:
+    """Bar chart: accuracy before screening, among reliable, and 68% coverage for every group with N ≥ 30."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, acc, accr, c68 = [], [], [], []
+    for g, pre in GROUPS:
+        for k, b in (m.get(g) or {}).items():
+            if b.get("n", 0) >= 30:
+                labels.append(f"{k} {pre.strip()}" if pre == "h" else f"{pre}{k}")
+                acc.append(b["acc_all"])
+                accr.append(b["acc_reliable"])
+                c68.append(b.get("coverage68", np.nan))
+    if not labels:
+        return
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(labels) + 2), 4.6))
+    ax.bar(x - 0.27, acc, 0.27, label="|dz|<0.01 (all)")
+    ax.bar(x, accr, 0.27, label="among z_reliable")
+    ax.bar(x + 0.27, c68, 0.27, label="truth in 68% interval")
+    ax.axhline(0.68, color="k", ls=":", lw=0.8)
+    ax.axhline(0.99, color="k", ls="--", lw=0.6)
+    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=8)
+    ax.set(ylim=(0, 1.02), ylabel="fraction", title="redshift metrics by group (galaxies in range)")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(d / "evaluate_groups.png", dpi=110)
+    plt.close(fig)
+
+
 def format_report(m: dict) -> str:
     r = m["redshift"]
     lines = [f"catalog {m['catalog']}: {m['n_objects']:,} objects ({m['n_galaxies_in_range']:,} galaxies in 0.9-2.6, "
@@ -190,17 +271,20 @@ def format_report(m: dict) -> str:
              f"{'selection':<18}{'N':>7}{'|dz|<0.01':>11}{'reliable':>10}{'set aside':>11}",
              f"{'all':<18}{r.get('n', 0):>7}{r.get('acc_all', np.nan):>11.3f}{r.get('acc_reliable', np.nan):>10.3f}"
              f"{r.get('set_aside', np.nan):>11.3f}"]
-    for group in ("by_exposure_h", "by_mag_h"):
-        for k, b in m[group].items():
+    lines[-2] += f"{'cov68':>8}{'cov95':>8}"
+    lines[-1] += f"{r.get('coverage68', np.nan):>8.3f}{r.get('coverage95', np.nan):>8.3f}"
+    for group, pre in GROUPS:
+        for k, b in (m.get(group) or {}).items():
             if b.get("n"):
-                label = f"{k} h" if group == "by_exposure_h" else f"m_H {k}"
-                lines.append(f"{label:<18}{b['n']:>7}{b['acc_all']:>11.3f}{b['acc_reliable']:>10.3f}{b['set_aside']:>11.3f}")
+                label = f"{k} h" if pre == "h" else f"{pre}{k}"
+                lines.append(f"{label:<18}{b['n']:>7}{b['acc_all']:>11.3f}{b['acc_reliable']:>10.3f}{b['set_aside']:>11.3f}"
+                             f"{b.get('coverage68', np.nan):>8.3f}{b.get('coverage95', np.nan):>8.3f}")
     lines.append(f"NMAD dz/(1+z) {m['nmad_dz_1pz']:.5f}   outliers (>0.05) {m['outlier_frac_0.05']:.3f}   "
                  f"coverage 68% {m['coverage68']:.3f}  95% {m['coverage95']:.3f}")
     by_kind = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in (m["interlopers_by_kind"] or {}).items())
     lines.append(f"interlopers marked not reliable: {m['interlopers_not_reliable']:.3f}"
                  + (f" ({by_kind})" if by_kind else ""))
-    for p in ("logmstar", "logsfr"):
+    for p in ("logmstar", "logsfr", "logsfr_starforming"):
         q = m.get(p) or {}
         if q.get("n"):
             lines.append(f"{p:<9} bias {q['bias']:+.3f}  NMAD {q['nmad']:.3f} dex  outliers(>0.5) {q['outliers_0.5dex']:.3f}  "

@@ -265,6 +265,232 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
     return {"finished": True, "model_dir": str(out), "calibration": report, **training}
 
 
+def warm_start(net: SpectrumNet, model_dir: str | Path) -> dict:
+    """Copy a trained model's weights into ``net`` (same trunk and head sizes); returns its calibration.
+
+    Tensors of equal shape are copied; the 1×1 mix layer, which gains input columns for the template scan,
+    gets the old weights in its first columns and zeros in the new ones, so the warm-started network computes
+    exactly what the old one did until training moves it. Raises ``ValueError`` if another tensor differs.
+    """
+    from .model.checkpoint import load_model
+
+    old = load_model(model_dir)
+    src = old.net.state_dict()
+    dst = net.state_dict()
+    with torch.no_grad():
+        for k, v in src.items():
+            if k not in dst:
+                continue
+            if dst[k].shape == v.shape:
+                dst[k].copy_(v)
+            elif k == "mix.weight" and dst[k].shape[0] == v.shape[0] and dst[k].shape[2:] == v.shape[2:]:
+                dst[k].zero_()
+                dst[k][:, :v.shape[1]] = v
+            else:
+                raise ValueError(f"warm start from {model_dir}: {k} has shape {tuple(v.shape)}, "
+                                 f"the new network {tuple(dst[k].shape)}")
+    return dict(old.calibration)
+
+
+TRUNK_MODULES = ("stem", "units", "bn_out", "to_gather", "aux", "pool_conv", "feat")
+
+
+def _set_train(net: SpectrumNet, freeze_trunk: bool) -> None:
+    """Training mode; with ``freeze_trunk`` the trunk keeps eval mode (BatchNorm running statistics fixed)."""
+    net.train()
+    if freeze_trunk:
+        for name in TRUNK_MODULES:
+            getattr(net, name).eval()
+
+
+def _sim_batch(step: int, batch_size: int, seed: int, sim_config: dict | None) -> dict[str, np.ndarray]:
+    """The training spectra of one step: rows ``step·B … (step+1)·B`` of the simulated survey ``seed``."""
+    from .simulate.simulator import SimConfig, simulate_block
+
+    cfg = SimConfig.from_dict(sim_config) if sim_config else SimConfig()
+    return simulate_block(step * batch_size, batch_size, seed, cfg)
+
+
+def train_online(out_dir: str | Path, *, steps: int, batch_size: int = 64, lr: float = 5e-4, seed: int = 0,
+                 sim_seed: int = 1_000_000, sim_config: dict | None = None, resume: bool = False,
+                 init_from: str | Path | None = None, arch: dict | None = None, threads: int | None = None,
+                 device: str = "cpu", max_minutes: float | None = None, checkpoint_minutes: float = 10.0,
+                 val_n: int = 1024, val_seed: int = 424242, val_every: int = 200, progress: bool = False,
+                 max_steps: int | None = None, freeze_trunk: bool = False) -> dict:
+    """Train on spectra simulated on the fly: fresh, never repeated, deterministic from (sim_seed, step).
+
+    Step ``s`` trains on rows ``s·B … (s+1)·B`` of the survey ``simulate_block(·, ·, sim_seed, sim_config)``
+    (a prefetch thread simulates step ``s+1`` while step ``s`` trains), with dropout masks keyed by those rows'
+    object ids: everything is a function of (seed, sim_seed, step), so a leg ended by ``max_minutes`` and
+    resumed from ``OUT/train_state`` continues exactly. Every ``val_every`` steps a deterministic pass on a
+    fixed validation sample (``val_n`` spectra of the survey ``val_seed``) records |Δz| < 0.01 for all, passive
+    and star-forming galaxies in ``state["history"]`` (the learning curve), with samples seen and seconds.
+
+    Parameters
+    ----------
+    out_dir : path
+        Training directory; the resumable state goes to ``out_dir/train_state`` (safetensors + JSON).
+    steps : int
+        Total optimisation steps of the run (the cosine learning-rate schedule spans them).
+    init_from : path or "default", optional
+        Warm start from a trained model (:func:`warm_start`); its target normalisation is kept.
+    arch : dict, optional
+        :class:`NetConfig` overrides (e.g. ``{"xc_templates": 5}``).
+    max_minutes, max_steps : optional
+        End this leg after so many minutes / optimisation steps (resume with ``resume=True``).
+    freeze_trunk : bool
+        Train only the redshift/property heads (and the template-scan weights), with the CNN trunk fixed
+        (eval-mode BatchNorm, no gradients): about 3× cheaper per step; used to fine-tune a warm-started model.
+
+    Returns
+    -------
+    dict with ``finished``, ``step``, ``seconds``, ``samples_per_s`` (this leg) and the last validation entry.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .instrument import load_instrument
+    from .model.network import ones_masks
+    from .skymask import instrument_sky_mask
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(int(threads))
+    dev = torch.device(device)
+    inst = load_instrument()
+    sky = instrument_sky_mask(inst)
+    zg = ZGrid()
+    cfg = NetConfig(**{**{"n_scalars": n_scalars(inst)}, **(arch or {})})
+    torch.manual_seed(seed)
+    net = SpectrumNet(cfg, inst, zg)
+    tnorm = {"logmstar": [10.0, 0.9], "logsfr": [1.0, 0.8]}
+    if cfg.xc_templates > 0:
+        from .model.xcorr import default_template_spectra
+
+        net.xc.fill(*default_template_spectra())
+    if init_from is not None and not (resume and (out / STATE_DIR / "state.json").exists()):
+        tnorm = warm_start(net, init_from).get("target_norm", tnorm)
+    net.to(dev)
+    if freeze_trunk:
+        for name in TRUNK_MODULES:
+            getattr(net, name).requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
+    state = {"mode": "online", "freeze_trunk": freeze_trunk, "step": 0, "seconds": 0.0, "seed": seed, "sim_seed": sim_seed,
+             "sim_config": sim_config or {}, "steps": steps, "batch_size": batch_size, "lr": lr,
+             "target_norm": tnorm, "history": [], "device": str(dev), "architecture": cfg.to_dict(),
+             "init_from": str(init_from) if init_from else None, "val_n": val_n, "val_seed": val_seed,
+             "threads": torch.get_num_threads(), "preprocessing_version": PREPROCESSING_VERSION}
+    if resume and (out / STATE_DIR / "state.json").exists():
+        saved = _load_state(out, net, opt)
+        for k in ("step", "seconds", "history", "target_norm", "steps", "sim_seed", "sim_config", "seed",
+                  "batch_size", "lr", "init_from"):
+            state[k] = saved.get(k, state[k])
+        steps, batch_size, lr, seed = state["steps"], state["batch_size"], state["lr"], state["seed"]
+        sim_seed, sim_config, tnorm = state["sim_seed"], state["sim_config"], state["target_norm"]
+        log.info("resuming at step %d (%.0f s spent)", state["step"], state["seconds"])
+    # validation sample (fixed, simulated once per leg)
+    from .simulate.simulator import SimConfig, simulate_block
+
+    vcfg = SimConfig.from_dict(sim_config) if sim_config else SimConfig()
+    vs = simulate_block(0, val_n, val_seed, vcfg)
+    vpp = preprocess(vs["flux"], vs["ivar"], inst, sky)
+
+    def validate() -> dict:
+        net.eval()
+        zs = []
+        with torch.no_grad():
+            for b0 in range(0, val_n, 64):
+                xb = torch.from_numpy(vpp.x[b0:b0 + 64]).to(dev)
+                sb = torch.from_numpy(vpp.scalars[b0:b0 + 64]).to(dev)
+                o = net(xb, sb, ones_masks(cfg, len(xb), 1, dev))
+                zs.append(zg.centres[o["logits_z"][:, 0].argmax(dim=1).cpu().numpy()])
+        _set_train(net, freeze_trunk)
+        ok = np.abs(np.concatenate(zs) - vs["z_true"]) < 0.01
+        g = vs["kind"] == 0
+        p = vs["is_passive"].astype(bool)
+        return {"step": state["step"], "samples": state["step"] * batch_size, "seconds": round(state["seconds"], 1),
+                "acc_all": float(ok[g].mean()), "acc_passive": float(ok[g & p].mean()),
+                "acc_starforming": float(ok[g & ~p].mean())}
+
+    sched = lambda s: lr * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * min(1.0, (s + 1) / 100)  # noqa: E731
+    if not state["history"]:
+        state["history"].append(validate())
+        log.info("validation at step 0: %s", state["history"][-1])
+    t_leg = t_ckpt = time.time()
+    step0 = state["step"]
+    pool = ThreadPoolExecutor(max_workers=1)
+    fut = pool.submit(_sim_batch, state["step"], batch_size, sim_seed, sim_config)
+    stopped = False
+    _set_train(net, freeze_trunk)
+    try:
+        while state["step"] < steps:
+            t0 = time.time()
+            cols = fut.result()
+            if state["step"] + 1 < steps:
+                fut = pool.submit(_sim_batch, state["step"] + 1, batch_size, sim_seed, sim_config)
+            pp = preprocess(cols["flux"], cols["ivar"], inst, sky)
+            tgt, ym, ys, inrange, aux_t = _targets(cols, zg, net, inst.wave, tnorm)
+            masks = {k: torch.from_numpy(mc.keep_masks(seed, cols["object_id"], 1, u, cfg.p_drop,
+                                                       stream=10 + i)).to(dev)
+                     for i, (k, u) in enumerate(cfg.mask_units().items())}
+            for g in opt.param_groups:
+                g["lr"] = sched(state["step"])
+            outp = net(torch.from_numpy(pp.x).to(dev), torch.from_numpy(pp.scalars).to(dev), masks)
+            loss, parts = _loss(outp, tgt.to(dev), ym.to(dev), ys.to(dev), inrange.to(dev), aux_t.to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+            state["step"] += 1
+            state["seconds"] += time.time() - t0
+            if state["step"] % val_every == 0 or state["step"] == steps:
+                state["history"].append({**validate(), "loss": round(loss.item(), 4), "ce": round(parts["ce"], 4)})
+                log.info("step %d: %s", state["step"], state["history"][-1])
+                if progress:
+                    print(json.dumps(state["history"][-1]), flush=True)
+            if time.time() - t_ckpt > checkpoint_minutes * 60:
+                _save_state(out, net, opt, state)
+                t_ckpt = time.time()
+            if (max_minutes is not None and time.time() - t_leg > max_minutes * 60) or \
+                    (max_steps is not None and state["step"] - step0 >= max_steps):
+                stopped = state["step"] < steps
+                break
+    finally:
+        pool.shutdown(wait=True)
+    _save_state(out, net, opt, state)
+    leg_s = time.time() - t_leg
+    res = {"finished": state["step"] >= steps, "step": state["step"], "seconds": state["seconds"],
+           "samples_per_s": (state["step"] - step0) * batch_size / max(leg_s, 1e-9),
+           "last_validation": state["history"][-1], "stopped_early": stopped}
+    return res
+
+
+def export_online(out_dir: str | Path, model_dir: str | Path) -> str:
+    """Write a model directory (uncalibrated: temperature 1) from an online run's ``train_state``."""
+    from .instrument import load_instrument
+    from .skymask import instrument_sky_mask
+
+    out = Path(out_dir)
+    meta = json.loads((out / STATE_DIR / "state.json").read_text())
+    inst = load_instrument()
+    cfg = NetConfig.from_dict(meta["architecture"])
+    net = SpectrumNet(cfg, inst, ZGrid())
+    if meta.get("freeze_trunk"):
+        for name in TRUNK_MODULES:
+            getattr(net, name).requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    _load_state(out, net, opt)
+    net.eval()
+    from .provenance import provenance
+
+    training = {k: meta.get(k) for k in ("mode", "freeze_trunk", "seed", "sim_seed", "sim_config", "steps", "batch_size", "lr",
+                                          "step", "seconds", "history", "device", "threads", "init_from")}
+    training["samples_seen"] = meta["step"] * meta["batch_size"]
+    training["provenance"] = provenance()
+    calib = {"temperature": 1.0, "target_norm": meta["target_norm"], "thresholds": {}}
+    return save_model(model_dir, net, inst, instrument_sky_mask(inst), PREPROCESSING_VERSION, calib, training)
+
+
 @torch.no_grad()
 def quick_validate(net, vds, inst, sky, zg, n: int, dev) -> float:
     """|Δz| < 0.01 fraction of a deterministic pass on the first ``n`` in-range validation objects."""
@@ -290,8 +516,16 @@ def quick_validate(net, vds, inst, sky, zg, n: int, dev) -> float:
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on simulated survey stores",
                               description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--train", required=True, help="training survey store (with truth columns)")
-    p.add_argument("--val", required=True, help="validation survey store (calibration, thresholds)")
+    p.add_argument("--train", default=None,
+                   help="training survey store (with truth columns); omit with --online-steps")
+    p.add_argument("--val", default=None, help="validation survey store (calibration, thresholds)")
+    p.add_argument("--online-steps", type=int, default=None,
+                   help="train on spectra simulated on the fly for this many steps (no --train store)")
+    p.add_argument("--sim-seed", type=int, default=1_000_000, help="survey seed of the on-the-fly spectra")
+    p.add_argument("--sim-config", default=None, help="JSON dict of SimConfig fields for the on-the-fly spectra")
+    p.add_argument("--init-from", default=None, help="warm start from this model directory ('default' = shipped)")
+    p.add_argument("--freeze-trunk", action="store_true",
+                   help="with --online-steps: train only the heads (the CNN trunk fixed; ~3x cheaper per step)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/train_state")
     p.add_argument("--epochs", type=int, default=6)
@@ -310,6 +544,37 @@ def register(subparsers) -> None:
 
 
 def _main(args) -> int:
+    from .cli import UserError
+
+    if args.online_steps and args.finalize:  # no further training: export the last checkpoint and calibrate
+        if not (Path(args.out) / STATE_DIR / "state.json").exists():
+            raise UserError(f"--finalize: no training state in {Path(args.out) / STATE_DIR}")
+        export_online(args.out, args.out)
+        res = {"finished": True, "model_dir": args.out}
+        if args.val:
+            from .calibrate import calibrate_model
+
+            res["calibration"] = calibrate_model(args.out, args.val, n=args.n_val)
+        print(json.dumps(res, indent=1, default=str))
+        return 0
+    if args.online_steps:
+        res = train_online(args.out, steps=args.online_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           sim_seed=args.sim_seed, sim_config=json.loads(args.sim_config) if args.sim_config else None,
+                           resume=args.resume, init_from=args.init_from,
+                           arch=json.loads(args.arch) if args.arch else None, threads=args.threads,
+                           device=args.device, max_minutes=args.max_minutes,
+                           checkpoint_minutes=args.checkpoint_minutes, progress=True,
+                           freeze_trunk=args.freeze_trunk)
+        if res["finished"]:
+            export_online(args.out, args.out)
+            if args.val:
+                from .calibrate import calibrate_model
+
+                res["calibration"] = calibrate_model(args.out, args.val, n=args.n_val)
+        print(json.dumps(res, indent=1, default=str))
+        return 0 if res["finished"] else 3
+    if not args.train or not args.val:
+        raise UserError("train: --train and --val are required (or use --online-steps for on-the-fly spectra)")
     res = train_model(args.train, args.val, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       seed=args.seed, resume=args.resume, threads=args.threads, device=args.device,
                       arch=json.loads(args.arch) if args.arch else None, max_minutes=args.max_minutes,

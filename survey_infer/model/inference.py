@@ -84,7 +84,7 @@ def run_network(model: Model, x: np.ndarray, scalars: np.ndarray, object_id: np.
         xb, sb, ob, valid = pack_micro_batch(x, scalars, object_id, sel, slots)
         masks = {k: v.to(device) for k, v in make_masks(model, ob, valid, mc_samples, seed).items()}
         tr = model.net.trunk(torch.from_numpy(xb).to(device), torch.from_numpy(sb).to(device))
-        hd = model.net.head(tr["a"], tr["ctx"], masks)
+        hd = model.net.head(tr["a"], tr["ctx"], masks, tr.get("zadd"))
         logits = torch.cat([hd["logits_z"], hd["logit_out"][..., None]], dim=-1) / temp  # (B, T, Z+1)
         prob = torch.softmax(logits.double(), dim=-1)
         pbar = prob.mean(dim=1)

@@ -11,6 +11,11 @@ Architecture (defaults in :class:`NetConfig`; ~0.1 GFLOP per spectrum on MOONS L
   This builds the physics in (lines move together with 1+z) and keeps the per-bin work tiny.
 * **Auxiliary line-location head**: a per-position logit at trunk resolution (which positions hold redshifted
   emission lines); training only, outside the MC loop, not in the catalog.
+* **Template χ² scan** (``xc_templates > 0``, :mod:`survey_infer.model.xcorr`): a classical template fit over
+  the z grid by FFT on a log-λ grid (high-pass and full-continuum template sets), per bin
+  (log-likelihood ratio, template S/N); these 4 values join the gathered line features in the 1×1 mix, and a
+  direct 1×1 term adds them to the redshift logits (zero at initialisation). This gives the network what an
+  absorption-line redshift needs: many weak features and the breaks, integrated as a template fit does.
 * **Shared head with MC dropout** (runs T times, batched): channel dropout on ``a`` → 1×1 (H1→H2) → ReLU →
   dropout → 1×1 (H2→1) gives the redshift logits; a small MLP on pooled trunk features, per-object scalars, the
   expected z and the PDF-weighted line features gives an "outside the range / not a galaxy" logit and
@@ -59,6 +64,8 @@ class NetConfig:
     feat_dim: int = 64
     mlp_hidden: int = 64
     p_drop: float = 0.2
+    xc_templates: int = 0  # > 0: FFT template χ² scan (:mod:`.xcorr`) with this many templates per set
+    xc_dlnw: float = 5e-4  # its log-λ step
     lines: tuple[tuple[str, float], ...] = field(default_factory=lambda: GATHER_LINES)
 
     def to_dict(self) -> dict:
@@ -139,7 +146,15 @@ class SpectrumNet(nn.Module):
         self.pool_conv = nn.Conv1d(w, cfg.pool_width, 4, stride=4)
         self.feat = nn.Linear(2 * cfg.pool_width, cfg.feat_dim)
         K = len(cfg.lines)
-        self.mix = nn.Conv1d(K * cfg.n_gather, cfg.head_h1, 1)
+        n_xc = 0
+        if cfg.xc_templates > 0:
+            from .xcorr import N_FEATURES, TemplateChi2
+
+            self.xc = TemplateChi2(instrument, zgrid, cfg.xc_templates, cfg.xc_dlnw)
+            self.xc_direct = nn.Conv1d(N_FEATURES, 1, 1, bias=False)
+            nn.init.zeros_(self.xc_direct.weight)
+            n_xc = N_FEATURES
+        self.mix = nn.Conv1d(K * cfg.n_gather + n_xc, cfg.head_h1, 1)
         self.zbias = nn.Parameter(torch.zeros(zgrid.n))
         self.h2 = nn.Linear(cfg.head_h1, cfg.head_h2)
         self.h3 = nn.Linear(cfg.head_h2, 1)
@@ -153,7 +168,8 @@ class SpectrumNet(nn.Module):
 
     # ---- trunk -------------------------------------------------------------------------------------------
     def trunk(self, x: torch.Tensor, scalars: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run once per object. Returns ``a`` (B, H1, Z), ``ctx`` (B, feat+scalars), ``aux`` (B, L')."""
+        """Run once per object. Returns ``a`` (B, H1, Z), ``ctx`` (B, feat+scalars), ``aux`` (B, L') and, with
+        the template scan, ``zadd`` (B, Z): a per-bin term added to the redshift logits."""
         h = self.stem(x)
         for u in self.units:
             h = u(h)
@@ -167,15 +183,21 @@ class SpectrumNet(nn.Module):
         v1 = torch.gather(g, 2, idx0 + 1)
         wl = self.g_w.reshape(1, 1, K * Z)
         v = (v0 * wl + v1 * (1.0 - wl)).reshape(B, Cg, K, Z).transpose(1, 2).reshape(B, K * Cg, Z)
+        res = {}
+        if self.cfg.xc_templates > 0:
+            xf = self.xc(x)  # (B, 4, Z)
+            v = torch.cat([v, xf], dim=1)
+            res["zadd"] = self.xc_direct(xf)[:, 0]
         a = self.mix(v)  # (B, H1, Z)
         p = F.relu(self.pool_conv(h))
         pooled = torch.cat([p.mean(dim=2), p.amax(dim=2)], dim=1)
         feat = F.relu(self.feat(pooled))
         ctx = torch.cat([feat, scalars], dim=1)
-        return {"a": a, "ctx": ctx, "aux": self.aux(h)[:, 0, :]}
+        return {"a": a, "ctx": ctx, "aux": self.aux(h)[:, 0, :], **res}
 
     # ---- head (MC) -----------------------------------------------------------------------------------------
-    def head(self, a: torch.Tensor, ctx: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def head(self, a: torch.Tensor, ctx: torch.Tensor, masks: dict[str, torch.Tensor],
+             zadd: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """T head passes for B objects at once.
 
         Parameters
@@ -185,6 +207,8 @@ class SpectrumNet(nn.Module):
         masks : dict of (B, T, units) tensors
             Inverted-dropout multipliers per family (``h1``, ``h2``, ``mlp_in``, ``mlp_hidden``); all ones for
             a deterministic pass (T = 1).
+        zadd : (B, Z), optional
+            Per-bin term added to every pass's redshift logits (the trunk's ``zadd``).
 
         Returns
         -------
@@ -203,6 +227,8 @@ class SpectrumNet(nn.Module):
         # second mask and the last 1x1 layer folded into one weighted sum over H2
         w3 = m2 * self.h3.weight[0]  # (B, T, H2)
         logits_z = torch.matmul(w3[:, :, None, :], z2).squeeze(2) + (self.h3.bias[0] + self.zbias)
+        if zadd is not None:
+            logits_z = logits_z + zadd[:, None, :]
         pz = torch.softmax(logits_z, dim=-1)  # (B, T, Z)
         zexp = (pz * self.zc).sum(-1, keepdim=True)
         q = torch.bmm(pz, ra.transpose(1, 2))  # PDF-weighted line features (B, T, H1)
@@ -218,7 +244,7 @@ class SpectrumNet(nn.Module):
 
     def forward(self, x, scalars, masks):
         tr = self.trunk(x, scalars)
-        hd = self.head(tr["a"], tr["ctx"], masks)
+        hd = self.head(tr["a"], tr["ctx"], masks, tr.get("zadd"))
         hd["aux"] = tr["aux"]
         return hd
 
