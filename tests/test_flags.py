@@ -161,3 +161,14 @@ def test_old_layout_catalog_is_refused(catalog, small_survey, tiny_model, tmp_pa
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "zwarn bit 0 is NODATA" in r.stderr and "write a new catalog" in r.stderr
     assert layout_mismatch(open_catalog(path).attrs) is None
+
+
+def test_store_error_names_variables_not_a_python_list(tmp_path, small_survey, tiny_model):
+    """A store without ivar: one line naming the variable, not "['ivar']"."""
+    bad = tmp_path / "noivar.zarr"
+    shutil.copytree(small_survey, bad)
+    shutil.rmtree(bad / "ivar")
+    with pytest.raises(RunError) as exc:
+        run_catalog(bad, tmp_path / "c.zarr", model=tiny_model, cluster="inprocess", progress=False,
+                    print_fn=lambda *a: None)
+    assert "lacks required variable(s) ivar" in str(exc.value) and "[" not in str(exc.value)

@@ -382,7 +382,7 @@ def validate_survey(path: str | Path, instrument: Instrument | str | None = None
     g = group if group is not None else _open_group(path)
     missing = [v for v in REQUIRED_VARS if v not in g]
     if missing:
-        raise SurveyStoreError(f"survey store {path} lacks required variable(s) {missing}")
+        raise SurveyStoreError(f"survey store {path} lacks required variable(s) {', '.join(missing)}")
     attrs = dict(g.attrs)
     if "n_objects" not in attrs:
         raise SurveyStoreError(f"survey store {path} has no 'n_objects' attribute (never committed?)")
