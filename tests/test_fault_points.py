@@ -5,14 +5,12 @@ hardware class recorded per marker with mixed hardware flagged by ``status``."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 

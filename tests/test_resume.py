@@ -1,5 +1,6 @@
 """Resume and partial reprocessing with real processes: SIGKILL the driver, torn catalog chunks, a reprocessing
-job killed midway, and a different numerics fingerprint. Every catalog is compared bit for bit with an
+job killed midway, and a different numerics fingerprint. Kills happen at named fault-injection points
+(``SURVEY_INFER_FAULT``), so every test is deterministic. Every catalog is compared bit for bit with an
 uninterrupted run (DESIGN §8). The counts and times each test measures are printed (``pytest -s``)."""
 from __future__ import annotations
 
@@ -20,28 +21,38 @@ from survey_infer.io.catalog_store import open_catalog, read_block
 from survey_infer.pipeline.runner import run_catalog
 from survey_infer.pipeline.status import catalog_status
 
-from resume_helpers import (BLOCK, N, N_BLOCKS, QUIET, T, markers, reference_run, run_args, start, summary_of,
-                            wait_for)
+from resume_helpers import BLOCK, N, N_BLOCKS, QUIET, T, markers, reference_run, run_args, summary_of
 
 
-def kill_run(proc: subprocess.Popen) -> dict:
-    """SIGKILL the driver (as a preemption would), then every process it had started (its LocalCluster worker
-    processes) — by pid, after noting which of them outlived the driver by a second."""
+def run_with_fault(args: list[str], log: Path, fault: str) -> dict:
+    """``survey-infer ARGS`` with ``SURVEY_INFER_FAULT=fault`` (a named point that SIGKILLs the driver: no
+    timing, no race), to its end; then SIGKILL every process it had started that outlived it (by pid)."""
+    import sys
+
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "survey_infer", *args], stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "SURVEY_INFER_FAULT": fault})
+    kids: dict[int, psutil.Process] = {}
     try:
-        kids = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        kids = []
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+        while proc.poll() is None:
+            try:
+                kids.update({k.pid: k for k in psutil.Process(proc.pid).children(recursive=True)})
+            except psutil.NoSuchProcess:
+                pass
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
     time.sleep(1.0)
-    survivors = [k.pid for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
-    for k in kids:
+    survivors = [k for k in kids.values() if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+    for k in survivors:
         try:
-            os.kill(k.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            k.kill()
+        except psutil.Error:
             pass
-    psutil.wait_procs(kids, timeout=10)
-    return {"workers": len(kids), "outlived_driver": len(survivors)}
+    psutil.wait_procs(survivors, timeout=10)
+    return {"returncode": proc.returncode, "workers": len(kids), "outlived_driver": len(survivors)}
 
 
 def timed_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -78,16 +89,12 @@ def copy_catalog(src: Path, dst: Path) -> Path:
 def test_driver_sigkill_resumes_only_unfinished_blocks(reference, small_survey, tiny_model, tmp_path):
     cat = tmp_path / "cat.zarr"
     args = run_args(small_survey, cat, tiny_model, "--workers", "2")
-    proc = start(args, tmp_path / "killed.log")
-    try:
-        wait_for(lambda: markers(cat) >= 3, 180, "3 done blocks", proc)
-        info = kill_run(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # the driver SIGKILLs itself when it receives its 3rd block result (at most 4 more are in flight)
+    info = run_with_fault(args, tmp_path / "killed.log", "block-done:kill:skip=2")
     done_at_kill = markers(cat)
     print((tmp_path / "killed.log").read_text()[-1500:])
-    assert done_at_kill < N_BLOCKS, "the run finished before the kill: inconclusive"
+    assert info["returncode"] == -signal.SIGKILL
+    assert 3 <= done_at_kill < N_BLOCKS
     lock = json.loads((cat / "_lock.json").read_text())
     assert not lock["released"]  # a killed run cannot release its lock
 
@@ -158,17 +165,14 @@ def test_reprocess_selection_killed_and_resumed(reference, reference_b, small_su
     where = "z_true > 2.0"
     sel = open_catalog(reference)["z_true"].values > 2.0
     assert 0.15 < sel.mean() < 0.5
-    args = run_args(small_survey, cat, tiny_model_b, "--workers", "2") + ["--where", where, "--reprocess"]
-    proc = start(args, tmp_path / "killed.log")
-    try:
-        wait_for(lambda: markers(cat, "reprocess-*") >= 2, 180, "2 reprocessed blocks", proc)
-        info = kill_run(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    args = run_args(small_survey, cat, tiny_model_b, "--workers", "2", "--max-in-flight", "2") + [
+        "--where", where, "--reprocess"]
+    # the driver SIGKILLs itself when it receives its 2nd block result (at most 2 more are in flight)
+    info = run_with_fault(args, tmp_path / "killed.log", "block-done:kill:skip=1")
     done_at_kill = markers(cat, "reprocess-*")
     n_sel_blocks = len(np.unique(np.flatnonzero(sel) // BLOCK))
-    assert done_at_kill < n_sel_blocks, "the reprocessing finished before the kill: inconclusive"
+    assert info["returncode"] == -signal.SIGKILL
+    assert 2 <= done_at_kill <= 4 < n_sel_blocks
 
     # resume: the same command (in-process this time, to keep the test short; the runner logic is the same)
     r, t = timed_cli(*args, "--cluster", "inprocess")
@@ -243,54 +247,24 @@ def test_reprocess_refuses_a_block_damaged_outside_its_rows(reference, reference
 
 
 def test_reprocess_killed_inside_a_merge_resumes(reference, reference_b, small_survey, tiny_model_b, tmp_path):
-    """SIGKILL while a reprocessing job is merging its rows into a block (its intent recorded, its marker not
-    yet): the resumed job recognises its own half-done merge from the intent and completes it."""
+    """SIGKILL while a reprocessing job is merging its rows into a block (its intent recorded and the block
+    rewritten, its marker not yet: fault point ``after-write``): the resumed job recognises its own unfinished
+    merge from the intent and completes it."""
     where = "z_true > 2.0"
     sel = open_catalog(reference)["z_true"].values > 2.0
-    for attempt in range(3):
-        cat = copy_catalog(reference, tmp_path / f"cat{attempt}.zarr")
-        args = run_args(small_survey, cat, tiny_model_b, "--cluster", "inprocess", "--where", where, "--reprocess")
-        proc = start(args, tmp_path / f"killed{attempt}.log")
-        try:
-            wait_for(lambda: any((cat / "_markers").glob("reprocess-*/intent-*.json")), 180, "a merge", proc,
-                     poll=0.002)
-            try:
-                intent = next((cat / "_markers").glob("reprocess-*/intent-*.json"))
-                b = int(intent.stem.split("-")[1])
-                t_intent = intent.stat().st_mtime_ns
-            except (StopIteration, FileNotFoundError):  # that merge already ended
-                b, t_intent = -1, 0
-            chunk = cat / "logmstar" / "c" / str(b)  # one of the first variables the merge writes
-
-            def written():
-                try:
-                    return chunk.stat().st_mtime_ns > t_intent
-                except FileNotFoundError:
-                    return False
-
-            try:
-                wait_for(written, 30, "the merge's first chunk writes", proc, poll=0.001)
-            except (AssertionError, FileNotFoundError):
-                pass  # missed: judged below
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        torn = []
-        for p in (cat / "_markers").glob("reprocess-*/intent-*.json"):
-            b = int(p.stem.split("-")[1])
-            lo, hi = b * BLOCK, min(N, (b + 1) * BLOCK)
-            if p.with_name(f"block-{b:06d}.json").exists():
-                continue  # merged and marked: only the intent's removal was missed
-            changed = [k for k, v in read_block(cat, lo, hi).items()
-                       if not np.array_equal(v.view(np.uint8), read_block(reference, lo, hi, [k])[k].view(np.uint8))]
-            if changed:  # some variables already hold the new rows, the marker does not exist: a torn merge
-                torn.append((b, len(changed)))
-        if torn:
-            break
-    else:
-        pytest.skip("the kill never landed inside a merge after a chunk was written, in 3 attempts")
+    cat = copy_catalog(reference, tmp_path / "cat.zarr")
+    args = run_args(small_survey, cat, tiny_model_b, "--cluster", "inprocess", "--where", where, "--reprocess")
+    info = run_with_fault(args, tmp_path / "killed.log", "after-write:kill:skip=1")  # in the 2nd merged block
+    assert info["returncode"] == -signal.SIGKILL
+    torn = []
+    for p in (cat / "_markers").glob("reprocess-*/intent-*.json"):
+        b = int(p.stem.split("-")[1])
+        lo, hi = b * BLOCK, min(N, (b + 1) * BLOCK)
+        assert not p.with_name(f"block-{b:06d}.json").exists()
+        changed = [k for k, v in read_block(cat, lo, hi).items()
+                   if not np.array_equal(v.view(np.uint8), read_block(reference, lo, hi, [k])[k].view(np.uint8))]
+        torn.append((b, len(changed)))
+    assert len(torn) == 1 and torn[0][1] > 0, torn  # rows replaced, no marker: only the intent can vouch for them
     r, t = timed_cli(*args)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = summary_of(r.stdout)
