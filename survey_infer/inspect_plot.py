@@ -219,7 +219,7 @@ def _draw_pdf(ax, rec: dict, zg, pz, zoom: bool) -> None:
     ax.set_xlabel("z")
 
 
-def _summary_text(rec: dict, object_id: int, row: int) -> str:
+def _summary_text(rec: dict, object_id: int, row: int, table: list[dict] | None = None) -> str:
     zw = int(rec.get("zwarn", 0))
     lines = [f"object_id {object_id}   (catalog row {row})"]
     if "run_id" in rec:
@@ -242,20 +242,44 @@ def _summary_text(rec: dict, object_id: int, row: int) -> str:
     if zw < 0 or (zw == 0 and not np.isfinite(float(rec.get("z", np.nan)))):
         lines.append(f"zwarn = {zw} and no estimate: row not computed yet")
         return "\n".join(lines)
-    reliable = bool(flags.z_reliable(np.array([zw]))[0])
-    lines.append(f"zwarn = {zw} (0x{zw:x})   z_reliable = {reliable}")
-    by_name = {b.name: b for b in flags.ZWARN_BITS}
-    names = flags.describe(zw)
-    if not names:
-        lines.append("  no flags set")
-    for nm in names:
-        b = by_name.get(nm)
-        if b is None:
-            lines.append(f"  {nm}  (user bit)")
-        else:
-            lines += textwrap.wrap(f"{'BAD ' if b.bad else 'info'} {nm}: {b.description}", width=64,
-                                   initial_indent="  ", subsequent_indent="        ")
+    lines += flag_lines(zw, table)
     return "\n".join(lines)
+
+
+def flag_lines(zwarn: int, table: list[dict] | None = None, width: int = 64) -> list[str]:
+    """``zwarn`` decoded with a catalog's bit table, one wrapped line per set bit.
+
+    Parameters
+    ----------
+    zwarn : the value.
+    table : the catalog's ``zwarn_bits`` attribute (its descriptions state its model's thresholds, and an old
+        catalog keeps the meanings its bits had); default: :func:`survey_infer.flags.bit_table`.
+
+    Returns
+    -------
+    list of str: ``zwarn = V (0xV)   z_reliable = ...``, then ``BAD``/``info`` NAME: description per set bit
+    (user bits as ``USERnn``, bits the table does not name as ``BITnn``).
+    """
+    from .io.export import bit_table_of
+
+    rows = [r for r in bit_table_of({"zwarn_bits": table} if table else None)
+            if isinstance(r.get("bit"), int) and not r.get("alias_of")]
+    zw = int(zwarn)
+    bad_mask = sum(int(r["value"]) for r in rows if r["bad"] and r.get("used", True))
+    out = [f"zwarn = {zw} (0x{zw:x})   z_reliable = {(zw & bad_mask) == 0}"]
+    by_bit = {int(r["bit"]): r for r in rows}
+    set_bits = [i for i in range(32) if zw & (1 << i)]
+    if not set_bits:
+        out.append("  no flags set")
+    for i in set_bits:
+        r = by_bit.get(i)
+        if r is None:
+            out.append(f"  {'USER' if i in flags.USER_BITS else 'BIT'}{i}  "
+                       f"({'user bit' if i in flags.USER_BITS else 'not in the bit table'})")
+        else:
+            out += textwrap.wrap(f"{'BAD ' if r['bad'] else 'info'} {r['name']} ({i}): {r['description']}",
+                                 width=width, initial_indent="  ", subsequent_indent="        ")
+    return out
 
 
 def inspect_object(catalog: str | Path, object_id: int, out_png: str | Path, input_store: str | Path | None = None,
@@ -316,7 +340,7 @@ def inspect_object(catalog: str | Path, object_id: int, out_png: str | Path, inp
     _draw_pdf(fig.add_subplot(gs[1, 1]), rec, zg, pz, zoom=True)
     axt = fig.add_subplot(gs[1, 2])
     axt.axis("off")
-    axt.text(0.0, 1.0, _summary_text(rec, object_id, row), transform=axt.transAxes, va="top", ha="left",
+    axt.text(0.0, 1.0, _summary_text(rec, object_id, row, ds.attrs.get("zwarn_bits")), transform=axt.transAxes, va="top", ha="left",
              family="monospace", fontsize=7.5)
     fig.suptitle(f"survey-infer inspect: {catalog.name}  object {object_id}", fontsize=10)
 

@@ -80,3 +80,17 @@ def test_inspect_needs_a_store(files, tmp_path):
         inspect_object(files["nostore"], 1001, tmp_path / "x.png")
     with pytest.raises(FileNotFoundError):
         inspect_object(files["nostore"], 1001, tmp_path / "x.png", input_store=tmp_path / "nope.zarr")
+
+
+def test_flags_decoded_with_the_catalogs_table():
+    """Descriptions come from the catalog's own bit table: its model's thresholds, its own bit meanings."""
+    from survey_infer import flags
+    from survey_infer.inspect_plot import flag_lines
+
+    zw = flags.ZWarn.SCREENED | flags.ZWarn.POORDATA | (1 << 17)
+    text = "\n".join(flag_lines(zw, flags.bit_table({"quality": 0.77})))
+    assert "z_reliable = False" in text and "SCREENED (30)" in text and "below 0.77" in text
+    assert "POORDATA (11)" in text and "USER17" in text and "{" not in text
+    assert "z_reliable = True" in flag_lines(1 << 17)[0] and "no flags set" in flag_lines(0)[1]
+    old = [{"name": "NODATA", "bit": 0, "value": 1, "bad": True, "description": "no valid pixel"}]
+    assert "BAD  NODATA (0): no valid pixel" in "\n".join(flag_lines(1, old))  # an old catalog's meaning

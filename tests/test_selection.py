@@ -107,3 +107,12 @@ def test_where_escape_through_the_run_is_refused(catalog, small_survey, tiny_mod
             "--mc-samples", "4", "--seed", "2", "--no-progress", "--where", ESCAPES[1].format(marker=marker))
     assert r.returncode == 2 and not marker.exists()
     assert len(r.stderr.strip().splitlines()) == 1 and "not allowed" in r.stderr, r.stderr
+
+
+def test_objects_error_lists_ids_not_a_python_list(catalog, small_survey, tiny_model, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("99999991\n99999992\n")
+    with pytest.raises(RunError) as exc:
+        run_catalog(small_survey, catalog, model=tiny_model, cluster="inprocess", mc_samples=4, seed=2,
+                    objects=str(ids), progress=False, print_fn=lambda *a: None)
+    assert "2 id(s) not in the catalog, e.g. 99999991, 99999992" in str(exc.value) and "[" not in str(exc.value)

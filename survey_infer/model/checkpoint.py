@@ -151,8 +151,8 @@ def load_model(model: str | Path | None = "default", expected_sha256: str | None
     sky = tensors.pop("__sky_mask__").numpy().astype(np.uint8)
     missing, unexpected = net.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{d}: weights do not match the architecture (missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]})")
+        raise CheckpointError(f"{d}: weights do not match the architecture (missing: "
+                              f"{', '.join(missing[:5]) or 'none'}; unexpected: {', '.join(unexpected[:5]) or 'none'})")
     net.eval().to(device)
     return Model(net=net, meta=meta, sky_mask=sky, instrument=inst, zgrid=zg, path=d, sha256=sha,
                  calibration=dict(meta.get("calibration") or {}))

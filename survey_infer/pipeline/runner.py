@@ -144,7 +144,8 @@ def _selection_rows(cat_path: Path, n: int, block_objects: int, chunks: str | No
         pos = {int(v): i for i, v in enumerate(oid)}
         missing = [int(i) for i in ids if int(i) not in pos]
         if missing:
-            raise RunError(f"--objects {objects}: {len(missing)} id(s) not in the catalog, e.g. {missing[:5]}")
+            raise RunError(f"--objects {objects}: {len(missing)} id(s) not in the catalog, e.g. "
+                           f"{', '.join(map(str, missing[:5]))}")
         return np.array(sorted(pos[int(i)] for i in ids), np.int64)
     if where:
         from ..selection import SelectionError, select_rows
