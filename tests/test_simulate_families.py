@@ -148,10 +148,23 @@ def test_observing_conditions_are_randomised():
     assert np.all(np.abs(np.log(r[0]) - np.log(r[1])) > 0) and np.std(np.log(r[0] / r[2])) > 0.05
     iv = np.median(a["ivar"][:, :4000] / b["ivar"][:, :4000], axis=1)
     assert np.allclose(iv, r[0] ** 2, rtol=1e-4)
-    ap = a["aperture"]
-    assert 0.2 < ap.min() and ap.max() < 0.95 and np.ptp(ap) > 0.1
+    ap = a["aperture"]  # (n, W): chromatic seeing + differential refraction in the fibre
+    assert 0.1 < ap.min() and ap.max() <= 1.0 and np.ptp(np.median(ap, axis=1)) > 0.1
+    assert np.median(ap[:, 0]) < np.median(ap[:, -1])  # seeing is worse in the blue
+    # chromatic aperture left in the delivered flux (as moons1d) vs calibrated out: flux ratio = aperture(λ)
+    quiet = replace(off, sky_resid_ivar_fraction=0.0)
+    kept = _simulate(0, 16, 8, replace(quiet, chromatic_aperture_fraction=1.0), None, extras=True)
+    out = _simulate(0, 16, 8, replace(quiet, chromatic_aperture_fraction=0.0), None, extras=True)
+    assert np.allclose(kept["flux"] / out["flux"], out["aperture"], rtol=1e-4)
+    # the sky-subtraction residual's variance in ivar (sky-line channels only)
+    withv = _simulate(0, 16, 8, replace(off, sky_resid_ivar_fraction=1.0), None, extras=True)
+    from survey_infer.skymask import instrument_sky_mask
+
+    sky = instrument_sky_mask().astype(bool)
+    r_iv = withv["ivar"] / _simulate(0, 16, 8, replace(off, sky_resid_ivar_fraction=0.0), None, extras=True)["ivar"]
+    assert np.all(r_iv <= 1.0 + 1e-5) and np.median(r_iv[:, sky]) < np.median(r_iv[:, ~sky])
     fixed = _simulate(0, 4, 8, replace(base, aperture_efficiency=0.6), None, extras=True)
-    assert np.all(fixed["aperture"] == 0.6)
+    assert np.all(fixed["aperture"] == np.float32(0.6)) and not fixed["chromatic_aperture"].any()
 
 
 def test_shipped_family_data_is_compact_and_not_miles():

@@ -87,38 +87,43 @@ def dust_curve(law: str, lnw0: float, dlnw: float, L: int) -> np.ndarray:
 
 
 def sfh_psi(kind: np.ndarray, t0: np.ndarray, tau: np.ndarray, tb: np.ndarray, fb: np.ndarray, tq: np.ndarray,
-            eps: np.ndarray) -> np.ndarray:
-    """Star-formation rate ψ(t) (arbitrary units) at the lookback times :data:`TBINS`, shape (n, T).
+            lssfr_res: np.ndarray) -> np.ndarray:
+    """Star-formation rate ψ(t) (M☉/Gyr per unit mass formed, up to a common scale) at the lookback times
+    :data:`TBINS`, shape (n, T).
 
     Parameters (all (n,), Gyr unless stated)
     ----------
     kind : SFH code (see :data:`SFH_KINDS`); t0 : lookback time of formation; tau : e-folding time of the
     delayed-τ part ψ ∝ s e^(−s/τ), s = t0 − t; tb, fb : burst lookback time (a 50 Myr top-hat starting there) and
-    the fraction of all mass it forms; tq : quenching lookback time (post-starburst); eps : residual SFR after
-    quenching, in units of the SFR just before it.
+    the fraction of all mass it forms; tq : quenching lookback time (post-starburst); lssfr_res : log10 of the
+    residual specific SFR (yr⁻¹) of quenched histories (post-starburst: after tq; old passive: over the last
+    min(0.3 Gyr, t0)), relative to 0.6 × the mass formed (≈ the stellar mass).
     """
     t = TBINS[None, :]
     s = np.maximum(t0[:, None] - t, 0.0)
     base = s * np.exp(-s / tau[:, None])
     const = (s > 0).astype(np.float64)
     k = kind[:, None]
-    psi = np.where(k == SFH_CODE["constant"], const, base)
     alive = s > 0
-    # quenched: nothing younger than tq except a residual eps × ψ(tq)
-    s_q = np.maximum(t0 - tq, 0.0)
-    psi_q = (s_q * np.exp(-s_q / tau))[:, None]
-    quench = (k == SFH_CODE["post_starburst"]) & (t < tq[:, None])
-    psi = np.where(quench, eps[:, None] * psi_q * alive, psi)
-    old = (k == SFH_CODE["old_passive"])
-    psi = np.where(old, np.maximum(psi, eps[:, None] * np.max(base, axis=1, keepdims=True) * alive), psi)
+    psi = np.where(k == SFH_CODE["constant"], const, base)
+    is_q = kind == SFH_CODE["post_starburst"]
+    is_old = kind == SFH_CODE["old_passive"]
+    t_res = np.where(is_q, tq, np.minimum(0.3, t0))  # residual star formation period (lookback < t_res)
+    psi = np.where(is_q[:, None] & (t < tq[:, None]), 0.0, psi)
     # bursts (kind burst: at tb; post-starburst: just before tq), 50 Myr top-hats holding a fraction fb of the mass
-    t_start = np.where(kind == SFH_CODE["post_starburst"], tq, tb)
+    t_start = np.where(is_q, tq, tb)
     in_b = (t >= t_start[:, None]) & (t < t_start[:, None] + 0.05) & alive
     has_b = ((k == SFH_CODE["burst"]) | (k == SFH_CODE["post_starburst"])) & in_b
     m_base = np.sum(psi * _DT[None, :], axis=1)
     m_b_unit = np.sum(in_b * _DT[None, :], axis=1)
     amp = np.where(m_b_unit > 0, fb / np.maximum(1 - fb, 1e-6) * m_base / np.maximum(m_b_unit, 1e-12), 0.0)
     psi = psi + np.where(has_b, amp[:, None], 0.0)
+    # quenched: residual SF at the drawn sSFR (per Gyr) over the recent period, replacing what was there
+    m_tot = np.sum(psi * _DT[None, :], axis=1)
+    res = 10.0 ** (lssfr_res + 9.0) * 0.6 * m_tot
+    recent = t < t_res[:, None]
+    qd = (is_q | is_old)[:, None] & recent & alive
+    psi = np.where(qd, res[:, None], psi)
     return psi
 
 

@@ -48,6 +48,10 @@ COLUMN_FLAGS = {
 #: stellar / nebular colour excess: 0.44 locally (Calzetti 2000), 0.6–0.8 at z ≈ 1–2 (Kashino et al. 2013,
 #: Reddy et al. 2015 at low SFR); an intermediate value
 NEB_STELLAR_AV = 0.6
+#: residual specific SFR (log yr⁻¹) of quenched galaxies: uniform in [floor, max] (moons1d comparison F1: passive
+#: RI/H colours at z > 2 span log sSFR −12 … −11); also the floor of every SSP galaxy's sSFR
+LOG_SSFR_FLOOR = -12.5
+LOG_SSFR_QUENCHED_MAX = -10.8
 _NU = 96  # uniform draws per object (fixed: adding uses of them never shifts the noise stream)
 
 
@@ -111,16 +115,30 @@ class SimConfig:
         Arm-to-arm scale offsets, log-normal with this rms (natural log).
     lsf_scale_range : (float, float)
         Instrumental resolution width multiplier per arm (uniform).
+    lsf_slope_range : (float, float)
+        Per object p: the LSF σ varies across each arm as (λ/λ_centre)^−p (p = 0: constant R, this simulator's
+        nominal law; p = 1: constant FWHM in Å per arm, moons1d's law).
     noise_scale_range : (float, float)
         True noise σ / reported σ (``ivar`` stays nominal), uniform per object.
+    sky_resid_ivar_fraction : float
+        Fraction of objects whose ``ivar`` includes the expected variance of the sky-subtraction residual (as a
+        pipeline propagating its sky-model error); the others do not.
     seeing_range : (float, float)
-        FWHM seeing, arcsec, uniform; with the galaxy's size it sets the fibre aperture efficiency.
+        FWHM seeing at 5000 Å and zenith, arcsec, uniform; FWHM(λ) = seeing (λ/5000 Å)^−0.2 X^0.6.
     size_range : (float, float)
         Half-light radius of galaxies (arcsec, uniform; stars are points).
+    adr_airmass_range : (float, float)
+        Airmass X per object for seeing and atmospheric differential refraction (offset relative to 1.2 µm,
+        Paranal pressure); the sky model uses ``airmass``.
+    chromatic_aperture_fraction : float
+        Fraction of objects whose delivered flux keeps the chromatic fibre loss (flux × aperture(λ), as moons1d's
+        calibration delivers it); for the others the aperture is calibrated out exactly.
+    throughput_scale_range : (float, float)
+        Throughput multiplier per object (S/N only; calibrated out): 0.8 ≈ moons1d's "worst" vs "best" curves.
     aperture_efficiency : float or None
-        A fixed aperture efficiency instead of the seeing model.
-    sky_sub_variance_factor : float
-        Sky/dark/read variance multiplier of the sky subtraction (2 = cross-switching, as moons1d).
+        A fixed, achromatic aperture efficiency instead of the seeing model.
+    sky_sub_variance_range : (float, float)
+        Sky/dark/read variance multiplier per object (1 = staring, 2 = cross-switching).
     dit_s, n_spatial_pix : float
         Single exposure time (read-noise accounting) and pixels summed across the trace.
     telluric_correct : bool
@@ -150,18 +168,23 @@ class SimConfig:
     mag_h_range: tuple[float, float] = (21.0, 25.0)
     exposures_h: tuple[float, ...] = (2.0, 4.0, 8.0)
     airmass: float = 1.0
-    sky_residual_range: tuple[float, float] = (0.002, 0.02)
-    sky_continuum_residual_range: tuple[float, float] = (0.0005, 0.003)
-    sky_shift_range_pix: tuple[float, float] = (0.002, 0.02)
+    sky_residual_range: tuple[float, float] = (0.0005, 0.02)
+    sky_continuum_residual_range: tuple[float, float] = (0.0002, 0.003)
+    sky_shift_range_pix: tuple[float, float] = (0.001, 0.02)
     telluric_residual_rms: float = 0.03
     fluxcal_rms: float = 0.03
     arm_offset_rms: float = 0.03
     lsf_scale_range: tuple[float, float] = (0.9, 1.1)
+    lsf_slope_range: tuple[float, float] = (0.0, 1.0)
     noise_scale_range: tuple[float, float] = (0.95, 1.1)
-    seeing_range: tuple[float, float] = (0.5, 1.2)
-    size_range: tuple[float, float] = (0.1, 0.6)
+    sky_resid_ivar_fraction: float = 0.3
+    seeing_range: tuple[float, float] = (0.4, 1.2)
+    size_range: tuple[float, float] = (0.0, 0.6)
+    adr_airmass_range: tuple[float, float] = (1.0, 1.5)
+    chromatic_aperture_fraction: float = 0.5
+    throughput_scale_range: tuple[float, float] = (0.8, 1.0)
     aperture_efficiency: float | None = None
-    sky_sub_variance_factor: float = 2.0
+    sky_sub_variance_range: tuple[float, float] = (1.0, 2.0)
     dit_s: float = 600.0
     n_spatial_pix: float = 1.0
     telluric_correct: bool = True
@@ -182,7 +205,8 @@ class SimConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` (one line naming the field) on an inconsistent setting."""
         for name in ("passive_fraction", "interloper_fraction", "post_starburst_fraction", "smc_fraction",
-                     "weak_line_fraction", "line_free_fraction", "liner_fraction"):
+                     "weak_line_fraction", "line_free_fraction", "liner_fraction", "sky_resid_ivar_fraction",
+                     "chromatic_aperture_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.weak_line_fraction + self.line_free_fraction > 1:
@@ -204,12 +228,15 @@ class SimConfig:
                                                 or min(self.family_weights) < 0 or sum(self.family_weights) <= 0):
             raise ValueError("family_weights must give one non-negative weight per family, not all zero")
         for name in ("metallicity_range", "sigma_star_range", "sky_residual_range", "sky_continuum_residual_range",
-                     "sky_shift_range_pix", "lsf_scale_range", "noise_scale_range", "seeing_range", "size_range"):
+                     "sky_shift_range_pix", "lsf_scale_range", "noise_scale_range", "seeing_range", "size_range",
+                     "lsf_slope_range", "adr_airmass_range", "throughput_scale_range", "sky_sub_variance_range"):
             lo, hi = getattr(self, name)
             if not (0 <= lo <= hi):
                 raise ValueError(f"{name} must be 0 <= low <= high, got {(lo, hi)}")
         if self.metallicity_range[0] <= 0 or self.sigma_star_range[0] <= 0 or self.seeing_range[0] <= 0:
             raise ValueError("metallicity_range, sigma_star_range and seeing_range must be positive")
+        if self.adr_airmass_range[0] < 1 or self.throughput_scale_range[0] <= 0:
+            raise ValueError("adr_airmass_range must be >= 1 and throughput_scale_range positive")
         if len(self.sfh_mix) != 3 or min(self.sfh_mix) < 0 or sum(self.sfh_mix) <= 0:
             raise ValueError(f"sfh_mix needs 3 non-negative weights, got {self.sfh_mix}")
         if self.aperture_efficiency is not None and not 0 < self.aperture_efficiency <= 1:
@@ -229,11 +256,12 @@ def _sky_continuum(inst: Instrument, airmass: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _obs_vectors(inst: Instrument, airmass: float, n_spatial_pix: float, var_factor: float) -> dict:
+def _obs_vectors(inst: Instrument, airmass: float, n_spatial_pix: float) -> dict:
     """Per-pixel vectors of the observation model (float32): object e⁻/s per flux unit × transmission
     (``tel_conv``, before the aperture), its inverse without transmission (``inv_conv``), background variance
-    per second (``bg_rate`` = var_factor × (sky + dark)) and per exposure (``ron2``), the sky split into lines
-    and continuum (e⁻/s), the sky's gradient per pixel, ln T and the Legendre abscissa per arm."""
+    per second (``bg_rate`` = sky + dark) and per exposure (``ron2``), the sky split into lines and continuum
+    (e⁻/s), the sky's gradient per pixel, ln T, the Legendre abscissa per arm, and the coarse wavelength grid
+    (``lam_c``) with linear-interpolation indices/weights (``ci``, ``cw``) for the chromatic aperture."""
     sky = load_sky_model(inst, airmass=airmass)
     area = float(inst.config.get("telescope_area_cm2", 490000.0))
     fib = float(inst.config.get("fiber_area_arcsec2", 0.9503))
@@ -247,12 +275,29 @@ def _obs_vectors(inst: Instrument, airmass: float, n_spatial_pix: float, var_fac
     for sl in inst.arm_slices():
         grad[sl] = np.gradient(sky_rate[sl])
         legx[sl] = np.linspace(-1.0, 1.0, sl.stop - sl.start)
+    lam_c = np.exp(np.linspace(np.log(inst.wave[0]), np.log(inst.wave[-1]), 48))
+    x = (np.log(inst.wave) - np.log(lam_c[0])) / (np.log(lam_c[-1]) - np.log(lam_c[0])) * 47
+    ci = np.clip(np.floor(x).astype(np.intp), 0, 46)
     f = np.float32
     return {"tel_conv": (tel * conv).astype(f), "inv_conv": (1.0 / conv).astype(f),
-            "bg_rate": (var_factor * (sky_rate + sky.dark_e_per_s * n_spatial_pix)).astype(f),
-            "ron2": (var_factor * sky.read_noise_e.astype(np.float64) ** 2 * n_spatial_pix).astype(f),
+            "bg_rate": (sky_rate + sky.dark_e_per_s * n_spatial_pix).astype(f),
+            "ron2": (sky.read_noise_e.astype(np.float64) ** 2 * n_spatial_pix).astype(f),
             "sky_line": (sky_rate - cont).astype(f), "sky_cont": cont.astype(f), "sky_grad": grad.astype(f),
-            "lntel": np.log(np.maximum(tel, 1e-3)), "legx": legx, "r_fib2": fib / np.pi}
+            "lntel": np.log(np.maximum(tel, 1e-3)), "legx": legx, "r_fib2": fib / np.pi,
+            "lam_c": lam_c, "ci": ci, "cw": (x - ci).astype(f)}
+
+
+def refraction_arcsec(lam_aa: np.ndarray, airmass: np.ndarray, ref_aa: float = 12000.0) -> np.ndarray:
+    """Atmospheric differential refraction (arcsec) of λ relative to ``ref_aa`` at ``airmass`` (n,) → (n, L).
+
+    (n − 1) from Edlén (1966) for dry air at 15 °C, scaled to Paranal's 743 hPa; offset = 206265 Δn tan z.
+    """
+    def n1(lam):
+        s2 = (1e4 / np.asarray(lam, float)) ** 2
+        return (64.328 + 29498.1 / (146.0 - s2) + 255.4 / (41.0 - s2)) * 1e-6 * (743.0 / 1013.25)
+
+    tanz = np.sqrt(np.maximum(np.asarray(airmass, float) ** 2 - 1.0, 0.0))
+    return 206264.8 * (n1(lam_aa) - n1(ref_aa))[None, :] * tanz[:, None]
 
 
 def _draws(seed: int, start: int, n: int, n_wave: int) -> tuple[np.ndarray, np.ndarray]:
@@ -328,19 +373,21 @@ def _arm_plan(inst: Instrument) -> list[dict]:
         span = int(np.ceil((lw[-1] - lw[0]) / d)) + 2
         nfft = next_fast_len(span + 2 * pad, real=True)
         plans.append({"arm": a, "sl": sl, "lw": lw, "pad": pad, "nfft": nfft, "xf": np.arange(nfft, dtype=float),
+                      "lw_c": 0.5 * (lw[0] + lw[-1]), "tw": (lw - lw[0]) / (lw[-1] - lw[0]),
                       "f2": np.fft.rfftfreq(nfft) ** 2, "sigma_lsf": ph.C_KMS / (2.3548 * a.resolution)})
     return plans
 
 
 def _ssp_continua(rows: np.ndarray, fam_name: str, w: np.ndarray, z: np.ndarray, av: np.ndarray,
-                  dust_law: np.ndarray, sig_star: np.ndarray, lsf_scale: np.ndarray, dist_fac: np.ndarray,
-                  mag_h: np.ndarray, inst: Instrument, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  dust_law: np.ndarray, sig_star: np.ndarray, lsf_scale: np.ndarray, lsf_slope: np.ndarray,
+                  dist_fac: np.ndarray, mag_h: np.ndarray, inst: Instrument,
+                  out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Observed continua (1e-17 erg/s/cm²/Å) of the rows of one SSP family, written into ``out[rows]``.
 
     For each row: S = Σ_k w_k SSP_k on the rest window the arms see (per M☉ formed, 10 pc), times the dust law;
     the mass formed M follows from m_H of S × ``dist_fac`` (unbroadened, top-hat H filter); then per arm a
-    Gaussian broadening (FFT) by sqrt(σ★² + (s σ_LSF)² − σ_template²) in ln λ and linear interpolation at the
-    arm's pixels, × M × dist_fac × 1e17.
+    Gaussian broadening (FFT) by sqrt(σ★² + (s σ_LSF)² − σ_template²) in ln λ at the arm's centre and linear
+    interpolation at the arm's pixels, × M × dist_fac × 1e17.
 
     Returns
     -------
@@ -389,12 +436,13 @@ def _ssp_continua(rows: np.ndarray, fam_name: str, w: np.ndarray, z: np.ndarray,
         for ia, p in enumerate(plans):
             lo = int(np.floor((p["lw"][0] - x0) / dlnw)) - p["pad"]
             seg = acc[lo:lo + p["nfft"]]
-            lam_c = np.exp(0.5 * (p["lw"][0] + p["lw"][-1]) - lz)
-            s_t = float(np.interp(lam_c, fam["sigma_wave"], fam["sigma_kms"]))
-            s2 = sig_star[r] ** 2 + (lsf_scale[r, ia] * p["sigma_lsf"]) ** 2 - s_t ** 2
-            spix = np.sqrt(max(s2, 0.0)) / (ph.C_KMS * dlnw)
             if seg.size < p["nfft"]:
                 seg = np.concatenate([seg, np.full(p["nfft"] - seg.size, seg[-1])])
+            # one Gaussian per arm, at the arm's centre: the LSF slope changes sqrt(σ★² + σ_LSF²) by < 2% across
+            # an arm for σ★ ≥ 50 km/s, so it is applied to the emission lines only
+            s_t = float(np.interp(np.exp(p["lw_c"] - lz), fam["sigma_wave"], fam["sigma_kms"]))
+            s2 = sig_star[r] ** 2 + (lsf_scale[r, ia] * p["sigma_lsf"]) ** 2 - s_t ** 2
+            spix = np.sqrt(max(s2, 0.0)) / (ph.C_KMS * dlnw)
             kern = np.exp((-2.0 * np.pi ** 2 * spix ** 2) * p["f2"]) * scale
             conv = np.fft.irfft(np.fft.rfft(seg) * kern, p["nfft"])
             out[r, p["sl"]] = np.interp((p["lw"] - x0) / dlnw - lo, p["xf"], conv)
@@ -449,7 +497,8 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     (observed, attenuated Hα, 1e-17 erg/s/cm²), ``halpha_cont`` (continuum at observed Hα, flux units),
     ``av`` (stellar A_V), ``sigma_v`` (gas, km/s), ``line_flux``, ``continuum``, ``halpha_pix``,
     ``delivery_factor`` (n, W) delivered flux per electron (calibration and telluric errors included),
-    ``expected`` (n, W) the noiseless delivered spectrum without sky residuals, ``aperture`` (n,), ``quench``."""
+    ``expected`` (n, W) the noiseless delivered spectrum without sky residuals, ``aperture`` (n, W),
+    ``chromatic_aperture``, ``sky_resid_in_ivar`` (n,) bool, ``quench``."""
     cfg = config or SimConfig()
     cfg.validate()
     inst = instrument if isinstance(instrument, Instrument) else load_instrument(instrument)
@@ -510,6 +559,7 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     smc = u[:, 49] < cfg.smc_fraction
     av = np.where(quench, cfg.av_max_passive * u[:, 50], cfg.av_max_sf * u[:, 50] ** 1.5)
     lsf_scale = cfg.lsf_scale_range[0] + (cfg.lsf_scale_range[1] - cfg.lsf_scale_range[0]) * u[:, 71:71 + n_arm]
+    lsf_slope = cfg.lsf_slope_range[0] + (cfg.lsf_slope_range[1] - cfg.lsf_slope_range[0]) * u[:, 75]
 
     model = np.zeros((n, W), np.float32)
     logm = np.full(n, np.nan)
@@ -530,7 +580,7 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     tb = 0.3 * u[:, 45]
     fb = 0.05 + 0.35 * u[:, 46]
     tq = np.minimum(0.1 + 1.4 * u[:, 47], 0.8 * t0)
-    eps = 10.0 ** (-5.0 + 2.5 * u[:, 52])
+    lssfr_res = LOG_SSFR_FLOOR + (LOG_SSFR_QUENCHED_MAX - LOG_SSFR_FLOOR) * u[:, 52]
     logz = np.log10(cfg.metallicity_range[0]) + np.log10(cfg.metallicity_range[1] / cfg.metallicity_range[0]) * u[:, 53]
     for code, name in enumerate(FAMILIES):
         if code == 0:
@@ -539,9 +589,11 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         if rows.size == 0:
             continue
         fam = fm.load_family(name)
-        psi = fm.sfh_psi(sfh[rows], t0[rows], tau[rows], tb[rows], fb[rows], tq[rows], eps[rows])
+        psi = fm.sfh_psi(sfh[rows], t0[rows], tau[rows], tb[rows], fb[rows], tq[rows], lssfr_res[rows])
         w, ms, sfr_pf, amw = fm.sfh_weights(fam, psi, logz[rows])
-        mf, cha = _ssp_continua(rows, name, w, zg, av, smc, sig_star, lsf_scale, dist_fac, mag_h, inst, model)
+        sfr_pf = np.maximum(sfr_pf, 10.0 ** LOG_SSFR_FLOOR * ms)  # residual star formation floor
+        mf, cha = _ssp_continua(rows, name, w, zg, av, smc, sig_star, lsf_scale, lsf_slope, dist_fac, mag_h,
+                                inst, model)
         m_formed[rows] = mf
         logm[rows] = np.log10(mf * ms)
         with np.errstate(divide="ignore"):
@@ -560,13 +612,14 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         e[:, 1] = np.where(qk, 0.0, e[:, 1])
         e[:, 3] = np.where(qk, 0.0, e[:, 3])
         old_w = e / e.sum(axis=1, keepdims=True)
-        d_ms = np.where(qk, -2.0 + 0.4 * _N(u[krows, 14]), cfg.ms_scatter_dex * _N(u[krows, 15]))
+        d_ms = cfg.ms_scatter_dex * _N(u[krows, 15])
+        lssfr_q = LOG_SSFR_FLOOR + (LOG_SSFR_QUENCHED_MAX - LOG_SSFR_FLOOR) * u[krows, 14]  # quenched
         av_k = av[krows]
         dfk = dist_fac[krows]
         lm = np.full(krows.size, 10.3)
         lnw0, dlnw = tb_k["lnw0"], tb_k["dlnw"]
         for _ in range(3):  # sSFR depends on mass, mass on the normalisation to m_H
-            lssfr = ph.main_sequence_logsfr(lm, zk) + d_ms - lm
+            lssfr = np.where(qk, lssfr_q, ph.main_sequence_logsfr(lm, zk) + d_ms - lm)
             spec, lssfr_act = _shape_per_unit_mass(tb_k, zk, lssfr, old_w, av_k)
 
             def _fh(ws, spec=spec):
@@ -633,7 +686,8 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     centers = ph.LINE_WAVE[None, :] * (1 + zg[:, None])
     arm_of = np.clip(np.searchsorted([a.wave_min for a in arms], centers, side="right") - 1, 0, n_arm - 1)
     s_lsf = np.array([ph.C_KMS / (2.3548 * a.resolution) for a in arms])[arm_of]
-    ls = np.take_along_axis(lsf_scale, arm_of, axis=1)
+    lam_mid = np.array([np.sqrt(a.wave_min * a.wave_max) for a in arms])[arm_of]
+    ls = np.take_along_axis(lsf_scale, arm_of, axis=1) * (centers / lam_mid) ** -lsf_slope[:, None]
     sv_eff = np.sqrt(np.maximum(sig_v[:, None] ** 2 + (ls**2 - 1.0) * s_lsf**2, 1.0))
     ph.add_gaussian_lines(model, arms, slices, centers, lf, sv_eff, cfg.sigma_v_max_kms + 60.0)
 
@@ -657,49 +711,80 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
             cont_model[srows] = model[srows]
 
     # --- observation --------------------------------------------------------------------------------------
-    ob = _obs_vectors(inst, cfg.airmass, cfg.n_spatial_pix, cfg.sky_sub_variance_factor)
-    # aperture efficiency: Gaussian seeing ⊗ Gaussian galaxy (σ = r_e / 1.1774) in a circular fibre
-    seeing = cfg.seeing_range[0] + (cfg.seeing_range[1] - cfg.seeing_range[0]) * u[:, 59]
-    r_e = np.where(star, 0.0, cfg.size_range[0] + (cfg.size_range[1] - cfg.size_range[0]) * u[:, 60])
-    s2_ap = (seeing / 2.3548) ** 2 + (r_e / 1.1774) ** 2
-    aperture = (1.0 - np.exp(-ob["r_fib2"] / (2.0 * s2_ap)) if cfg.aperture_efficiency is None
-                else np.full(n, float(cfg.aperture_efficiency)))
-    n_exp = np.maximum(np.round(t_exp / cfg.dit_s), 1.0)
-    tt = t_exp * aperture
+    ob = _obs_vectors(inst, cfg.airmass, cfg.n_spatial_pix)
     f32 = np.float32
+
+    def _unif(col: int, rng: tuple[float, float]) -> np.ndarray:
+        return rng[0] + (rng[1] - rng[0]) * u[:, col]
+
+    # aperture efficiency (n, W): Gaussian seeing ⊗ Gaussian galaxy (σ = r_e / 1.1774), centred at 1.2 µm and
+    # offset by differential refraction, in the circular fibre: P(|X| < r) = ncx2.cdf(r²/σ², 2, d²/σ²)
+    seeing = _unif(59, cfg.seeing_range)
+    r_e = np.where(star, 0.0, _unif(60, cfg.size_range))
+    x_air = _unif(67, cfg.adr_airmass_range)
+    if cfg.aperture_efficiency is None:
+        from scipy.stats import ncx2
+
+        lam = ob["lam_c"][None, :]
+        fwhm = seeing[:, None] * (lam / 5000.0) ** -0.2 * x_air[:, None] ** 0.6
+        s2_ap = (fwhm / 2.3548) ** 2 + (r_e[:, None] / 1.1774) ** 2
+        d2 = refraction_arcsec(ob["lam_c"], x_air) ** 2
+        ap_c = ncx2.cdf(ob["r_fib2"] / s2_ap, 2, d2 / s2_ap).astype(f32)
+        a0 = ap_c[:, ob["ci"]]
+        aperture = a0 + (ap_c[:, ob["ci"] + 1] - a0) * ob["cw"]
+    else:
+        aperture = np.full((n, W), cfg.aperture_efficiency, f32)
+    chrom = (u[:, 79] < cfg.chromatic_aperture_fraction) & (cfg.aperture_efficiency is None)
+    thr_s = _unif(66, cfg.throughput_scale_range)
+    vfac = _unif(65, cfg.sky_sub_variance_range)
+    n_exp = np.maximum(np.round(t_exp / cfg.dit_s), 1.0)
+    tt = (t_exp * thr_s)[:, None].astype(f32) * aperture  # (n, W)
     # electrons: object × transmission × throughput × area × aperture × t; background: sky + dark + read noise
-    obj_e = (np.maximum(model, 0.0).astype(f32) * ob["tel_conv"][None, :]) * tt[:, None].astype(f32)
-    var_e = obj_e + (t_exp[:, None].astype(f32) * ob["bg_rate"][None, :] + n_exp[:, None].astype(f32) * ob["ron2"])
+    obj_e = np.maximum(model, f32(0.0)) * ob["tel_conv"][None, :]
+    obj_e *= tt
+    var_bg = (vfac * t_exp)[:, None].astype(f32) * ob["bg_rate"][None, :] + (vfac * n_exp)[:, None].astype(f32) * ob["ron2"]
+    var_e = obj_e + var_bg
     sig_e = np.sqrt(var_e)
     # imperfect sky subtraction per arm: scale error on the sky lines and on the continuum, wavelength shift
-    lvl_line = _logu(u[:, 61], *cfg.sky_residual_range)
-    lvl_cont = _logu(u[:, 62], *cfg.sky_continuum_residual_range)
-    lvl_shift = _logu(u[:, 63], *cfg.sky_shift_range_pix)
-    nscale = cfg.noise_scale_range[0] + (cfg.noise_scale_range[1] - cfg.noise_scale_range[0]) * u[:, 64]
+    lvl_line = _logu(u[:, 61], *cfg.sky_residual_range) * t_exp
+    lvl_cont = _logu(u[:, 62], *cfg.sky_continuum_residual_range) * t_exp
+    lvl_shift = _logu(u[:, 63], *cfg.sky_shift_range_pix) * t_exp
+    in_ivar = u[:, 74] < cfg.sky_resid_ivar_fraction
+    nscale = _unif(64, cfg.noise_scale_range)
     obs_e = obj_e + (sig_e * nscale[:, None].astype(f32)) * gauss
     resid_e = np.empty((n, W), f32) if extras else None
-    # delivered flux = electrons / (conv × t × aperture × telluric correction) × calibration error
+    var_rep = var_e.copy() if in_ivar.any() else var_e
+    # delivered flux = electrons / (conv × t × throughput × aperture × telluric correction) × calibration error;
+    # chromatic-aperture objects keep aperture(λ) in the delivered flux
     fac = np.empty((n, W), f32)
     for j, sl in enumerate(slices):
-        a = (lvl_line * _N(u[:, 27 + j]) * t_exp)[:, None].astype(f32)
-        ac = (lvl_cont * _N(u[:, 33 + j]) * t_exp)[:, None].astype(f32)
-        sh = (lvl_shift * _N(u[:, 30 + j]) * t_exp)[:, None].astype(f32)
+        a = (lvl_line * _N(u[:, 27 + j]))[:, None].astype(f32)
+        ac = (lvl_cont * _N(u[:, 33 + j]))[:, None].astype(f32)
+        sh = (lvl_shift * _N(u[:, 30 + j]))[:, None].astype(f32)
         r_ = a * ob["sky_line"][None, sl] + ac * ob["sky_cont"][None, sl] + sh * ob["sky_grad"][None, sl]
         obs_e[:, sl] += r_
         if extras:
             resid_e[:, sl] = r_
+        if in_ivar.any():
+            ri = np.flatnonzero(in_ivar)
+            var_rep[ri, sl] += ((lvl_line[ri, None] * ob["sky_line"][None, sl]) ** 2
+                                + (lvl_cont[ri, None] * ob["sky_cont"][None, sl]) ** 2
+                                + (lvl_shift[ri, None] * ob["sky_grad"][None, sl]) ** 2).astype(f32)
         x = ob["legx"][sl]
         cl = cfg.fluxcal_rms / np.sqrt(3.0) * _N(u[:, 80 + 3 * j:83 + 3 * j])
         off = np.exp(cfg.arm_offset_rms * _N(u[:, 89 + j]))
         cal = off[:, None] * (1.0 + cl[:, 0:1] * x + cl[:, 1:2] * (0.5 * (3 * x**2 - 1))
                               + cl[:, 2:3] * (0.5 * (5 * x**3 - 3 * x)))
-        cal = np.maximum(cal, 0.2) / tt[:, None]
+        cal = (np.maximum(cal, 0.2) / (t_exp * thr_s)[:, None]).astype(f32)
+        cal = cal / np.where(chrom[:, None], f32(1.0), aperture[:, sl])
         if cfg.telluric_correct:  # the correction uses T^(1+δ): T^-(1+δ) = exp(-(1+δ) ln T)
             dlt = cfg.telluric_residual_rms * _N(u[:, 68 + j])
-            cal = cal * np.exp(-(1.0 + dlt)[:, None] * ob["lntel"][None, sl])
-        fac[:, sl] = cal.astype(f32) * ob["inv_conv"][None, sl]
+            cal = cal * np.exp(-(1.0 + dlt)[:, None] * ob["lntel"][None, sl]).astype(f32)
+        fac[:, sl] = cal * ob["inv_conv"][None, sl]
     flux = obs_e * fac
-    ivar = 1.0 / np.square(sig_e * fac)
+    ivar = np.square(fac)
+    ivar *= var_rep
+    np.reciprocal(ivar, out=ivar)
 
     sfr_ok = gal & np.isfinite(logsfr)
     with np.errstate(invalid="ignore"):
@@ -712,10 +797,11 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         ext = {"model": model, "sky_flux": sky_e * fac, "sky_resid": resid_e * fac,
                "halpha_flux": np.where(star, 0.0, lf[:, ia]), "halpha_cont": cont_ha, "av": av, "sigma_v": sig_v,
                "line_flux": lf, "continuum": cont_model, "halpha_pix": jj, "delivery_factor": fac, "aperture": aperture, "expected": obj_e * fac,
+               "chromatic_aperture": chrom, "sky_resid_in_ivar": in_ivar,
                "quench": quench}
     out = {
-        "flux": flux.astype(np.float32),
-        "ivar": ivar.astype(np.float32),
+        "flux": flux.astype(np.float32, copy=False),
+        "ivar": ivar.astype(np.float32, copy=False),
         "object_id": np.arange(start, start + n, dtype=np.int64),
         "ra": ra.astype(np.float64),
         "dec": dec.astype(np.float64),
