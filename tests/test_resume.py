@@ -323,3 +323,33 @@ def test_appended_input_computes_only_new_and_changed_blocks(small_survey, tiny_
     fresh = tmp_path / "fresh.zarr"
     run_catalog(store, fresh, **kw)
     assert_catalogs_identical(fresh, cat)
+
+
+def _open_plainly(cat: Path) -> subprocess.CompletedProcess:
+    """A user's first contact: ``xarray.open_zarr(catalog)`` with default warning filters, in a fresh process."""
+    import sys
+
+    code = ("import sys, xarray as xr\nds = xr.open_zarr(sys.argv[1])\n"
+            "print(ds.sizes['object'], ds.attrs['runs'][-1]['status'], len(ds.data_vars))")
+    return subprocess.run([sys.executable, "-c", code, str(cat)], capture_output=True, text=True, timeout=120)
+
+
+def test_plain_xarray_open_zarr_is_silent_and_old_catalogs_are_migrated(reference, small_survey, tiny_model,
+                                                                        tmp_path):
+    """Before: a consolidated-metadata warning and 'Object at _markers / _lock.json is not recognized' warnings.
+    The catalog keeps its consolidated metadata current (every run-record update), so a plain open reads one
+    document and never lists the bookkeeping; a catalog without it gains it on its next run."""
+    r = _open_plainly(reference)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.split()[:2] == [str(N), "complete"]
+    cat = copy_catalog(reference, tmp_path / "cat.zarr")
+    meta = json.loads((cat / "zarr.json").read_text())
+    meta.pop("consolidated_metadata")  # as an older version wrote it
+    (cat / "zarr.json").write_text(json.dumps(meta))
+    r = _open_plainly(cat)
+    assert "not recognized as a component of a Zarr hierarchy" in r.stderr
+    s = run_catalog(small_survey, cat, model=tiny_model, cluster="inprocess", mc_samples=T, **QUIET)
+    assert s.ok and s.blocks_computed == 0
+    r = _open_plainly(cat)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert_catalogs_identical(reference, cat)

@@ -136,6 +136,26 @@ def read_block(path: str | Path, lo: int, hi: int, names: list[str] | None = Non
     return {k: g[k][lo:hi] for k in names}
 
 
+def consolidate_catalog(store) -> None:
+    """Rewrite the catalog root's consolidated metadata (``zarr.consolidate_metadata``) from its current arrays
+    and attributes.
+
+    Why: a plain ``xarray.open_zarr(catalog)`` (a user's first contact) then reads one metadata document and
+    never lists the catalog folder, so it prints neither xarray's "no consolidated metadata" warning nor Zarr's
+    "Object at _markers / _lock.json is not recognized" warnings about the project's bookkeeping. survey-infer
+    itself never trusts this copy (every open uses ``use_consolidated=False``). Updating a group's attributes
+    drops it, so the driver calls this after every catalog metadata change (a catalog of an older version gains
+    it on its next run).
+
+    Parameters
+    ----------
+    store : catalog path or the ``zarr.Group.store`` of the open catalog.
+    """
+    with warnings.catch_warnings():  # "consolidated metadata is not part of the Zarr v3 specification"
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(store) if isinstance(store, (str, Path)) else store, zarr_format=3)
+
+
 def passthrough_columns(input_group: zarr.Group) -> dict[str, np.dtype]:
     """Per-row input columns copied into the catalog (truth and identifiers) with their dtypes."""
     return {c: input_group[c].dtype for c in PASSTHROUGH if c in input_group}

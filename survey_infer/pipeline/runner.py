@@ -300,6 +300,9 @@ def _create_in_place(cat_path: Path, **kwargs) -> None:
 def _update_run_record(g_cat, run_rec: dict) -> None:
     runs = [r for r in dict(g_cat.attrs).get("runs", []) if r.get("run_id") != run_rec["run_id"]] + [run_rec]
     g_cat.attrs.update({"runs": runs})
+    from ..io.catalog_store import consolidate_catalog
+
+    consolidate_catalog(g_cat.store)  # keeps a user's plain xarray.open_zarr(catalog) silent (the update drops it)
 
 
 def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Path = "default", cluster: str = "local",
