@@ -105,7 +105,8 @@ def parse(expr: str) -> ast.Expression:
     try:
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as exc:
-        raise SelectionError(f"syntax error at character {exc.offset or 0}: {exc.msg}") from None
+        at = f" at character {exc.offset}" if exc.offset else ""
+        raise SelectionError(f"syntax error{at}: {exc.msg}") from None
     nodes = list(ast.walk(tree))
     if len(nodes) > MAX_NODES:
         raise SelectionError(f"expression too complex (more than {MAX_NODES} parts)")
