@@ -339,3 +339,25 @@ def test_scan_model_round_trip_and_row_independence(tmp_path):
     one = infer_block(m, flux[21:22], ivar[21:22], oid[21:22], 21, mc_samples=4, seed=3)
     for k in ("z", "z_lo68", "pz", "logmstar", "p_outside"):
         assert np.array_equal(full[k][21], one[k][0], equal_nan=True), k
+
+
+def test_raw_output_cache_gives_the_same_bits_without_rerunning_the_network(model, monkeypatch):
+    flux, ivar = _spectra(40, seed=6)
+    oid = np.arange(40)
+    cache: dict = {}
+    model.calibration["temperature"] = 0.5
+    first = infer_block(model, flux, ivar, oid, 0, mc_samples=4, seed=2, cache=cache)
+    assert len(cache) == 2  # two micro-batches
+    calls = []
+    monkeypatch.setattr(model.net, "trunk", lambda *a, **k: calls.append(1))
+    for temp in (0.5, 2.0):
+        model.calibration["temperature"] = temp
+        again = infer_block(model, flux, ivar, oid, 0, mc_samples=4, seed=2, cache=cache)
+        monkeypatch.undo()
+        fresh = infer_block(model, flux, ivar, oid, 0, mc_samples=4, seed=2)
+        monkeypatch.setattr(model.net, "trunk", lambda *a, **k: calls.append(1))
+        for k in ("z", "z_lo68", "pz", "quality", "logmstar_err"):
+            assert np.array_equal(again[k], fresh[k], equal_nan=True), k
+    assert not calls  # the cached calls never ran the network
+    assert not np.array_equal(first["pz"], again["pz"])  # the temperature still acts on cached outputs
+    model.calibration["temperature"] = 1.0

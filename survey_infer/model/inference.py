@@ -56,10 +56,14 @@ def pack_micro_batch(x: np.ndarray, scalars: np.ndarray, object_id: np.ndarray, 
 
 @torch.inference_mode()
 def run_network(model: Model, x: np.ndarray, scalars: np.ndarray, object_id: np.ndarray, row_index: np.ndarray,
-                mc_samples: int, seed: int, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+                mc_samples: int, seed: int, device: str | torch.device = "cpu",
+                cache: dict | None = None) -> dict[str, np.ndarray]:
     """Trunk once + T batched head passes for rows at global positions ``row_index`` (any order, any count).
 
-    ``mc_samples = 1`` with ``seed = -1`` is the deterministic pass (no dropout).
+    ``mc_samples = 1`` with ``seed = -1`` is the deterministic pass (no dropout). ``cache`` (a dict the caller
+    keeps) stores the network's raw outputs per micro-batch, keyed by (window, T, seed): calling again on the
+    same rows with another temperature or error scale (calibration) skips the network. The caller must not
+    reuse a cache across models or inputs.
 
     Returns
     -------
@@ -82,9 +86,15 @@ def run_network(model: Model, x: np.ndarray, scalars: np.ndarray, object_id: np.
         sel = np.flatnonzero(windows == w)
         slots = row_index[sel] % B
         xb, sb, ob, valid = pack_micro_batch(x, scalars, object_id, sel, slots)
-        masks = {k: v.to(device) for k, v in make_masks(model, ob, valid, mc_samples, seed).items()}
-        tr = model.net.trunk(torch.from_numpy(xb).to(device), torch.from_numpy(sb).to(device))
-        hd = model.net.head(tr["a"], tr["ctx"], masks, tr.get("zadd"))
+        key = (int(w), int(mc_samples), int(seed))
+        if cache is not None and key in cache:
+            hd = cache[key]
+        else:
+            masks = {k: v.to(device) for k, v in make_masks(model, ob, valid, mc_samples, seed).items()}
+            tr = model.net.trunk(torch.from_numpy(xb).to(device), torch.from_numpy(sb).to(device))
+            hd = model.net.head(tr["a"], tr["ctx"], masks, tr.get("zadd"))
+            if cache is not None:
+                cache[key] = hd
         logits = torch.cat([hd["logits_z"], hd["logit_out"][..., None]], dim=-1) / temp  # (B, T, Z+1)
         prob = torch.softmax(logits.double(), dim=-1)
         pbar = prob.mean(dim=1)
@@ -112,7 +122,8 @@ def run_network(model: Model, x: np.ndarray, scalars: np.ndarray, object_id: np.
 
 def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.ndarray, row_start: int, *,
                 mask: np.ndarray | None = None, mc_samples: int = 50, seed: int = 0, keep_pz: bool = True,
-                device: str | torch.device = "cpu", timings: dict | None = None) -> dict[str, np.ndarray]:
+                device: str | torch.device = "cpu", timings: dict | None = None,
+                cache: dict | None = None) -> dict[str, np.ndarray]:
     """Catalog columns for rows ``row_start … row_start + n`` of a survey (preprocess → network → screening).
 
     Parameters
@@ -122,6 +133,7 @@ def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.
     row_start : int — global row index of the first row (fixes each object's micro-batch slot).
     mc_samples : int — T; seed : int — MC seed.
     timings : dict, optional — seconds per stage are added to it.
+    cache : dict, optional — raw network outputs kept between calls on the same rows (:func:`run_network`).
 
     Returns
     -------
@@ -147,7 +159,7 @@ def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.
         pp = preprocess(f, iv, model.instrument, model.sky_mask, None if mask is None else np.asarray(mask[s0:s1]))
         t1 = time.perf_counter()
         res = run_network(model, pp.x, pp.scalars, np.asarray(object_id[s0:s1]),
-                          row_start + np.arange(s0, s1), mc_samples, seed, device)
+                          row_start + np.arange(s0, s1), mc_samples, seed, device, cache=cache)
         t2 = time.perf_counter()
         nodata = pp.n_good == 0
         pz = res.pop("pz")
