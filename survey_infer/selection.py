@@ -196,6 +196,8 @@ def _eval(node: ast.AST, cols: Mapping[str, np.ndarray]):
         return -np.asarray(v) if isinstance(node.op, ast.USub) else +np.asarray(v)
     if isinstance(node, ast.BinOp):
         a, b = _eval(node.left, cols), _eval(node.right, cols)
+        if isinstance(a, str) or isinstance(b, str):
+            raise SelectionError(f"arithmetic on a quoted string is not allowed{_where(node)}")
         if isinstance(node.op, ast.Pow) and np.any(np.abs(np.asarray(b, dtype=float)) > MAX_EXPONENT):
             raise SelectionError(f"exponent larger than {MAX_EXPONENT}{_where(node)}")
         if isinstance(node.op, (ast.BitAnd, ast.BitOr, ast.BitXor)):

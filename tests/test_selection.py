@@ -68,6 +68,7 @@ def test_escapes_are_refused(expr, tmp_path):
     ("isnan(z, z)", "isnan() takes 1 argument"),
     ("sum(z) > 1", "function 'sum' is not allowed"),
     ("z > 10**10**10", "exponent larger than 64"),
+    ("kind == 'a' * 10**9", "arithmetic on a quoted string"),
     ("", "empty expression"),
 ])
 def test_clear_one_line_errors(expr, msg):
