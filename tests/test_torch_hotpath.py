@@ -1,0 +1,179 @@
+"""The torch hot path (issue 15): device-made SplitMix64 masks, per-device micro-batch, numerics settings,
+hardware record, the device-resident network window and the torch PDF statistics — all checked on the CPU
+against the numpy reference path, bit for bit where the design promises bits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_model
+from survey_infer.instrument import load_instrument
+from survey_infer.model import mc
+from survey_infer.model import torch_masks as tm
+from survey_infer.model.checkpoint import load_model
+from survey_infer.model.device import (MICRO_BATCH_BY_DEVICE, aligned, check_resume_hardware, configure_numerics,
+                                       fingerprint_fields, hardware_description, micro_batch_size, warm_up)
+from survey_infer.model.hotpath import STAT_KEYS, pdf_moments_torch, run_network_device
+from survey_infer.model.inference import MICRO_BATCH, make_masks, run_network
+from survey_infer.preprocess import preprocess
+from survey_infer.screening import pdf_statistics
+
+INST = load_instrument()
+EDGE_IDS = np.array([0, 1, -1, 2 ** 63 - 1, -2 ** 63, 123456789012345], np.int64)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_model(make_tiny_model(tmp_path_factory.mktemp("hp") / "tiny"))
+
+
+def _pre(n=70, seed=0):
+    rng = np.random.default_rng(seed)
+    cont = 2.0 + np.sin(INST.wave / 900.0)
+    flux = (cont[None, :] + rng.normal(0, 0.5, (n, INST.n_wave))).astype(np.float32)
+    flux[:, np.abs(INST.wave - 6564.61 * 2.0) < 4] += 20.0
+    ivar = np.full((n, INST.n_wave), 4.0, np.float32)
+    ivar[3] = 0.0  # a row without data
+    return preprocess(flux, ivar, INST, None)
+
+
+@pytest.mark.parametrize("seed", [0, 3, -1, 2 ** 40 + 7, -12345, 2 ** 64 - 1])
+@pytest.mark.parametrize("stream", [0, 1, 4])
+def test_torch_splitmix64_uniforms_are_the_numpy_bits(seed, stream):
+    rng = np.random.default_rng(abs(seed) % 1000)
+    oid = np.r_[rng.integers(-2 ** 63, 2 ** 63 - 1, size=100, dtype=np.int64), EDGE_IDS]
+    a = mc.uniform(seed, oid, 7, 13, stream)
+    b = tm.uniform(seed, torch.from_numpy(oid), 7, 13, stream).numpy()
+    assert a.dtype == b.dtype == np.float64
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.0, 0.5, 0.9999, 1e-17, 0.1])
+def test_torch_keep_masks_are_the_numpy_bits(p):
+    oid = np.r_[np.arange(-50, 50, dtype=np.int64) * 7919, EDGE_IDS]
+    for seed, stream in ((0, 1), (9, 3), (-1, 2)):
+        a = mc.keep_masks(seed, oid, 11, 17, p, stream)
+        b = tm.keep_masks(seed, torch.from_numpy(oid), 11, 17, p, stream).numpy()
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+        assert np.array_equal(a, b), (seed, stream, p)
+
+
+def test_torch_make_masks_match_inference_make_masks_with_padding(model):
+    cfg = model.cfg
+    oid = np.arange(500, 532, dtype=np.int64)
+    valid = np.ones(32, bool)
+    valid[[0, 5, 31]] = False
+    for T, seed in ((6, 9), (1, -1), (1, 4)):
+        ref = make_masks(model, oid, valid, T, seed)
+        from survey_infer.model.inference import STREAMS
+
+        got = tm.make_masks(cfg.mask_units(), STREAMS, cfg.p_drop, torch.from_numpy(oid), torch.from_numpy(valid),
+                            T, seed)
+        assert sorted(ref) == sorted(got)
+        for k in ref:
+            assert got[k].dtype == torch.float32
+            assert torch.equal(ref[k], got[k]), (k, T, seed)
+
+
+def test_micro_batch_per_device_and_validation(monkeypatch):
+    monkeypatch.delenv("SURVEY_INFER_MICRO_BATCH", raising=False)
+    assert micro_batch_size("cpu") == MICRO_BATCH == MICRO_BATCH_BY_DEVICE["cpu"] == 32
+    assert micro_batch_size("cuda") == micro_batch_size("cuda:1") == 1024
+    assert micro_batch_size("cpu", 64) == 64
+    monkeypatch.setenv("SURVEY_INFER_MICRO_BATCH", "2048")
+    assert micro_batch_size("cuda") == 2048
+    monkeypatch.setenv("SURVEY_INFER_MICRO_BATCH", "100")
+    with pytest.raises(ValueError, match="SURVEY_INFER_MICRO_BATCH=100: expected a positive multiple of 32"):
+        micro_batch_size("cuda")
+    with pytest.raises(ValueError, match="runs on cpu or cuda"):
+        micro_batch_size("meta")
+    assert aligned(256, 1024) == 1024 and aligned(2049, 1024) == 3072 and aligned(96, 32) == 96
+    with pytest.raises(ValueError):
+        aligned(0, 32)
+
+
+def test_numerics_settings_and_fingerprint_on_cpu(monkeypatch):
+    assert configure_numerics("cpu") == {"fp32_precision": "ieee", "deterministic": True}
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        configure_numerics("cpu", precision="tf32")
+    with pytest.raises(ValueError, match="precision 'bf16'"):
+        configure_numerics("cuda", precision="bf16")
+    # the fp32_precision API this module sets on CUDA exists in this torch (names checked, values round-trip)
+    for knob in (torch.backends.cudnn.conv, torch.backends.cuda.matmul):
+        old = knob.fp32_precision
+        try:
+            knob.fp32_precision = "ieee"
+            assert knob.fp32_precision == "ieee"
+        finally:
+            knob.fp32_precision = old
+    hw = hardware_description("cpu")
+    assert hw["device_class"] == "cpu" and hw["cpu_capability"] and hw["torch"] == torch.__version__.split("+")[0]
+    fp = fingerprint_fields("cpu")
+    assert fp["micro_batch"] == 32 and fp["fp32_precision"] == "ieee"
+    check_resume_hardware(fp, fingerprint_fields("cpu"))  # same hardware: fine
+    gpu = {**fp, "device_class": "cuda", "micro_batch": 1024, "gpu": "NVIDIA H200", "compute_capability": "9.0",
+           "sm_count": 132, "cuda": "12.8", "cudnn": 91002}
+    with pytest.raises(ValueError, match=r"^cat\.zarr was made with device_class=cpu, this run has "
+                                         r"device_class=cuda: .*bit-identical"):
+        check_resume_hardware(fp, gpu, "cat.zarr")
+    with pytest.raises(ValueError, match="sm_count=132, this run has sm_count=114"):
+        check_resume_hardware(gpu, {**gpu, "sm_count": 114})
+    with pytest.raises(ValueError, match="fp32_precision=ieee, this run has fp32_precision=tf32"):
+        check_resume_hardware(gpu, {**gpu, "fp32_precision": "tf32"})
+
+
+def test_device_window_is_bit_identical_to_run_network_on_cpu(model):
+    pp = _pre(70)
+    oid = np.arange(7000, 7070, dtype=np.int64)
+    rows = 5 + np.arange(70)  # not aligned to the micro-batch: partial first and last windows
+    for T, seed in ((6, 9), (1, -1)):
+        ref = run_network(model, pp.x, pp.scalars, oid, rows, T, seed, "cpu")
+        got = run_network_device(model, pp.x, pp.scalars, oid, rows, T, seed, "cpu")
+        assert sorted(ref) == sorted(got) == sorted(("pz",) + STAT_KEYS)
+        for k in ref:
+            assert ref[k].dtype == got[k].dtype and ref[k].shape == got[k].shape, k
+            assert np.array_equal(ref[k], got[k], equal_nan=True), (k, T, seed)
+    # rows in any order, a subset: still the same bits per row
+    perm = np.random.default_rng(1).permutation(70)[:40]
+    ref = run_network(model, pp.x[perm], pp.scalars[perm], oid[perm], rows[perm], 4, 2, "cpu")
+    got = run_network_device(model, pp.x[perm], pp.scalars[perm], oid[perm], rows[perm], 4, 2, "cpu")
+    for k in ref:
+        assert np.array_equal(ref[k], got[k], equal_nan=True), k
+
+
+def test_device_window_larger_micro_batch_is_close_and_self_consistent(model):
+    pp = _pre(70, seed=4)
+    oid = np.arange(70, dtype=np.int64)
+    rows = np.arange(70)
+    ref = run_network(model, pp.x, pp.scalars, oid, rows, 5, 1, "cpu")
+    a = run_network_device(model, pp.x, pp.scalars, oid, rows, 5, 1, "cpu", micro_batch=128)
+    b = run_network_device(model, pp.x[10:], pp.scalars[10:], oid[10:], rows[10:], 5, 1, "cpu", micro_batch=128)
+    for k in ref:  # another B: same masks, float32-level differences only
+        np.testing.assert_allclose(a[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
+        assert np.array_equal(a[k][10:], b[k], equal_nan=True), k  # independent of neighbours at fixed B
+
+
+def test_warm_up_runs_on_cpu(model):
+    assert warm_up(model, "cpu", B=32, T=2) >= 0.0
+
+
+def test_pdf_moments_torch_match_screening(model):
+    rng = np.random.default_rng(3)
+    Z = model.zgrid.n
+    zc, dz = model.zgrid.centres, model.zgrid.dz
+    pz = rng.random((60, Z)) ** 8
+    pz[0] = 0.0
+    pz[0, 0] = 1.0  # all mass in the first bin (edge mode)
+    pz[1] = 1.0  # flat
+    pz[2, :] = 1e-30
+    pz[2, Z // 2] = 1.0  # a spike
+    pz /= pz.sum(1, keepdims=True)
+    ref = pdf_statistics(pz, zc, dz, {})
+    got = pdf_moments_torch(torch.from_numpy(pz), torch.from_numpy(zc), dz)
+    for k, v in got.items():
+        v = v.numpy()
+        if k == "pz_npeaks":
+            assert v.dtype == ref[k].dtype and np.array_equal(v, ref[k])
+        else:
+            np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-15, err_msg=k)
