@@ -249,3 +249,42 @@ def test_hardware_names_the_gpu():
     assert hw["gpu"] == torch.cuda.get_device_name(0) and hw["cuda"] == torch.version.cuda
     assert hw["cudnn"] == torch.backends.cudnn.version() and "." in hw["compute_capability"]
     assert hw["gpu"] in hardware_label(hw) and "CUDA" in hardware_label(hw)
+
+
+def _mount_tmpfs(where: Path, size_kb: int, remount: bool = False) -> bool:
+    opts = f"{'remount,' if remount else ''}size={size_kb}k"
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True)
+    return r.returncode == 0
+
+
+def test_a_real_full_file_system_mid_run(reference, small_survey, tiny_model, tmp_path):
+    """The catalog on a tmpfs of 60% of the catalog's size (needs permission to mount; skipped otherwise): the
+    run ends with one-line messages and no traceback, nothing half-made of the lock; once the file system is
+    larger the same command completes the catalog bit-identically."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    size_kb = sum(4 * -(-p.stat().st_size // 4096) for p in reference.rglob("*") if p.is_file()) * 6 // 10
+    if not _mount_tmpfs(fs, size_kb):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        cat = fs / "cat.zarr"
+        args = run_args(small_survey, cat, tiny_model, "--cluster", "inprocess")
+        r = cli(*args)
+        print(f"tmpfs of {size_kb} kB: exit {r.returncode}\n{r.stdout[-1200:]}\n{r.stderr[-600:]}")
+        assert r.returncode in (1, 2) and "Traceback" not in r.stdout + r.stderr
+        assert "the file system is full [ENOSPC]" in r.stdout + r.stderr
+        for line in (r.stdout + r.stderr).splitlines():
+            if "ENOSPC" in line:
+                assert "cannot write /" in line and "Free space on it and run the same command again" in line, line
+        if (cat / LOCK_DIR).exists():
+            assert not [p for p in (cat / LOCK_DIR).iterdir() if p.name.startswith(".")]  # no temp files
+            rec = lock_record(cat)
+            assert rec is None or rec.get("owner")  # a whole ticket or none
+        assert not (cat / (LOCK + ".claim")).exists()
+        assert _mount_tmpfs(fs, 16 * size_kb, remount=True)  # space freed
+        r = cli(*args)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert_catalogs_identical(reference, cat)
+        assert lock_record(cat)["released"]
+    finally:
+        subprocess.run(["umount", str(fs)], capture_output=True)

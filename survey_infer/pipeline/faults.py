@@ -175,13 +175,15 @@ def transient_oserror(exc: BaseException) -> OSError | None:
     return e if e is not None and e.errno in TRANSIENT_ERRNOS else None
 
 
-def storage_message(exc: BaseException, what: str = "") -> str | None:
+def storage_message(exc: BaseException, what: str = "", path: str | Path | None = None) -> str | None:
     """One line for an out-of-space, over-quota or read-only error behind ``exc`` (None for other errors).
 
     Parameters
     ----------
     exc : the exception (its cause chain is searched for the :class:`OSError`).
-    what : what was being written, e.g. ``"the run record of catalog X"``.
+    what : what was being written, e.g. ``"the run record"``.
+    path : the file or folder being written, named when the error does not carry a file name (a failed
+        ``write`` or ``flush`` does not).
 
     Returns
     -------
@@ -192,7 +194,7 @@ def storage_message(exc: BaseException, what: str = "") -> str | None:
     e = find_oserror(exc)
     if e is None or e.errno not in STORAGE_ERRNOS:
         return None
-    path = e.filename or "?"
+    path = e.filename or path or "?"
     todo = {errno.ENOSPC: "free space on it", errno.EDQUOT: "free space or ask for a larger quota",
             errno.EROFS: "make it writable (or choose an output on a writable file system)"}[e.errno]
     return (f"cannot write {path}{f' ({what})' if what else ''}: {STORAGE_ERRNOS[e.errno]} "

@@ -346,7 +346,7 @@ class LeaseLock:
         try:
             return self._acquire(wait_s, min_epoch)
         except OSError as exc:
-            msg = storage_message(exc, f"the lock of catalog {self.catalog}")
+            msg = storage_message(exc, "the catalog's lock", self.dir)
             if msg is None:
                 raise
             raise LockHeldError(msg) from exc
@@ -453,7 +453,7 @@ class LeaseLock:
             fault_point("lock-release", ticket_path(self.catalog, self.epoch))
             return self._rewrite(released=True, heartbeat=time.time())
         except OSError as exc:
-            self.release_error = (storage_message(exc, "releasing the lock")
+            self.release_error = (storage_message(exc, "releasing the catalog's lock", self.dir)
                                   or f"cannot release the lock of {self.catalog}: {type(exc).__name__}: {exc}")
             self.release_error += "; the lock is left to be taken over by the next run"
             return False

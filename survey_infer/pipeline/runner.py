@@ -535,7 +535,7 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                     _update_run_record(g_cat, run_rec)
             except Exception:  # noqa: BLE001 - best effort while stopping
                 pass
-        msg = storage_message(exc, f"catalog {cat_path}") if isinstance(exc, Exception) else None
+        msg = storage_message(exc, "", cat_path) if isinstance(exc, Exception) else None
         if msg:  # a full / read-only / over-quota file system: one line, not a traceback
             raise CatalogStorageError(msg) from exc
         raise
