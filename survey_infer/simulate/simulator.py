@@ -119,7 +119,8 @@ class SimConfig:
         Per object p: the LSF σ varies across each arm as (λ/λ_centre)^−p (p = 0: constant R, this simulator's
         nominal law; p = 1: constant FWHM in Å per arm, moons1d's law).
     noise_scale_range : (float, float)
-        True noise σ / reported σ (``ivar`` stays nominal), uniform per object.
+        True noise σ / reported σ (``ivar`` stays nominal), uniform per object and arm (moons1d's RI errors are
+        1.29× too small).
     sky_resid_ivar_fraction : float
         Fraction of objects whose ``ivar`` includes the expected variance of the sky-subtraction residual (as a
         pipeline propagating its sky-model error); the others do not.
@@ -176,7 +177,7 @@ class SimConfig:
     arm_offset_rms: float = 0.03
     lsf_scale_range: tuple[float, float] = (0.9, 1.1)
     lsf_slope_range: tuple[float, float] = (0.0, 1.0)
-    noise_scale_range: tuple[float, float] = (0.95, 1.1)
+    noise_scale_range: tuple[float, float] = (0.95, 1.3)
     sky_resid_ivar_fraction: float = 0.3
     seeing_range: tuple[float, float] = (0.4, 1.2)
     size_range: tuple[float, float] = (0.0, 0.6)
@@ -327,12 +328,15 @@ OLD_SET = (0, 2, 3, 4)  # kcorrect continuum templates (mixed with Dirichlet wei
 YOUNG = 1  # the young, line-emitting kcorrect template that carries the star formation
 
 
-def _shape_per_unit_mass(tb: dict, z: np.ndarray, lssfr: np.ndarray, old_w: np.ndarray, av: np.ndarray):
+def _shape_per_unit_mass(tb: dict, z: np.ndarray, lssfr: np.ndarray, old_w: np.ndarray, av: np.ndarray,
+                         young_scale: np.ndarray | float = 1.0):
     """kcorrect family: per-unit-stellar-mass rest spectrum (n, L) at 10 pc with dust, and its log sSFR (yr⁻¹).
 
     The galaxy is x M☉ formed of the continuum mixture ``old_w`` over :data:`OLD_SET` plus y M☉ formed of the
     young template; y/x is solved so that the instantaneous (Hα-calibrated, see ``tools/build_templates.py``)
-    sSFR equals ``lssfr`` where possible (clipped to the pure-young and pure-old limits).
+    sSFR equals ``lssfr`` where possible (clipped to the pure-young and pure-old limits). The young template's
+    light is multiplied by ``young_scale`` (quenched galaxies: 1/2.4, its UV per unit Hα-SFR being 2.4× that of
+    a BC03 100 Myr constant-SFR population; moons1d comparison F1).
     """
     r, s_ha = tb["mremain"], tb["sfr_halpha"]
     r_o = sum(old_w[:, j] * r[t] for j, t in enumerate(OLD_SET))
@@ -351,7 +355,7 @@ def _shape_per_unit_mass(tb: dict, z: np.ndarray, lssfr: np.ndarray, old_w: np.n
     spec = np.zeros((z.size, F.shape[1]))
     for j, t in enumerate(OLD_SET):
         spec += (x * old_w[:, j])[:, None] * F[t]
-    spec += y[:, None] * F[YOUNG]
+    spec += (y * young_scale)[:, None] * F[YOUNG]
     spec /= mstar[:, None]
     att = 10.0 ** (-0.4 * av[:, None] * ph.calzetti_k(tb["wave"])[None, :] / 4.05)
     spec *= att
@@ -609,7 +613,9 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         age_k = t_univ[krows]
         e = -np.log(np.clip(u[krows, 9:13], 1e-12, 1.0))
         e[:, 2] *= np.clip((age_k - 1.5) / 4.0, 0.05, 1.0)
-        e[:, 1] = np.where(qk, 0.0, e[:, 1])
+        # quenched: the intermediate-age template 2 (nothing formed in its last 300 Myr) replaces the too-old ones
+        # as the Universe gets younger (z > 1), so that quenched kcorrect galaxies are not older than it
+        e[:, 1] = np.where(qk, e[:, 1] * np.clip((5.5 - age_k) / 2.5, 0.0, 1.0), e[:, 1])
         e[:, 3] = np.where(qk, 0.0, e[:, 3])
         old_w = e / e.sum(axis=1, keepdims=True)
         d_ms = cfg.ms_scatter_dex * _N(u[krows, 15])
@@ -620,7 +626,7 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         lnw0, dlnw = tb_k["lnw0"], tb_k["dlnw"]
         for _ in range(3):  # sSFR depends on mass, mass on the normalisation to m_H
             lssfr = np.where(qk, lssfr_q, ph.main_sequence_logsfr(lm, zk) + d_ms - lm)
-            spec, lssfr_act = _shape_per_unit_mass(tb_k, zk, lssfr, old_w, av_k)
+            spec, lssfr_act = _shape_per_unit_mass(tb_k, zk, lssfr, old_w, av_k, np.where(qk, 1 / 2.4, 1.0))
 
             def _fh(ws, spec=spec):
                 return ph.sample_log_grid(spec, lnw0, dlnw, ws[None, :] / (1.0 + zk[:, None])) * dfk[:, None]
@@ -750,8 +756,10 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     lvl_cont = _logu(u[:, 62], *cfg.sky_continuum_residual_range) * t_exp
     lvl_shift = _logu(u[:, 63], *cfg.sky_shift_range_pix) * t_exp
     in_ivar = u[:, 74] < cfg.sky_resid_ivar_fraction
-    nscale = _unif(64, cfg.noise_scale_range)
-    obs_e = obj_e + (sig_e * nscale[:, None].astype(f32)) * gauss
+    nscale = np.empty((n, W), f32)  # true σ / reported σ, per object and arm
+    for j, sl in enumerate(slices):
+        nscale[:, sl] = _unif(76 + j if j < 3 else 64, cfg.noise_scale_range)[:, None]
+    obs_e = obj_e + (sig_e * nscale) * gauss
     resid_e = np.empty((n, W), f32) if extras else None
     var_rep = var_e.copy() if in_ivar.any() else var_e
     # delivered flux = electrons / (conv × t × throughput × aperture × telluric correction) × calibration error;
