@@ -612,14 +612,17 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         zk, qk = zg[krows], quench[krows]
         age_k = t_univ[krows]
         e = -np.log(np.clip(u[krows, 9:13], 1e-12, 1.0))
-        e[:, 2] *= np.clip((age_k - 1.5) / 4.0, 0.05, 1.0)
-        # quenched: the intermediate-age template 2 (nothing formed in its last 300 Myr) replaces the too-old ones
-        # as the Universe gets younger (z > 1), so that quenched kcorrect galaxies are not older than it
-        e[:, 1] = np.where(qk, e[:, 1] * np.clip((5.5 - age_k) / 2.5, 0.0, 1.0), e[:, 1])
+        # the oldest template (3) is down-weighted when the Universe is young, except in quenched galaxies: their
+        # residual star formation comes from the young template on top of it (template 0 alone has log sSFR −11.05,
+        # above most drawn residual sSFRs, and no young light; template 3 −12.1)
+        e[:, 2] *= np.where(qk, 1.0, np.clip((age_k - 1.5) / 4.0, 0.05, 1.0))
+        e[:, 1] = np.where(qk, 0.0, e[:, 1])
         e[:, 3] = np.where(qk, 0.0, e[:, 3])
         old_w = e / e.sum(axis=1, keepdims=True)
         d_ms = cfg.ms_scatter_dex * _N(u[krows, 15])
-        lssfr_q = LOG_SSFR_FLOOR + (LOG_SSFR_QUENCHED_MAX - LOG_SSFR_FLOOR) * u[krows, 14]  # quenched
+        # quenched: log sSFR U(−11.5, −10.5): above the old templates' own (−11.05 … −12.1), so that some young
+        # light (scaled by 1/2.4) offsets old templates that are older than the Universe at z > 2
+        lssfr_q = -11.5 + 1.0 * u[krows, 14]
         av_k = av[krows]
         dfk = dist_fac[krows]
         lm = np.full(krows.size, 10.3)
