@@ -41,6 +41,9 @@ def count_flops(model, T: int, B: int | None = None) -> dict:
                 net.head(tr["a"], tr["ctx"], masks, tr.get("zadd"))
             out[name] = fc.get_total_flops()
     per = {k: v / B for k, v in out.items()}
+    if getattr(net.cfg, "xc_templates", 0):  # FFTs and solves are not counted by FlopCounterMode: analytic
+        per["template_scan"] = net.xc.flops_per_spectrum(B)
+        per["trunk"] += per["template_scan"]
     per["mc_T"] = per["trunk"] + per["head_T"]
     per["deterministic"] = per["trunk"] + per["head_1"]
     per["naive_T"] = T * per["deterministic"]

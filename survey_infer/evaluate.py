@@ -79,11 +79,29 @@ def _prop(pred, err, true, sel) -> dict:
             "coverage68": float((np.abs(d) <= err[s]).mean())}
 
 
-def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None) -> dict:
-    """Metrics dict (see the module docstring); PNGs into ``plots`` when given."""
+TRUTH_EXTRA = ("template_family", "ew_halpha_rest_true", "sfh_kind", "is_passive", "mag_h", "t_exp", "kind")
+
+
+def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None, truth: str | Path | None = None) -> dict:
+    """Metrics dict (see the module docstring); PNGs into ``plots`` when given.
+
+    ``truth``: the survey store the catalog was run on; truth columns the catalog does not carry
+    (``template_family``, ``ew_halpha_rest_true``, …) are read from it, row by row (the object ids must match).
+    """
     from .io.catalog_store import open_catalog
 
     cat = open_catalog(catalog)
+    if truth is not None:
+        from .io.survey_store import open_survey
+
+        src = open_survey(truth)
+        if src.sizes["object"] != cat.sizes["object"] or not np.array_equal(src["object_id"].values,
+                                                                             cat["object_id"].values):
+            from .cli import UserError
+
+            raise UserError(f"evaluate --truth {truth}: its objects are not the catalog's rows (object_id differs)")
+        extra = {c: ("object", src[c].values, dict(src[c].attrs)) for c in TRUTH_EXTRA if c in src and c not in cat}
+        cat = cat.assign(**extra)
     need = [c for c in ("z_true",) if c not in cat]
     if need:
         from .cli import UserError
@@ -299,11 +317,13 @@ def register(subparsers) -> None:
     p.add_argument("catalog")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.add_argument("--plots", default=None, help="folder for PNG plots")
+    p.add_argument("--truth", default=None,
+                   help="the input survey store: truth columns the catalog lacks (template family, Halpha EW)")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    m = evaluate_catalog(args.catalog, args.plots)
+    m = evaluate_catalog(args.catalog, args.plots, args.truth)
     print(json.dumps(m, indent=1) if args.json else format_report(m))
     if m.get("plots_written") and not args.json:
         print("plots written: " + ", ".join(m["plots_written"]))

@@ -206,6 +206,17 @@ class TemplateChi2(nn.Module):
             feats.append(torch.sqrt(per_bin + 1e-6) / 10.0)
         return torch.stack(feats, dim=1)
 
+    def flops_per_spectrum(self, batch: int = 32) -> float:
+        """Analytic FLOPs of the scan per spectrum (FFTs 2.5·n·log2 n real, complex products 6 per bin, the
+        M×M solves M³/3 + 2M² per shift, the high-pass box sums; templates' FFTs shared by ``batch`` rows).
+        ``torch.utils.flop_counter`` does not count FFTs or solves, so benchmarks add this."""
+        n, M, S = self.grid.n_fft, self.M, self.grid.n_shift
+        P = M * (M + 1) // 2
+        fft = 2.5 * n * math.log2(n)
+        per_row = 3 * fft + 2 * (M + P) * (fft + 6 * (n // 2 + 1)) + 2 * S * (M ** 3 / 3 + 2 * M ** 2 + 2 * M)
+        per_row += 2 * 2 * self.grid.n_obs * self.hp_kernel + 6 * self.grid.n_obs
+        return float(per_row + 2 * (M + P) * fft / batch)
+
     def best_z(self, x: torch.Tensor, zgrid: ZGrid, which: str = "full") -> np.ndarray:
         """Redshift of the largest Δχ² bin (the classical fit alone), shape (B,) — for ablations."""
         f = self.forward(x)
