@@ -186,3 +186,23 @@ def test_shipped_family_data_is_compact_and_not_miles():
             assert "miles" not in str(d["source"]).lower()
     with pytest.raises(KeyError, match="unknown SSP family"):
         load_family("miles")
+
+
+def test_committed_validation_sets_regenerate_from_their_seeds():
+    """The truth tables in docs/validation_sets are only valid while the simulator reproduces their bytes:
+    regenerate the first chunk of one set and compare with the manifest (re-run tools/make_validation_sets.py
+    after any change of the simulator's output)."""
+    import hashlib
+    import json
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "validation_sets"
+    man = json.loads((root / "manifest.json").read_text())
+    rec = man["sets"]["lofo_mastar"]
+    cfg = SimConfig.from_dict(rec["config"])
+    d = simulate_block(0, rec["chunk_objects"], rec["seed"], cfg)
+    from survey_infer.io.survey_store import sanitize_spectra
+
+    flux, _, _ = sanitize_spectra(d["flux"], d["ivar"])
+    assert hashlib.sha256(np.ascontiguousarray(flux).tobytes()).hexdigest() == rec["flux_sha256_first_chunk"]
+    assert set(man["sets"]) == {"heldout"} | {f"lofo_{f}" for f in FAMILIES}
+    assert man["sets"]["heldout"]["n"] >= 4000
