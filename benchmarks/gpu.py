@@ -19,9 +19,16 @@ Target (DESIGN §9): ≥ 50,000 spectra/s sustained. Writes ``benchmarks/results
 ``capacity``) and ``gpu.png``.
 
 Run: ``python -m benchmarks.gpu`` (on the GPU machine), ``python -m benchmarks.gpu --cpu-smoke`` (anywhere).
+
+**The device check** (``benchmarks/gpu_check.sh`` = ``python -m benchmarks.gpu --check``; issue 15 point 6) is
+the short, staged version for a bare, lent H200 machine: every stage runs in its own process under a time box
+(the whole within :data:`CHECK_BUDGET_S`), writes ``$OUT/stage-<name>.json`` when it ends (or a ``timeout`` /
+``failed`` record), and ``$OUT/gpu.json`` is rewritten after every stage, so a run cut short still returns what
+it measured. ``--device cpu --n 64`` is its dry run (CI, ``tests/test_gpu.py``). See :func:`check_main`.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -248,7 +255,459 @@ def _args(p):
 
 
 def main(argv=None) -> int:
+    import sys as _sys
+
+    argv = list(_sys.argv[1:] if argv is None else argv)
+    if "--check" in argv or "--stage" in argv:
+        return check_main(argv)
     return standalone(run, __doc__.split("\n\n")[0], argv, _args)
+
+
+
+# ================================================================================================ device check
+#: seconds for the whole check (the device command limit is 10 min; the issue asks for 8)
+CHECK_BUDGET_S = 460.0
+#: stage name → time box (s) on a GPU; the dry run uses the same boxes (it finishes far inside them)
+STAGES: dict[str, float] = {"env": 25, "pytest": 75, "store": 100, "decode": 30, "preprocess": 30, "network": 60,
+                            "end_to_end": 140}
+
+
+def _write_json(path, obj) -> None:
+    import json
+    import os
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def _read_json(path) -> dict:
+    import json
+
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_args(argv):
+    import argparse
+    import os
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu --check",
+                                description="Staged, time-boxed GPU check (issue 15); results under --out.")
+    p.add_argument("--check", action="store_true", help="run every stage (each in its own process)")
+    p.add_argument("--stage", choices=list(STAGES), help="run one stage in this process (used by --check)")
+    p.add_argument("--device", default="cuda", help="cuda (the H200) or cpu (the dry run)")
+    p.add_argument("--out", default=os.environ.get("OUT") or "gpu-check-out", help="results folder ($OUT)")
+    p.add_argument("--cache", default=None, help="scratch folder for the store and catalogs (not under --out)")
+    p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    p.add_argument("--n", type=int, default=None, help="spectra in the end-to-end store (65,536 on cuda)")
+    p.add_argument("--n-base", type=int, default=None, help="spectra simulated, then tiled to --n (8,192 on cuda)")
+    p.add_argument("--T", type=int, default=50, help="MC samples (50)")
+    p.add_argument("--procs", type=int, default=None, help="CPU processes for the ceilings (16 on cuda, else 1)")
+    p.add_argument("--sustain-s", type=float, default=None, help="seconds of repeated end-to-end runs (90 on cuda)")
+    p.add_argument("--budget-s", type=float, default=CHECK_BUDGET_S, help="the whole check's time box")
+    p.add_argument("--box", action="append", default=[], metavar="STAGE=SECONDS",
+                   help="override one stage's time box (repeatable)")
+    p.add_argument("--with-pytest", action="store_true", help="run the pytest stage on cpu too (off in the dry run)")
+    p.add_argument("--base", default=None, help="an existing survey store to tile from instead of simulating")
+    p.add_argument("--cluster", default=None, help="end-to-end --cluster (cuda on a GPU; inprocess in the dry run)")
+    p.add_argument("--results", action="store_true", help="also write benchmarks/results/gpu.json (device runs)")
+    a = p.parse_args(argv)
+    gpu = a.device.startswith("cuda")
+    a.n = a.n or (65_536 if gpu else 64)
+    a.n_base = min(a.n, a.n_base or (8192 if gpu else 64))
+    a.procs = a.procs or (16 if gpu else 1)
+    a.sustain_s = 90.0 if a.sustain_s is None and gpu else (a.sustain_s or 0.0)
+    a.boxes = dict(STAGES)
+    for spec in a.box:
+        name, _, sec = spec.partition("=")
+        if name not in STAGES:
+            p.error(f"--box {spec}: unknown stage {name!r} (stages: {', '.join(STAGES)})")
+        try:
+            a.boxes[name] = float(sec)
+        except ValueError:
+            p.error(f"--box {spec}: SECONDS must be a number")
+    a.cluster = a.cluster or ("cuda" if gpu else "inprocess")
+    a.out = Path(a.out).resolve()
+    a.cache = Path(a.cache or (Path(os.environ.get("TMPDIR", "/tmp")) / "survey-infer-gpu-check")).resolve()
+    return a
+
+
+def _store_path(a):
+    return a.cache / f"check-store-n{a.n}-b{a.n_base}.zarr"
+
+
+def _model_dir(a) -> str:
+    from survey_infer.model.checkpoint import resolve_model_dir
+
+    return str(resolve_model_dir(a.model or "default"))
+
+
+def check_main(argv) -> int:
+    """``--check``: run the stages in order, each in a subprocess under its time box; ``--stage X``: one stage.
+
+    Writes ``<out>/stage-<name>.json`` per stage (``status`` ok / failed / timeout / skipped, ``seconds`` and the
+    stage's figures) and ``<out>/gpu.json`` (all stages so far, the ceilings, which binds, the target) after
+    each stage. Returns 0 when every stage that ran is ok.
+    """
+    import subprocess
+    import sys
+
+    a = _check_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    a.cache.mkdir(parents=True, exist_ok=True)
+    if a.stage:
+        return _run_stage(a)
+    t_start = time.time()
+    base = [x for x in argv if x != "--check"]
+    summary: dict = {"target_spectra_per_s": TARGET, "device": a.device, "n": a.n, "T": a.T, "stages": {}}
+    rc = 0
+    for name, box in a.boxes.items():
+        left = a.budget_s - (time.time() - t_start)
+        out_json = a.out / f"stage-{name}.json"
+        if name == "pytest" and not a.device.startswith("cuda") and not a.with_pytest:
+            rec = {"status": "skipped", "why": "dry run (--device cpu): the gpu tests skip without a GPU"}
+        elif left < 5:
+            rec = {"status": "skipped", "why": f"check budget {a.budget_s:.0f} s spent"}
+        else:
+            limit = min(box, left)
+            t0 = time.time()
+            log(f"stage {name} (box {limit:.0f} s)")
+            try:
+                p = subprocess.run([sys.executable, "-m", "benchmarks.gpu", *base, "--stage", name],
+                                   capture_output=True, text=True, timeout=limit)
+                rec = _read_json(out_json) or {"status": "failed", "why": "the stage wrote no result"}
+                if p.returncode != 0 and rec.get("status") == "ok":
+                    rec["status"] = "failed"
+                if p.returncode != 0:
+                    rec.setdefault("why", (p.stderr or p.stdout)[-1500:])
+                    rec["stderr_tail"] = (p.stderr or "")[-1500:]
+            except subprocess.TimeoutExpired as exc:
+                rec = {**_read_json(out_json), "status": "timeout", "why": f"stage ran past its {limit:.0f} s box",
+                       "stderr_tail": str(exc.stderr or "")[-800:]}
+            rec["seconds"] = round(time.time() - t0, 2)
+        if rec.get("status") not in ("ok", "skipped"):
+            rc = 1
+        _write_json(out_json, rec)
+        summary["stages"][name] = rec
+        summary.update(_ceilings(summary["stages"]))
+        summary["elapsed_s"] = round(time.time() - t_start, 1)
+        _write_json(a.out / "gpu.json", summary)
+        log(f"  {name}: {rec.get('status')} in {rec.get('seconds', 0):.1f} s")
+    if a.results:
+        from . import RESULTS
+
+        _write_json(RESULTS / "gpu.json", summary)
+    print(json.dumps({k: summary.get(k) for k in ("ceilings", "limiting_ceiling", "sustained_spectra_per_s",
+                                                    "elapsed_s")}, default=str))
+    return rc
+
+
+def _ceilings(stages: dict) -> dict:
+    """Ceilings (spectra/s) measured so far, the one that binds, and the end-to-end rate beside them."""
+    c = {}
+    dec = stages.get("decode", {})
+    if dec.get("spectra_per_s"):
+        c[f"decode + CRC ({dec.get('procs')} procs)"] = dec["spectra_per_s"]
+    pre = stages.get("preprocess", {})
+    if pre.get("spectra_per_s"):
+        c[f"preprocess, numpy ({pre.get('procs')} procs)"] = pre["spectra_per_s"]
+    net = stages.get("network", {})
+    if net.get("hotpath_spectra_per_s"):
+        c[f"network hot path (B={net.get('micro_batch')})"] = net["hotpath_spectra_per_s"]
+    out: dict = {"ceilings": c, "limiting_ceiling": min(c, key=c.get) if c else None}
+    e2e = stages.get("end_to_end", {})
+    if e2e.get("sustained_spectra_per_s"):
+        out["sustained_spectra_per_s"] = e2e["sustained_spectra_per_s"]
+        out["meets_target"] = e2e["sustained_spectra_per_s"] >= TARGET
+    return out
+
+
+def _run_stage(a) -> int:
+    out_json = a.out / f"stage-{a.stage}.json"
+    t0 = time.time()
+    rec: dict = {"status": "running", "stage": a.stage}
+    _write_json(out_json, rec)
+
+    def save(**kw):  # partial results survive a time-out
+        rec.update(kw)
+        _write_json(out_json, rec)
+
+    try:
+        globals()[f"_stage_{a.stage}"](a, save)
+        rec["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - recorded, the check goes on with the next stage
+        import traceback
+
+        rec.update(status="failed", why=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2000:])
+    rec["seconds"] = round(time.time() - t0, 2)
+    _write_json(out_json, rec)
+    return 0 if rec["status"] == "ok" else 1
+
+
+# ---- stages ---------------------------------------------------------------------------------------------------
+def _stage_env(a, save) -> None:
+    """What ran: hardware and numerics record of the device, library versions, CUDA env."""
+    import os
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    from survey_infer.model.device import configure_numerics, fingerprint_fields
+
+    vers = {}
+    for name in ("torch", "numpy", "dask", "distributed", "dask-cuda", "zarr", "numcodecs", "astropy", "xarray",
+                 "cuda-core", "cuda-bindings", "nvidia-ml-py", "pynvml"):
+        try:
+            vers[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            vers[name] = None
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"torch {torch.__version__} sees no CUDA GPU")
+    save(numerics=configure_numerics(a.device), fingerprint=fingerprint_fields(a.device), versions=vers,
+         python=platform.python_version(), cpus=os.cpu_count(),
+         cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+         installed_from_wheels=os.environ.get("GPU_CHECK_INSTALLED", ""))
+
+
+def _stage_pytest(a, save) -> None:
+    """``pytest -m gpu`` on the GPU tests (and the CPU hot-path tests, which also check the masks on the GPU)."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "gpu or not slow", "-p", "no:cacheprovider",
+                        "tests/test_gpu.py", "tests/test_torch_hotpath.py"], capture_output=True, text=True)
+    tail = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    save(returncode=p.returncode, summary=tail, output_tail=p.stdout[-3000:])
+    if p.returncode != 0:
+        raise RuntimeError(f"pytest: {tail}")
+
+
+def _tile_part(args) -> int:
+    """Process-pool body: copy base rows into rows [lo, hi) of the store with fresh object ids."""
+    import zarr
+
+    base, dst, lo, hi, n_base = args
+    gb = zarr.open_group(str(base), mode="r", zarr_format=3)
+    gd = zarr.open_group(str(dst), mode="r+", zarr_format=3, use_consolidated=False)
+    names = [k for k in gd.array_keys() if gd[k].metadata.dimension_names
+             and gd[k].metadata.dimension_names[0] == "object"]
+    cache = {k: gb[k][:] for k in names}
+    for s in range(lo, hi, 1024):
+        e = min(hi, s + 1024)
+        src = np.arange(s, e) % n_base
+        for k in names:
+            v = cache[k][src]
+            if k == "object_id":
+                v = np.arange(s, e, dtype=np.int64) + 10_000_000_000
+            gd[k][s:e] = v
+    return hi - lo
+
+
+def _stage_store(a, save) -> None:
+    """A store of ``n`` spectra: ``n_base`` simulated (16 processes), then tiled with fresh ids (chunk-aligned)."""
+    import shutil
+    import subprocess
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
+
+    import zarr
+
+    from survey_infer.io.survey_store import create_survey, store_instrument
+
+    dst = _store_path(a)
+    if (dst / "zarr.json").exists():
+        save(store=str(dst), reused=True, n=a.n)
+        return
+    base = Path(a.base) if a.base else a.cache / f"check-base-n{a.n_base}.zarr"
+    chunk = 1024 if a.device.startswith("cuda") else 32
+    t0 = time.time()
+    if not a.base and not (base / "zarr.json").exists():
+        shutil.rmtree(base, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "survey_infer", "simulate", "--n", str(a.n_base), "--seed", "2026",
+                        "--out", str(base), "--chunk-objects", str(chunk), "--workers", str(a.procs),
+                        "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+    t1 = time.time()
+    gb = zarr.open_group(str(base), mode="r", zarr_format=3)
+    a.n_base = min(a.n_base, int(gb.attrs["n_objects"]))
+    save(base=str(base), simulated=0 if a.base else a.n_base, simulate_s=round(t1 - t0, 2))
+    cols = {k: str(gb[k].dtype) for k in gb.array_keys() if k not in ("flux", "ivar", "mask", "object_id")
+            and gb[k].metadata.dimension_names and gb[k].metadata.dimension_names[0] == "object"}
+    shutil.rmtree(dst, ignore_errors=True)
+    w = create_survey(dst, a.n, store_instrument(base), chunk_objects=chunk, columns=cols, with_mask="mask" in gb)
+    edges = list(range(0, a.n, chunk * max(1, -(-a.n // chunk) // a.procs))) + [a.n]
+    parts = [(str(base), str(w.work_path), lo, hi, a.n_base) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+    with ProcessPoolExecutor(a.procs) as ex:
+        done = sum(ex.map(_tile_part, parts))
+    w.commit(counts={})
+    save(store=str(dst), n=done, chunk_objects=chunk, tile_s=round(time.time() - t1, 2),
+         gbytes=round(sum(f.stat().st_size for f in dst.rglob("*") if f.is_file()) / 1e9, 3))
+
+
+def _crc_reader(phase, *a):
+    """parallel_timed body: read + decode + CRC32 of rows [lo, hi), as a worker does before inference."""
+    import zlib
+
+    import zarr
+
+    if phase == "setup":
+        store, lo, hi = a
+        g = zarr.open_group(str(store), mode="r", zarr_format=3)
+        g["object_id"][lo:lo + 1]
+        return (g, lo, hi)
+    g, lo, hi = a[0]
+    crc = 0
+    for s in range(lo, hi, 256):
+        e = min(hi, s + 256)
+        for k in ("flux", "ivar", "object_id"):
+            crc = zlib.crc32(np.ascontiguousarray(g[k][s:e]).view(np.uint8).reshape(-1).data, crc)
+    return {"n": hi - lo, "crc": crc}
+
+
+def _stage_decode(a, save) -> None:
+    from . import parallel_timed
+
+    store = _store_path(a)
+    edges = np.linspace(0, a.n, a.procs + 1).astype(int)
+    r = parallel_timed(_crc_reader, [(str(store), int(edges[i]), int(edges[i + 1])) for i in range(a.procs)])
+    save(spectra_per_s=a.n / r["wall_s"], wall_s=r["wall_s"], procs=a.procs, n=a.n)
+
+
+def _stage_preprocess(a, save) -> None:
+    n = min(a.n, 16_384 if a.device.startswith("cuda") else a.n)
+    save(**preprocess_ceiling(_model_dir(a), _store_path(a), n, a.procs), implementation="numpy (worker CPU)")
+
+
+def _kernel_busy(fn, device: str) -> dict:
+    """GPU kernel time of one ``fn()`` from the profiler (sum of CUDA kernel durations) beside its wall time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    if not device.startswith("cuda"):
+        return {"kernel_s": None, "wall_s": None}
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    ks = sum(e.device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA"
+             and not e.key.startswith("Memcpy") and not e.key.startswith("Memset")) / 1e6
+    return {"kernel_s": ks, "wall_s": wall, "busy_fraction": ks / wall if wall > 0 else None}
+
+
+def _stage_network(a, save) -> None:
+    """Network-only ceilings: the hot path at the device's B, the old 32-row path, bare large batches, IEEE vs
+    TF32, GPU-vs-GPU bit identity; CUDA kernel-busy time from the profiler."""
+    import torch
+
+    from survey_infer.model.checkpoint import load_model
+    from survey_infer.model.device import configure_numerics, micro_batch_size, warm_up
+    from survey_infer.model.hotpath import run_network_device
+    from survey_infer.model.inference import STREAMS, run_network
+    from survey_infer.model.torch_masks import make_masks
+
+    from .mc_cost import load_preprocessed
+
+    dev = a.device
+    gpu = dev.startswith("cuda")
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    configure_numerics(dev, "ieee")
+    model = load_model(_model_dir(a), device=dev)
+    B = micro_batch_size(dev)
+    save(micro_batch=B, warm_up_s=warm_up(model, dev, B, 2))
+    n = min(a.n, 8192 if gpu else 32)
+    x, sc, oid = load_preprocessed(_store_path(a), n, model)
+    rows = np.arange(n)
+
+    def hot():
+        return run_network_device(model, x, sc, oid, rows, a.T, 0, dev)
+
+    r1 = hot()
+    sync()
+    t0 = time.perf_counter()
+    r2 = hot()
+    sync()
+    dt = time.perf_counter() - t0
+    same = all(np.array_equal(r1[k], r2[k], equal_nan=True) for k in r1)
+    save(hotpath_spectra_per_s=n / dt, n=n, repeat_bit_identical=bool(same), hotpath_busy=_kernel_busy(hot, dev))
+    m = min(n, 2048 if gpu else 64)
+    t0 = time.perf_counter()
+    run_network(model, x[:m], sc[:m], oid[:m], rows[:m], a.T, 0, dev)
+    sync()
+    save(old_path_b32_spectra_per_s=m / (time.perf_counter() - t0))
+    cfg = model.net.cfg
+    bare = {}
+    logits = {}
+    for prec in (("ieee", "tf32") if gpu else ("ieee",)):
+        configure_numerics(dev, prec)
+        for bsz in ((B, 4 * B) if gpu else (B,)):
+            bsz = min(bsz, n)
+            xb = torch.from_numpy(x[:bsz]).to(dev)
+            sb = torch.from_numpy(sc[:bsz]).to(dev)
+            ob = torch.from_numpy(oid[:bsz]).to(dev)
+            valid = torch.ones(bsz, dtype=torch.bool, device=dev)
+
+            def step():
+                with torch.inference_mode():
+                    mk = make_masks(cfg.mask_units(), STREAMS, cfg.p_drop, ob, valid, a.T, 0)
+                    tr = model.net.trunk(xb, sb)
+                    return model.net.head(tr["a"], tr["ctx"], mk, tr.get("zadd"))
+
+            hd = step()
+            sync()
+            reps, t0 = 0, time.perf_counter()
+            while reps < 3 or (time.perf_counter() - t0 < (5.0 if gpu else 0.2) and reps < 200):
+                step()
+                reps += 1
+            sync()
+            bare[f"{prec}_B{bsz}"] = {"spectra_per_s": reps * bsz / (time.perf_counter() - t0),
+                                      **_kernel_busy(step, dev)}
+            if bsz == B:
+                logits[prec] = hd["logits_z"].double().cpu()
+        save(bare=bare)
+    configure_numerics(dev, "ieee")
+    if "tf32" in logits:
+        d = (logits["tf32"] - logits["ieee"]).abs()
+        save(tf32_vs_ieee_max_abs_dlogit=float(d.max()), tf32_vs_ieee_median_abs_dlogit=float(d.median()))
+
+
+def _stage_end_to_end(a, save) -> None:
+    """``survey-infer run`` (T = a.T) repeated into fresh catalogs for ``sustain_s``; sustained spectra/s."""
+    import shutil
+
+    from . import cli_run
+
+    gpu = a.device.startswith("cuda")
+    extra = ("--cluster", a.cluster) + (() if gpu else ("--device", "cpu"))
+    cat = a.cache / "check-cat.zarr"
+    runs = []
+    t0 = time.time()
+    while not runs or time.time() - t0 < a.sustain_s:
+        r = cli_run(_store_path(a), cat, _model_dir(a), 1, a.T, extra)
+        runs.append({"wall_s": r["wall_s"], "runner_s": r["summary"].get("seconds"),
+                     "timings": r["summary"].get("timings")})
+        sus = a.n * len(runs) / sum(x["wall_s"] for x in runs)
+        save(runs=runs, sustained_spectra_per_s=sus, sustained_over_s=time.time() - t0, n_per_run=a.n,
+             cmd=r["cmd"])
+    shutil.rmtree(cat, ignore_errors=True)
+    net = _read_json(a.out / "stage-network.json")
+    busy = (net.get("hotpath_busy") or {}).get("kernel_s")
+    if busy and net.get("n"):
+        # kernel seconds per spectrum (profiler, network stage) × spectra/s sustained = GPU kernel-busy fraction
+        save(gpu_kernel_busy_fraction_est=busy / net["n"] * rec_rate(runs, a.n))
+
+
+def rec_rate(runs: list[dict], n: int) -> float:
+    """Sustained spectra/s over ``runs`` of ``n`` spectra each (start-up included, as a user pays it)."""
+    return n * len(runs) / sum(r["wall_s"] for r in runs)
 
 
 if __name__ == "__main__":
