@@ -59,6 +59,7 @@ def test_leave_one_family_out_and_errors(tmp_path):
     d = simulate_block(0, 60, 3, cfg)
     assert FAMILIES.index("bpass") not in set(d["template_family"].tolist())
     assert len(set(d["template_family"].tolist())) == 4
+    assert simulate_block(0, 0, 3, cfg)["flux"].shape == (0, 12217)  # empty blocks are valid
     only = simulate_block(0, 20, 3, replace(cfg, families=("mastar",)))
     assert np.all(only["template_family"] == FAMILIES.index("mastar"))
     with pytest.raises(ValueError, match="unknown template families"):

@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Build the shipped line-free galaxy continuum basis ``survey_infer/data/templates/kcorrect_linefree.npz``.
 
+(The simulator's other continuum families, ``ssp_<family>.npz``, are built by ``tools/build_ssp_families.py``, its
+star library by ``tools/build_stars.py``.)
+
 Source: the five NMF templates of kcorrect (Blanton & Roweis 2007; ``kcorrect-default-v4.fits`` in the kcorrect
 5.1.9 wheel on PyPI, BSD-3-Clause). They are Bruzual & Charlot (2003) stellar populations with a Chabrier (2003)
 IMF, each normalised to 1 M☉ formed, flux in erg/s/cm²/Å at 10 pc, and carry the mass remaining (MREMAIN) and the

@@ -133,6 +133,8 @@ def add_gaussian_lines(out: np.ndarray, arms, arm_slices, center: np.ndarray, fl
         window of ±6 σ_max pixels (fixed per arm, so results do not depend on the batch).
     """
     n, K = center.shape
+    if n == 0 or K == 0:
+        return
     sv = np.broadcast_to(np.asarray(sigma_v_kms, np.float64).reshape(n, -1), (n, K))
     for a, sl in zip(arms, arm_slices):
         lo_w = a.wave_min - 0.5 * a.dwave
