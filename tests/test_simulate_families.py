@@ -207,3 +207,23 @@ def test_committed_validation_sets_regenerate_from_their_seeds():
     assert hashlib.sha256(np.ascontiguousarray(flux).tobytes()).hexdigest() == rec["flux_sha256_first_chunk"]
     assert set(man["sets"]) == {"heldout"} | {f"lofo_{f}" for f in FAMILIES}
     assert man["sets"]["heldout"]["n"] >= 4000
+
+
+def test_passive_galaxies_redden_with_redshift_and_sky_residuals_are_moderate():
+    """Issue 11 leads: 1.x passive galaxies kept RI/H ≈ 0.35 at every z (young-template UV) and its sky
+    residuals exceeded 5σ in 45% of sky-mask channels."""
+    from survey_infer.instrument import load_instrument
+    from survey_infer.skymask import instrument_sky_mask
+
+    inst = load_instrument()
+    ri, _, h = inst.arm_slices()
+    cfg = replace(SimConfig(), interloper_fraction=0.0, passive_fraction=1.0)
+    d = _simulate(0, 160, 17, cfg, inst, extras=True)
+    p = d["is_passive"]
+    r = np.median(d["continuum"][:, ri], axis=1) / np.median(d["continuum"][:, h], axis=1)
+    z = d["z_true"]
+    lo, hi = np.median(r[p & (z < 1.3)]), np.median(r[p & (z > 2.0)])
+    assert p.mean() > 0.8 and hi < 0.2 and hi < 0.5 * lo, (lo, hi)
+    sky = instrument_sky_mask(inst).astype(bool)
+    chi = np.abs(d["flux"] - d["expected"]) * np.sqrt(d["ivar"])
+    assert (chi[:, sky] > 5).mean() < 0.25 and (chi[:, ~sky] > 5).mean() < 0.01
