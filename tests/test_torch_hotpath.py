@@ -177,3 +177,45 @@ def test_pdf_moments_torch_match_screening(model):
             assert v.dtype == ref[k].dtype and np.array_equal(v, ref[k])
         else:
             np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+def test_torch_preprocessing_matches_numpy_within_stated_tolerance():
+    """Issue 15 point 2: preprocessing in torch; float64 block sums in another order, same medians."""
+    from survey_infer.model.torch_preprocess import nanmedian_rows, preprocess_torch
+    from survey_infer.skymask import instrument_sky_mask
+
+    rng = np.random.default_rng(5)
+    n, W = 24, INST.n_wave
+    cont = 2.0 + np.sin(INST.wave / 700.0)
+    amp = rng.uniform(0.05, 30, n)[:, None]  # faint (noise-dominated) to bright
+    flux = (amp * cont[None, :] + rng.normal(0, 1.0, (n, W))).astype(np.float32)
+    flux[:, np.abs(INST.wave - 6564.61 * 1.7) < 5] += 80.0  # an emission line: clipped from the continuum
+    ivar = rng.uniform(0.5, 2.0, (n, W)).astype(np.float32)
+    ivar[1] = 0.0  # no data at all
+    ivar[2, : W // 2] = 0.0  # a whole arm (and more) empty: blocks filled from the nearest usable one
+    ivar[3, 4000:4300] = 0.0  # a few empty blocks inside an arm
+    flux[4, 100:200] = np.nan  # non-finite input
+    ivar[5, -500:] = -1.0  # invalid ivar
+    mask = np.zeros((n, W), np.uint8)
+    mask[6, ::7] = 1
+    sky = instrument_sky_mask(INST)
+    for m in (None, mask):
+        a = preprocess(flux, ivar, INST, sky, m)
+        b = preprocess_torch(flux, ivar, INST, sky, m)
+        assert np.array_equal(a.n_good, b.n_good.numpy())
+        assert np.array_equal(a.masked_fraction, b.masked_fraction.numpy())
+        for k in ("x", "scalars", "snr"):
+            ref, got = getattr(a, k), b[k].numpy()
+            assert got.dtype == ref.dtype == np.float32 and got.shape == ref.shape, k
+            assert np.array_equal(np.isnan(ref), np.isnan(got)), k
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=k)
+    # medians as numpy's: even counts average the two middle values, all-NaN rows give NaN
+    t = torch.tensor([[1.0, np.nan, 3.0, 2.0, 10.0], [np.nan] * 5, [4.0, 1.0, np.nan, np.nan, np.nan]],
+                     dtype=torch.float64)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = np.nanmedian(t.numpy(), axis=1)
+    assert np.array_equal(nanmedian_rows(t).numpy(), ref, equal_nan=True)
