@@ -260,6 +260,13 @@ def main(argv=None) -> int:
     argv = list(_sys.argv[1:] if argv is None else argv)
     if "--check" in argv or "--stage" in argv:
         return check_main(argv)
+    if "--cpu-compare" in argv:  # issue 15 point 7
+        from . import RESULTS
+
+        res = cpu_compare(out=RESULTS / "gpu-cpu-compare.json")
+        print(json.dumps({k: res[k] for k in ("core_ms_per_spectrum", "window_outputs_bit_identical",
+                                              "foreign_cpu_cores_median")}, indent=1))
+        return 0
     return standalone(run, __doc__.split("\n\n")[0], argv, _args)
 
 
@@ -708,6 +715,97 @@ def _stage_end_to_end(a, save) -> None:
 def rec_rate(runs: list[dict], n: int) -> float:
     """Sustained spectra/s over ``runs`` of ``n`` spectra each (start-up included, as a user pays it)."""
     return n * len(runs) / sum(r["wall_s"] for r in runs)
+
+
+# ================================================================================================ CPU comparison
+def cpu_compare(model_dir: str | None = None, n: int = 64, T: int = 50, repeats: int = 5, out=None) -> dict:
+    """Issue 15 point 7: the torch hot path beside today's numpy path, one thread, same inputs, same run.
+
+    Stages timed (per spectrum, median of ``repeats`` interleaved runs, one core: ``torch.set_num_threads(1)``):
+    preprocessing (:func:`survey_infer.preprocess.preprocess` vs :func:`.torch_preprocess.preprocess_torch`),
+    dropout masks (:func:`survey_infer.model.mc.keep_masks` vs :func:`survey_infer.model.torch_masks.keep_masks`,
+    all four families), the network window with MC statistics (``inference.run_network`` vs
+    ``hotpath.run_network_device``, B = 32: bit-identical outputs, checked), and the cheap PDF statistics
+    (numpy ``refine_mode`` + moments + peaks vs :func:`survey_infer.model.hotpath.pdf_moments_torch`).
+    Other processes' CPU use is sampled during the run (the machine is shared): the figures are indicative.
+    """
+    import torch
+
+    from survey_infer.model import mc
+    from survey_infer.model import torch_masks as tm
+    from survey_infer.model.checkpoint import load_model
+    from survey_infer.model.hotpath import pdf_moments_torch, run_network_device
+    from survey_infer.model.inference import STREAMS, run_network
+    from survey_infer.screening import count_peaks, refine_mode, z_error
+
+    from . import foreign_cpu, hardware
+
+    torch.set_num_threads(1)
+    model = load_model(model_dir or "default")
+    cfg = model.cfg
+    rng = np.random.default_rng(0)
+    W = model.instrument.n_wave
+    x = rng.normal(0, 1, (n, cfg.n_in, W)).astype(np.float32)
+    sc = rng.normal(0, 1, (n, cfg.n_scalars)).astype(np.float32)
+    oid = np.arange(n, dtype=np.int64) + 12345
+    rows = np.arange(n)
+    toid = torch.from_numpy(oid)
+    zc, dz = model.zgrid.centres, model.zgrid.dz
+    pz = rng.random((max(n, 1024), model.zgrid.n)) ** 8
+    pz /= pz.sum(1, keepdims=True)
+    tpz, tzc = torch.from_numpy(pz), torch.from_numpy(zc)
+
+    def masks_np():
+        for k, u in cfg.mask_units().items():
+            mc.keep_masks(0, oid, T, u, cfg.p_drop, STREAMS[k])
+
+    def masks_t():
+        for k, u in cfg.mask_units().items():
+            tm.keep_masks(0, toid, T, u, cfg.p_drop, STREAMS[k])
+
+    def stats_np():
+        i, z = refine_mode(pz, zc, dz)
+        (pz * zc[None, :]).sum(axis=1), z_error(pz, zc, dz, z), count_peaks(pz, 0.05)
+        with np.errstate(all="ignore"):
+            -(np.where(pz > 0, pz * np.log(np.where(pz > 0, pz, 1.0)), 0.0)).sum(axis=1)
+
+    def stats_t():
+        pdf_moments_torch(tpz, tzc, dz)
+
+    from survey_infer.model.torch_preprocess import preprocess_torch
+    from survey_infer.preprocess import preprocess
+
+    cont = 2.0 + np.sin(model.instrument.wave / 700.0)
+    flux = (rng.uniform(0.1, 20, n)[:, None] * cont[None, :] + rng.normal(0, 1, (n, W))).astype(np.float32)
+    ivar = rng.uniform(0.5, 2.0, (n, W)).astype(np.float32)
+    ref = run_network(model, x, sc, oid, rows, T, 0, "cpu")
+    got = run_network_device(model, x, sc, oid, rows, T, 0, "cpu")
+    identical = all(np.array_equal(ref[k], got[k], equal_nan=True) for k in ref)
+    pairs = {"preprocessing": (lambda: preprocess(flux, ivar, model.instrument, model.sky_mask),
+                               lambda: preprocess_torch(flux, ivar, model.instrument, model.sky_mask), n),
+             "masks": (masks_np, masks_t, n), "network window + MC statistics": (
+        lambda: run_network(model, x, sc, oid, rows, T, 0, "cpu"),
+        lambda: run_network_device(model, x, sc, oid, rows, T, 0, "cpu"), n),
+        "PDF moments (mode, mean, z_err, peaks, entropy)": (stats_np, stats_t, len(pz))}
+    times: dict = {k: {"numpy": [], "torch": []} for k in pairs}
+    load = []
+    for _ in range(repeats):
+        for k, (fa, fb, m) in pairs.items():
+            for name, f in (("numpy", fa), ("torch", fb)):
+                t0 = time.perf_counter()
+                f()
+                times[k][name].append((time.perf_counter() - t0) / m * 1e3)
+        load.append(foreign_cpu(0.3))
+    res = {"n": n, "T": T, "repeats": repeats, "threads": 1, "model": str(model.path),
+           "window_outputs_bit_identical": bool(identical), "foreign_cpu_cores_median": median(load),
+           "note": "one shared 2-core machine with other engineers' jobs running: medians are indicative only",
+           "core_ms_per_spectrum": {k: {p: median(v[p]) for p in v} for k, v in times.items()},
+           "hardware": hardware()}
+    for k, v in res["core_ms_per_spectrum"].items():
+        v["torch_over_numpy"] = v["torch"] / v["numpy"] if v["numpy"] else None
+    if out:
+        _write_json(out, res)
+    return res
 
 
 if __name__ == "__main__":

@@ -219,3 +219,23 @@ def test_torch_preprocessing_matches_numpy_within_stated_tolerance():
             warnings.simplefilter("ignore")
             ref = np.nanmedian(t.numpy(), axis=1)
     assert np.array_equal(nanmedian_rows(t).numpy(), ref, equal_nan=True)
+
+
+def test_device_preprocessing_feeds_the_device_window_close_to_the_numpy_path(model):
+    from survey_infer.model.hotpath import preprocess_device, window_rows
+
+    rng = np.random.default_rng(8)
+    W = INST.n_wave
+    flux = (2.0 + np.sin(INST.wave / 900.0)[None, :] + rng.normal(0, 0.5, (40, W))).astype(np.float32)
+    ivar = np.full((40, W), 4.0, np.float32)
+    ivar[7] = 0.0
+    oid, rows = np.arange(40, dtype=np.int64), np.arange(40)
+    ref_pp = preprocess(flux, ivar, INST, model.sky_mask)
+    pp = preprocess_device(flux, ivar, model, None, "cpu")
+    assert isinstance(pp.x, torch.Tensor) and isinstance(pp.snr, np.ndarray)
+    assert np.array_equal(pp.n_good, ref_pp.n_good) and np.array_equal(pp.snr, ref_pp.snr, equal_nan=True)
+    ref = run_network(model, ref_pp.x, ref_pp.scalars, oid, rows, 4, 2, "cpu")
+    got = run_network_device(model, pp.x, pp.scalars, oid, rows, 4, 2, "cpu")
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert window_rows("cpu") == 256 and window_rows("cuda") == 1024 and window_rows("cuda", 256, 2048) == 2048

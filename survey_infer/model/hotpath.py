@@ -25,14 +25,16 @@ from .device import device_class, micro_batch_size
 from .inference import STREAMS
 from .torch_masks import make_masks
 
-__all__ = ["run_network_device", "pdf_moments_torch", "STAT_KEYS"]
+__all__ = ["run_network_device", "preprocess_device", "window_rows", "pdf_moments_torch", "STAT_KEYS"]
 
 #: per-row scalar outputs of :func:`run_network_device`, in the column order of its one host copy
 STAT_KEYS = ("p_outside", "z_mc_std", "logmstar", "logmstar_err", "logmstar_err_mc", "logsfr", "logsfr_err",
              "logsfr_err_mc")
 
 
-def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+def _to_device(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.to(device)
     t = torch.from_numpy(np.ascontiguousarray(a))
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
@@ -78,7 +80,8 @@ def run_network_device(model: Model, x: np.ndarray, scalars: np.ndarray, object_
     Parameters
     ----------
     model : loaded model, its network already on ``device``.
-    x : (n, C, W) float32 network channels; scalars : (n, S) float32; object_id : (n,) int64 (mask keys).
+    x : (n, C, W) float32 network channels; scalars : (n, S) float32 — numpy arrays or tensors (tensors already
+        on ``device`` are used in place); object_id : (n,) int64 (mask keys).
     row_index : (n,) int64 global rows (any order); fixes each row's micro-batch and slot.
     mc_samples : T; seed : MC seed (``T = 1, seed = -1``: the deterministic pass).
     device : torch device; micro_batch : B (default: per device, :func:`.device.micro_batch_size`).
@@ -95,7 +98,10 @@ def run_network_device(model: Model, x: np.ndarray, scalars: np.ndarray, object_
     Z = model.zgrid.n
     zc = torch.from_numpy(model.zgrid.centres.astype(np.float32)).to(dev)
     row_index = np.asarray(row_index, np.int64)
-    xd, sd = _to_device(np.asarray(x, np.float32), dev), _to_device(np.asarray(scalars, np.float32), dev)
+    if isinstance(x, torch.Tensor):  # already on the device (preprocess_device): no copy
+        xd, sd = x.to(dev, torch.float32), scalars.to(dev, torch.float32)
+    else:
+        xd, sd = _to_device(np.asarray(x, np.float32), dev), _to_device(np.asarray(scalars, np.float32), dev)
     od = _to_device(np.asarray(object_id, np.int64), dev)
     stats = torch.full((n, len(STAT_KEYS)), float("nan"), dtype=torch.float64, device=dev)
     pz_out = torch.full((n, Z), float("nan"), dtype=torch.float64, device=dev)
@@ -127,6 +133,33 @@ def run_network_device(model: Model, x: np.ndarray, scalars: np.ndarray, object_
     out = {k: np.ascontiguousarray(st[:, j]) for j, k in enumerate(STAT_KEYS)}
     out["pz"] = pz_out.cpu().numpy()
     return out
+
+
+def preprocess_device(flux: np.ndarray, ivar: np.ndarray, model: Model, mask: np.ndarray | None,
+                      device: str | torch.device):
+    """Preprocessing on ``device`` for :func:`run_network_device`: a :class:`survey_infer.preprocess.Preprocessed`
+    whose ``x`` and ``scalars`` stay on the device (tensors) and whose per-row ``snr``, ``masked_fraction``,
+    ``n_good`` come back to the host in one copy (they feed the flags). Tolerance against the numpy path: see
+    :mod:`.torch_preprocess`."""
+    from ..preprocess import Preprocessed
+    from .torch_preprocess import preprocess_torch
+
+    dev = torch.device(device)
+    f = _to_device(np.asarray(flux, np.float32), dev)
+    iv = _to_device(np.asarray(ivar, np.float32), dev)
+    m = None if mask is None else _to_device(np.asarray(mask), dev)
+    pp = preprocess_torch(f, iv, model.instrument, model.sky_mask, m, device=dev)
+    small = torch.stack([pp["snr"].double(), pp["masked_fraction"].double(), pp["n_good"].double()], 1).cpu().numpy()
+    return Preprocessed(x=pp["x"], scalars=pp["scalars"], snr=small[:, 0].astype(np.float32),
+                        masked_fraction=small[:, 1].astype(np.float32), n_good=small[:, 2].astype(np.int64))
+
+
+def window_rows(device: str | torch.device, rows: int = 256, micro_batch: int | None = None) -> int:
+    """Rows preprocessed at once on ``device``: ``rows`` rounded up to whole micro-batches (CPU: 256 stays 256;
+    GPU: 1,024 with B = 1,024), so no micro-batch is split between two windows and computed twice."""
+    from .device import aligned
+
+    return aligned(rows, micro_batch_size(device, micro_batch))
 
 
 def pdf_moments_torch(pz: torch.Tensor, zc: torch.Tensor, dz: float, conf_window: float = 0.01,
