@@ -7,7 +7,7 @@
 #
 # 1. installs, from carried wheels (WHEELS, default ./wheels), only what the image lacks: the image has torch,
 #    numpy, scipy, pandas, pyarrow, h5py, xarray, safetensors, tqdm, pyyaml, matplotlib; dask, distributed,
-#    dask-cuda (+ pure-Python needs), zarr, numcodecs, astropy are carried (~18.5 MB; no bokeh).
+#    dask-cuda (+ pure-Python needs), zarr, numcodecs, astropy are carried (no bokeh; --fetch-wheels prints the size).
 #    cuda-core / cuda-bindings / nvidia-ml-py are taken from the image when present (checked, never replaced).
 # 2. runs `python -m benchmarks.gpu --check "$@"`: stages env, pytest -m gpu, store, decode+CRC, preprocess,
 #    network (hot path, large B, IEEE vs TF32, kernel-busy time), end to end (`survey-infer run --cluster cuda`,
@@ -17,33 +17,45 @@ cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/gpu-check-out}"
 mkdir -p "$OUT"
 WHEELS="${WHEELS:-$PWD/wheels}"
-CARRIED="dask distributed dask-cuda zarr numcodecs astropy"
+# dask-cuda pins dask/distributed through rapids-dask-dependency (which also wants bokeh: skipped, --no-deps)
+DASK_CUDA="dask-cuda==26.10.*"
+RAPIDS_DASK="rapids-dask-dependency==26.10.*"
+DASK_PINS="dask==2026.7.1 distributed==2026.7.1"
+CARRIED="$DASK_PINS zarr numcodecs astropy"
 
 if [ "${1:-}" = "--fetch-wheels" ]; then
     dest="${2:?--fetch-wheels DIR}"
-    # pure-Python needs of the carried packages; the image's own packages are not downloaded
-    python3 -m pip download --only-binary=:all: --dest "$dest" $CARRIED \
+    python3 -m pip download -q --only-binary=:all: --dest "$dest" $CARRIED \
+        && python3 -m pip download -q --no-deps --only-binary=:all: --dest "$dest" "$DASK_CUDA" "$RAPIDS_DASK" \
         || { echo "gpu_check.sh: pip download into $dest failed" >&2; exit 2; }
+    rm -f "$dest"/numpy-*.whl  # the image has numpy
+    ls "$dest"
     du -sh "$dest"
     exit 0
 fi
 
 need=""
-for spec in dask:dask distributed:distributed dask-cuda:dask_cuda zarr:zarr numcodecs:numcodecs astropy:astropy; do
+for spec in dask:dask distributed:distributed zarr:zarr numcodecs:numcodecs astropy:astropy; do
     pkg="${spec%%:*}"; mod="${spec##*:}"
     python3 -c "import $mod" 2>/dev/null || need="$need $pkg"
 done
-case " $* " in *" --device cpu "*) need="$(echo "$need" | sed 's/ dask-cuda//')";; esac
+gpu=1
+case " $* " in *" --device cpu "*) gpu=0;; esac
 installed=""
-if [ -n "$need" ]; then
+if [ -n "$need" ] || { [ $gpu = 1 ] && ! python3 -c "import dask_cuda" 2>/dev/null; }; then
     if [ -d "$WHEELS" ]; then
-        echo "gpu_check.sh: installing from $WHEELS:$need" >&2
+        echo "gpu_check.sh: installing from $WHEELS:$need$([ $gpu = 1 ] && echo " dask-cuda")" >&2
         # --no-index: nothing is fetched; pip keeps what the image already has (torch, numpy, cuda-*...)
-        if python3 -m pip install -q --no-index --find-links "$WHEELS" $need >"$OUT/pip.log" 2>&1; then
-            installed="$need"
-        else
-            echo "gpu_check.sh: pip install from $WHEELS failed (see $OUT/pip.log)" >&2
+        ok=1
+        if [ -n "$need" ]; then
+            python3 -m pip install --no-index --find-links "$WHEELS" $need >"$OUT/pip.log" 2>&1 || ok=0
         fi
+        if [ $gpu = 1 ] && [ $ok = 1 ]; then
+            python3 -m pip install --no-index --no-deps "$WHEELS"/dask_cuda-*.whl "$WHEELS"/rapids_dask_dependency-*.whl \
+                >>"$OUT/pip.log" 2>&1 || ok=0
+        fi
+        if [ $ok = 1 ]; then installed="$need dask-cuda"; else
+            echo "gpu_check.sh: pip install from $WHEELS failed (see $OUT/pip.log)" >&2; fi
     else
         echo "gpu_check.sh: missing$need and no wheel folder $WHEELS (set WHEELS=...)" >&2
     fi
