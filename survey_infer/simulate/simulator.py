@@ -620,9 +620,9 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         e[:, 3] = np.where(qk, 0.0, e[:, 3])
         old_w = e / e.sum(axis=1, keepdims=True)
         d_ms = cfg.ms_scatter_dex * _N(u[krows, 15])
-        # quenched: log sSFR U(−11.5, −10.5): above the old templates' own (−11.05 … −12.1), so that some young
-        # light (scaled by 1/2.4) offsets old templates that are older than the Universe at z > 2
-        lssfr_q = -11.5 + 1.0 * u[krows, 14]
+        # quenched: log sSFR U(−11.75, −10.75), mostly above the old templates' own (−11.05 … −12.1), so that
+        # some young light (scaled by 1/2.4) offsets old templates that are older than the Universe at z > 2
+        lssfr_q = -11.75 + 1.0 * u[krows, 14]
         av_k = av[krows]
         dfk = dist_fac[krows]
         lm = np.full(krows.size, 10.3)
