@@ -377,7 +377,7 @@ def _arm_plan(inst: Instrument) -> list[dict]:
         span = int(np.ceil((lw[-1] - lw[0]) / d)) + 2
         nfft = next_fast_len(span + 2 * pad, real=True)
         plans.append({"arm": a, "sl": sl, "lw": lw, "pad": pad, "nfft": nfft, "xf": np.arange(nfft, dtype=float),
-                      "lw_c": 0.5 * (lw[0] + lw[-1]), "tw": (lw - lw[0]) / (lw[-1] - lw[0]),
+                      "lw_c": 0.5 * (lw[0] + lw[-1]),
                       "f2": np.fft.rfftfreq(nfft) ** 2, "sigma_lsf": ph.C_KMS / (2.3548 * a.resolution)})
     return plans
 
@@ -570,7 +570,6 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     logsfr = np.full(n, np.nan)
     age_mw = np.full(n, np.nan)
     cont_ha = np.zeros(n)  # observed-frame continuum f_λ at observed Hα, 1e-17 units
-    m_formed = np.zeros(n)
 
     # --- SSP families -----------------------------------------------------------------------------------
     tmax = np.maximum(t_univ - 0.05, 0.06)
@@ -598,7 +597,6 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         sfr_pf = np.maximum(sfr_pf, 10.0 ** LOG_SSFR_FLOOR * ms)  # residual star formation floor
         mf, cha = _ssp_continua(rows, name, w, zg, av, smc, sig_star, lsf_scale, lsf_slope, dist_fac, mag_h,
                                 inst, model)
-        m_formed[rows] = mf
         logm[rows] = np.log10(mf * ms)
         with np.errstate(divide="ignore"):
             logsfr[rows] = np.log10(np.maximum(mf * sfr_pf, 1e-30))
