@@ -190,6 +190,7 @@ def holder_is_dead(rec: dict) -> bool:
 
 # ---- tickets ----------------------------------------------------------------------------------------------
 def ticket_path(catalog: str | Path, epoch: int) -> Path:
+    """The ticket file of ``epoch``: ``CATALOG/_lock/epoch-NNNNNNNNN.json`` (zero-padded: names sort by epoch)."""
     return Path(catalog) / LOCK_DIR / f"epoch-{int(epoch):09d}.json"
 
 
