@@ -386,6 +386,45 @@ def young_share(seed: int, n: int = 300) -> dict | None:
             "young_share_ri": 1 - ri_o / ri_b, "lssfr": (base["logsfr_true"] - base["logmstar_true"]).astype(float)}
 
 
+# ------------------------------------------------------------------------------------------------- validation set
+
+def evaluate_validation(store: Path, table: Path, mc: int = 20, model_dir: str = "default") -> dict:
+    """A model on the ingested moons1d validation set, split by the truth table (joined on ``target_id``).
+
+    Returns |dz| < 0.01 accuracy, ``z_reliable`` fraction and accuracy among reliable for galaxies in 0.9-2.6
+    (all, passive, star-forming, passive per exposure), and the fraction flagged unreliable for star proxies and
+    low-/high-z galaxies.
+    """
+    import pandas as pd
+
+    from survey_infer.io.survey_store import open_survey
+    from survey_infer.model.checkpoint import load_model
+    from survey_infer.model.inference import infer_block
+
+    ds = open_survey(store).load()
+    t = pd.read_csv(table).set_index("target_id").loc[ds.target_id.values].reset_index()
+    if not np.allclose(t.z.values, ds.z_true.values, atol=1e-5):
+        raise SystemExit(f"{store} and {table} disagree on z_true (not the same set?)")
+    r = infer_block(load_model(model_dir), ds.flux.values, ds.ivar.values, ds.object_id.values.astype(np.int64), 0,
+                    mc_samples=mc, seed=0, keep_pz=False)
+    z = t.z.values
+    ok = np.abs(np.asarray(r["z"], float) - z) < 0.01
+    rel = np.asarray(r["z_reliable"], bool)
+    g = t.kind.values == 0
+    pas = t.is_passive.values == 1
+    out = {}
+    for name, sel in (("galaxies_0.9-2.6", g), ("passive", g & pas), ("star-forming", g & ~pas)):
+        out[name] = {"n": int(sel.sum()), "acc": float(ok[sel].mean()), "z_reliable": float(rel[sel].mean()),
+                     "acc_among_reliable": float(ok[sel & rel].mean()) if (sel & rel).any() else float("nan")}
+    for h in (2, 4, 8):
+        sel = g & pas & (t.t_exp.values == h * 3600)
+        out[f"passive_{h}h"] = {"n": int(sel.sum()), "acc": float(ok[sel].mean())}
+    for k, name in ((1, "star_proxies"), (2, "low_z"), (3, "high_z")):
+        sel = t.kind.values == k
+        out[name] = {"n": int(sel.sum()), "flagged_unreliable": float((~rel[sel]).mean())}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,7 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--other-continua", action="store_true",
                     help="also run the passive galaxies with kcorrect old-only and BC03 passive continua (moons1d)")
     ap.add_argument("--tag", default="", help="figure names moons1d_<tag>_*.png (e.g. sim1)")
+    ap.add_argument("--evaluate-validation", type=Path, metavar="STORE",
+                    help="only evaluate the shipped model (or --model) on an ingested validation store and exit")
+    ap.add_argument("--validation-table", type=Path, default=HERE.parent / "docs" / "moons1d_validation.csv")
+    ap.add_argument("--model", default="default")
     args = ap.parse_args(argv)
+    if args.evaluate_validation:
+        print(json.dumps(evaluate_validation(args.evaluate_validation, args.validation_table, args.mc or 20,
+                                             args.model), indent=1))
+        return 0
 
     from survey_infer.instrument import load_instrument
     from survey_infer.skymask import instrument_sky_mask
