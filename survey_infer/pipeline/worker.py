@@ -245,9 +245,10 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
                 "zwarn": zwarn_bit_counts(values["zwarn"]), "max_rss_mb": _max_rss_mb()}
     except Exception as exc:  # noqa: BLE001 - reported per block, the run goes on
         transient = transient_oserror(exc)
-        reason = storage_message(exc, f"block {block}", ctx.catalog) or f"{type(exc).__name__}: {exc}"
+        # no block number in these reasons: the summary groups consecutive blocks failing for one reason
+        reason = storage_message(exc, "", ctx.catalog) or f"{type(exc).__name__}: {exc}"
         if transient is not None and not isinstance(exc, StaleEpochError):
-            reason = (f"transient I/O error in block {block} ({errno.errorcode.get(transient.errno, '?')}: "
+            reason = (f"transient I/O error ({errno.errorcode.get(transient.errno, '?')}: "
                       f"{transient.strerror or transient}, {transient.filename or 'no path'})")
         rec = {"block": block, "ok": False, "lo": lo, "hi": hi, "reason": reason,
                "seconds": time.perf_counter() - t_start, "stale": isinstance(exc, StaleEpochError),
