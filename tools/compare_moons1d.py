@@ -314,6 +314,49 @@ def passive_ri_h_families(bc03: Path | None, zs: np.ndarray, fibre_ratio: float)
     return out
 
 
+def bc03_references(bc03: Path) -> dict:
+    """BC03 reference figures for the passive-continuum finding.
+
+    * ``ri_h_old_plus_sf``: noiseless RI/H at z = 1.2, 1.8, 2.3 of a 2 Gyr solar SSP (sigma 200 km/s) plus constant
+      star formation over the last 100 Myr at log sSFR -10 ... -12 (no dust, no lines);
+    * ``uv2500_per_sfr_10pc``: f_lambda(2400-2600 A) at 10 pc per unit SFR (M_sun/yr) of the BC03 constant-SFR
+      100 Myr population and of survey-infer's kcorrect template 1 (per its H-alpha-calibrated SFR), in the
+      kcorrect basis units (erg/s/cm2/A at 10 pc), when that template exists.
+    """
+    from survey_infer.instrument import load_instrument
+
+    m = _tool()
+    m._BC03_PATH[:] = [str(bc03)]
+    inst = load_instrument()
+    sl = inst.arm_slices()
+    wo, lo, mo = m.bc03_sed("bc03:sfh=ssp,age=2.0,zmet=1,sigma=200", ew_ha=0.0)
+    wy, ly, my = m.bc03_sed("bc03:sfh=const,age=0.1,zmet=1,sigma=100", ew_ha=0.0)
+    ly = np.interp(wo, wy, ly)
+
+    def rih(f, z):
+        fi = np.interp(inst.wave, wo * (1 + z), f)
+        return float(np.median(fi[sl[0]]) / np.median(fi[sl[2]]))
+
+    out = {"ri_h_old_plus_sf": {}}
+    for lss in (-10.0, -10.5, -10.8, -11.0, -11.5, -12.0):
+        f = lo + (10**lss * mo["mstar"] / my["sfr"]) * ly
+        out["ri_h_old_plus_sf"][f"log_ssfr={lss}"] = {f"z={z}": round(rih(f, z), 4) for z in (1.2, 1.8, 2.3)}
+    band = (wo > 2400) & (wo < 2600)
+    pc10 = 10 * 3.0856775814913673e18
+    out["uv2500_per_sfr_10pc"] = {"bc03_const_100Myr": float(np.median(ly[band]) / my["sfr"] * m.L_SUN_ERG_S
+                                                             / (4 * np.pi * pc10**2))}
+    try:
+        from survey_infer.simulate.physics import template_basis
+
+        tb = template_basis()
+        w = tb["wave"]
+        k = (w > 2400) & (w < 2600)
+        out["uv2500_per_sfr_10pc"]["kcorrect_template1"] = float(np.median(tb["flux"][1][k]) / tb["sfr_halpha"][1])
+    except (ImportError, KeyError):
+        pass
+    return out
+
+
 def population_passive_ri_h(seed: int, n: int = 1500) -> dict:
     """Noiseless RI/H (median f_lambda over each arm's unmasked channels) of survey-infer's passive galaxies
     (truth ``is_passive``), m_H 21-25, by continuum family (simulator 2.x; one group for 1.x) and z bin, with the
@@ -446,9 +489,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="figure names moons1d_<tag>_*.png (e.g. sim1)")
     ap.add_argument("--evaluate-validation", type=Path, metavar="STORE",
                     help="only evaluate the shipped model (or --model) on an ingested validation store and exit")
+    ap.add_argument("--references", action="store_true",
+                    help="only print the BC03 reference figures and the passive RI/H population table, and exit")
     ap.add_argument("--validation-table", type=Path, default=HERE.parent / "docs" / "moons1d_validation.csv")
     ap.add_argument("--model", default="default")
     args = ap.parse_args(argv)
+    if args.references:
+        if args.bc03 is None:
+            ap.error("--references needs --bc03")
+        print(json.dumps({"bc03_references": bc03_references(args.bc03),
+                          "population_passive_ri_h_noiseless": population_passive_ri_h(args.seed)}, indent=1))
+        return 0
     if args.evaluate_validation:
         print(json.dumps(evaluate_validation(args.evaluate_validation, args.validation_table, args.mc or 20,
                                              args.model), indent=1))
@@ -650,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     fam = passive_ri_h_families(args.bc03, zs, fl_med["RI"] / fl_med["H"])
     S["reference_ri_h"] = {k: {f"z={zz:.2f}": float(v) for zz, v in zip(zs[::4], vals[::4])} for k, vals in fam.items()}
     S["population_passive_ri_h_noiseless"] = population_passive_ri_h(args.seed)
+    if args.bc03 is not None:
+        S["bc03_references"] = bc03_references(args.bc03)
     ys = young_share(args.seed)
     if ys is not None:
         zz = ys["z"]
