@@ -101,6 +101,8 @@ def test_sfh_truth_is_consistent():
     lm, ls, age = d["logmstar_true"], d["logsfr_true"], d["age_mw_true"]
     ssp = d["template_family"] != 0
     assert np.all(np.isfinite(age[ssp])) and np.all(age[ssp] <= age_gyr(z[ssp]) + 0.5)
+    sig = d["sigma_star_true"]
+    assert np.all((sig[ssp] >= 50) & (sig[ssp] <= 350)) and np.all(np.isnan(sig[~ssp]))
     old = sfh == SFH_CODE["old_passive"]
     assert old.sum() > 20 and np.median(age[old & ssp]) > 1.0
     assert np.median(age[(sfh == SFH_CODE["constant"]) & ssp]) < np.median(age[old & ssp])

@@ -42,7 +42,7 @@ COLUMN_FLAGS = {
     "age_mw_true": {"units": "Gyr", "description": "stellar-mass-weighted age (NaN: stars, kcorrect family)"},
     "ew_halpha_rest_true": {"units": "Angstrom", "description": "rest-frame Halpha emission EW, attenuated"},
     "av_true": {"units": "mag", "description": "stellar V-band attenuation"},
-    "sigma_star_true": {"units": "km/s", "description": "stellar velocity dispersion"},
+    "sigma_star_true": {"units": "km/s", "description": "stellar velocity dispersion (NaN: stars, kcorrect family)"},
     "star_index": {"description": "row of the empirical star library (stars only, else -1)"},
 }
 #: stellar / nebular colour excess: 0.44 locally (Calzetti 2000), 0.6–0.8 at z ≈ 1–2 (Kashino et al. 2013,
@@ -484,7 +484,8 @@ def simulate_block(start: int, n: int, seed: int, config: SimConfig | None = Non
         15000–18000 Å), ``kind`` (0 galaxy in z_range, 1 star, 2 galaxy below, 3 galaxy above),
         ``template_family`` and ``sfh_kind`` (uint8 codes of :data:`FAMILIES`, :data:`SFH_KINDS`; 255 for
         stars), ``age_mw_true`` (Gyr), ``ew_halpha_rest_true`` (Å), ``av_true`` (mag), ``sigma_star_true``
-        (km/s), ``star_index`` (int16, −1 for galaxies). Stars have NaN mass, SFR, age and EW.
+        (km/s; NaN for the kcorrect family, whose continua are not broadened), ``star_index`` (int16, −1 for
+        galaxies). Stars have NaN mass, SFR, age and EW.
 
     Raises
     ------
@@ -826,7 +827,8 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         "age_mw_true": np.where(star, np.nan, age_mw).astype(np.float32),
         "ew_halpha_rest_true": ew_ha.astype(np.float32),
         "av_true": np.where(star, np.nan, av).astype(np.float32),
-        "sigma_star_true": np.where(star, np.nan, sig_star).astype(np.float32),
+        # kcorrect continua keep their own R ≈ 1160 (σ ≈ 110 km/s) and are not broadened: no σ★ truth
+        "sigma_star_true": np.where(star | kc_rows, np.nan, sig_star).astype(np.float32),
         "star_index": star_index,
     }
     if extras:
