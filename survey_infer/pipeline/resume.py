@@ -133,18 +133,51 @@ def latest_marker(catalog: Path, block: int, markers: dict[str, dict[int, dict]]
     return max(cands, key=marker_order) if cands else None
 
 
+def _file_layout(store: str, name: str, meta_mtime_ns: int) -> tuple:
+    """(rows per chunk file along axis 0, chunk-file coordinates along the other axes, chunk-key encoding) of
+    array ``name``, read through Zarr's metadata (cached per metadata version)."""
+    import itertools
+    import math
+
+    import zarr
+
+    a = zarr.open_array(str(Path(store) / name), mode="r", zarr_format=3)
+    grid = a.shards or a.chunks  # one file per shard when sharded
+    rest = tuple(itertools.product(*[range(max(1, math.ceil(s / c))) for s, c in zip(a.shape[1:], grid[1:])]))
+    return int(grid[0]), rest, a.metadata.chunk_key_encoding
+
+
+_LAYOUTS: dict[tuple, tuple] = {}
+
+
 def input_stamp(input_store: Path, lo: int, hi: int, chunk_rows: dict[str, int]) -> str:
-    """Sizes and mtimes of the input chunk files rows ``[lo, hi)`` live in (cheap change detection)."""
+    """Sizes and mtimes of the input chunk files rows ``[lo, hi)`` live in (cheap change detection).
+
+    Chunk keys come from each array's own chunk-key encoding (Zarr v3 ``default`` with ``/`` or ``.``
+    separator, ``v2``; one file per shard when sharded) and cover every chunk along the other axes, so a change
+    anywhere in those rows changes the stamp. ``chunk_rows`` names the arrays (its values are the rows per chunk
+    of the driver's view; the files' own layout is read from the metadata).
+    """
     parts = []
-    for name, rows in sorted(chunk_rows.items()):
+    for name in sorted(chunk_rows):
+        try:
+            meta = Path(input_store) / name / "zarr.json"
+            key = (str(input_store), name, meta.stat().st_mtime_ns)
+            if key not in _LAYOUTS:
+                _LAYOUTS[key] = _file_layout(*key)
+            rows, rest, enc = _LAYOUTS[key]
+        except Exception:  # noqa: BLE001 - unreadable metadata: the input hash decides
+            parts.append(f"{name}:unreadable")
+            continue
         for c in range(lo // rows, (hi - 1) // rows + 1):
-            d = Path(input_store) / name / "c" / str(c)
-            p = d / "0" if d.is_dir() else d
-            try:
-                st = p.stat()
-                parts.append(f"{name}/{c}:{st.st_size}:{st.st_mtime_ns}")
-            except FileNotFoundError:
-                parts.append(f"{name}/{c}:absent")
+            for r in rest:
+                p = Path(input_store) / name / enc.encode_chunk_key((c, *r))
+                tag = f"{name}/{c}" if not any(r) else f"{name}/{c}." + ".".join(map(str, r))
+                try:
+                    st = p.stat()
+                    parts.append(f"{tag}:{st.st_size}:{st.st_mtime_ns}")
+                except FileNotFoundError:
+                    parts.append(f"{tag}:absent")
     return f"{zlib.crc32(';'.join(parts).encode()):08x}"
 
 

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from ..io.catalog_store import block_bounds, create_catalog, open_catalog, outpu
 from ..io.survey_store import SurveyStoreError, validate_survey
 from ..provenance import provenance, utc_now
 from .faults import TransientIOError, fault_point, storage_message
-from .resume import (FAILURES, LOCK, LOCK_DIR, MARKERS, FingerprintMismatch, LeaseLock, fingerprint_diff, hash_parts,
-                     input_hash, input_stamp, iter_input_rows, latest_marker, load_markers, read_json, rows_hash)
+from .resume import (FAILURES, LOCK, LOCK_DIR, MARKERS, FingerprintMismatch, LeaseLock, atomic_write_json, failure_path,
+                     fingerprint_diff, hash_parts, input_hash, input_stamp, iter_input_rows, latest_marker,
+                     load_markers, marker_path, read_json, rows_hash)
 from .worker import SUB_ROWS, ModelPlugin, RunContext, process_block
 
 log = logging.getLogger(__name__)
@@ -66,10 +68,12 @@ class RunSummary:
     timings: dict = field(default_factory=dict)
     dashboard: str | None = None
     worker_max_rss_mb: float = 0.0
+    stopped: str | None = None  # why the driver stopped before every block was attempted (cluster gone)
 
     @property
     def ok(self) -> bool:
-        return not self.blocks_failed
+        """Every block of the job validated at the end, and the run was not stopped by a lost cluster."""
+        return not self.blocks_failed and not self.stopped
 
 
 def software_versions() -> dict:
@@ -219,7 +223,7 @@ def block_is_done(cat_path: Path, job: str, block: int, lo: int, hi: int, finger
         import zarr
 
         try:
-            g = zarr.open_group(str(input_store), mode="r", zarr_format=3)
+            g = zarr.open_group(str(input_store), mode="r", zarr_format=3, use_consolidated=False)
             parts = []
             for _r, _a, _b, sel, arrs in iter_input_rows(g, todo, SUB_ROWS):
                 parts += hash_parts(arrs, sel)
@@ -243,7 +247,8 @@ def block_is_done(cat_path: Path, job: str, block: int, lo: int, hi: int, finger
         if run_ids is None:
             import zarr
 
-            rid = zarr.open_group(str(cat_path), mode="r", zarr_format=3)["run_id"][lo:hi][todo - lo]
+            rid = zarr.open_group(str(cat_path), mode="r", zarr_format=3,
+                                  use_consolidated=False)["run_id"][lo:hi][todo - lo]
         else:
             rid = run_ids[todo]
         if (rid < run_id).any():
@@ -254,8 +259,8 @@ def block_is_done(cat_path: Path, job: str, block: int, lo: int, hi: int, finger
 def _chunk_rows(input_store: Path) -> dict[str, int]:
     import zarr
 
-    g = zarr.open_group(str(input_store), mode="r", zarr_format=3)
-    return {k: int(g[k].chunks[0]) for k in ("flux", "ivar", "mask", "object_id") if k in g}
+    g = zarr.open_group(str(input_store), mode="r", zarr_format=3, use_consolidated=False)
+    return {k: int((g[k].shards or g[k].chunks)[0]) for k in ("flux", "ivar", "mask", "object_id") if k in g}
 
 
 # ---- the catalog folder ----------------------------------------------------------------------------------------
@@ -297,6 +302,54 @@ def _create_in_place(cat_path: Path, **kwargs) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def validate_options(*, cluster: str, workers: int, mc_samples: int, block_objects: int | None,
+                     max_in_flight: int | None, lease_s: float, lock_wait_s: float, torch_threads: int,
+                     pz_dtype: str, device: str | None, cluster_grace_s: float, cluster_wait_s: float) -> None:
+    """Check every numeric and cluster option before any work or any file is created.
+
+    Raises
+    ------
+    RunError
+        One line naming the option and the value (``--workers 0``, ``--max-in-flight -1``, ...).
+    ClusterError
+        An unusable Dask ``temporary-directory`` for a local cluster, or an unknown ``--cluster``.
+    """
+    from ..cluster import ClusterError, KINDS, check_temporary_directory, is_address, looks_like_scheduler_file
+
+    def whole(name: str, v, lo: int) -> None:
+        if v is None:
+            return
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise RunError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+    def seconds(name: str, v, positive: bool) -> None:
+        try:
+            ok = math.isfinite(float(v)) and (float(v) > 0 if positive else float(v) >= 0)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise RunError(f"{name} must be a finite number of seconds {'> 0' if positive else '>= 0'}, got {v!r}")
+
+    whole("--workers", workers, 1)
+    whole("--mc-samples", mc_samples, 1)
+    whole("--block-objects", block_objects, 1)
+    whole("--max-in-flight", max_in_flight, 1)
+    whole("torch threads", torch_threads, 1)
+    seconds("--lease-seconds", lease_s, True)
+    seconds("--lock-wait", lock_wait_s, False)
+    seconds("--cluster-grace", cluster_grace_s, True)
+    seconds("--cluster-wait", cluster_wait_s, False)
+    if pz_dtype not in ("float16", "float32"):
+        raise RunError(f"--pz-dtype must be float16 or float32, got {pz_dtype!r}")
+    if device not in (None, "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise RunError(f"--device must be cpu or cuda, got {device!r}")
+    c = str(cluster)
+    if c not in KINDS and not is_address(c) and not looks_like_scheduler_file(c):
+        raise ClusterError(f"unknown --cluster {c!r}: use local, cuda, slurm, a tcp:// address or a scheduler file")
+    if c in ("local", "cuda"):
+        check_temporary_directory()
+
+
 def _update_run_record(g_cat, run_rec: dict) -> None:
     runs = [r for r in dict(g_cat.attrs).get("runs", []) if r.get("run_id") != run_rec["run_id"]] + [run_rec]
     g_cat.attrs.update({"runs": runs})
@@ -311,7 +364,8 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                 objects: str | None = None, where: str | None = None, reprocess: bool = False,
                 progress: bool = True, max_in_flight: int | None = None, client=None, device: str | None = None,
                 lease_s: float = 60.0, slurm_options: dict | None = None, torch_threads: int = 1,
-                lock_wait_s: float = 0.0, print_fn=print) -> RunSummary:
+                lock_wait_s: float = 0.0, cluster_grace_s: float = 60.0, cluster_wait_s: float = 60.0,
+                print_fn=print) -> RunSummary:
     """Run (or resume) the catalog job; see :mod:`survey_infer.pipeline.runner`.
 
     Parameters
@@ -325,16 +379,29 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         own (``reprocess-<key>``) with its own markers and ``run_id``, updating the rows in place.
     lease_s : lease of the catalog lock (s); a holder silent for longer is considered dead.
     lock_wait_s : wait up to this long for another live run to release the catalog (default: refuse at once).
+    cluster_grace_s : the driver stops (blocks left are recorded as failed, the lock released) once the Dask
+        scheduler has been unreachable, or no worker has been connected, for this many seconds; with
+        ``cluster="slurm"`` the wait for the first worker (jobs in the queue) is not bounded by it.
+    cluster_wait_s : wait up to this long for a scheduler file that does not exist yet.
+
+    Returns
+    -------
+    RunSummary
+        ``ok`` only when every block of the job has a done-marker that validates at the end of the run.
 
     Raises
     ------
-    RunError, FingerprintMismatch, LockHeldError — before any block is computed.
+    RunError, ClusterError, FingerprintMismatch, LockHeldError — before any block is computed (options are checked
+    before any file is created).
     """
     from ..cluster import cluster_device
     from ..model.checkpoint import load_model
 
     t_start = time.time()
-    input_store, cat_path = Path(input_store), Path(output)
+    validate_options(cluster=cluster, workers=workers, mc_samples=mc_samples, block_objects=block_objects,
+                     max_in_flight=max_in_flight, lease_s=lease_s, lock_wait_s=lock_wait_s, torch_threads=torch_threads,
+                     pz_dtype=pz_dtype, device=device, cluster_grace_s=cluster_grace_s, cluster_wait_s=cluster_wait_s)
+    input_store, cat_path = Path(input_store).absolute(), Path(output).absolute()
     try:
         attrs = validate_survey(input_store)
     except SurveyStoreError as exc:
@@ -343,7 +410,7 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
     mdl = load_model(model)
     import zarr
 
-    g_in = zarr.open_group(str(input_store), mode="r", zarr_format=3)
+    g_in = zarr.open_group(str(input_store), mode="r", zarr_format=3, use_consolidated=False)
     if not mdl.instrument.matches(g_in["wave"][:]):
         raise RunError(f"input store {input_store} is on grid '{attrs.get('instrument')}' ({g_in['wave'].shape[0]} "
                        f"channels, hash {attrs.get('grid_hash')}) but model {mdl.path} expects '{mdl.instrument.name}' "
@@ -360,12 +427,18 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
     if selection_spec and not exists:
         raise RunError(f"--chunks/--objects/--where reprocess part of an existing catalog; {cat_path} does not exist")
     _check_output(cat_path)
+    if client is None:
+        from ..cluster import looks_like_scheduler_file, wait_for_scheduler_file
+
+        if looks_like_scheduler_file(cluster):  # a job script's scheduler may not have written it yet
+            cluster = str(wait_for_scheduler_file(cluster, cluster_wait_s, print_fn))
     lock = LeaseLock(cat_path, lease_s=lease_s)
     min_epoch = 0
     if exists:  # epochs never go back, even if the lock file was lost
         try:
             min_epoch = max([int(r.get("epoch", 0)) for r in
-                             zarr.open_group(str(cat_path), mode="r", zarr_format=3).attrs.get("runs", [])], default=0)
+                             zarr.open_group(str(cat_path), mode="r", zarr_format=3,
+                                             use_consolidated=False).attrs.get("runs", [])], default=0)
         except Exception:  # noqa: BLE001 - not a catalog: refused below, under the lock
             pass
     epoch = lock.acquire(wait_s=lock_wait_s, min_epoch=min_epoch)
@@ -391,7 +464,7 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                                  "zwarn_bad_mask": int(BAD_MASK),
                                  "calibration": mdl.calibration, "runs": [], "provenance": provenance()})
             created = True
-        g_cat = zarr.open_group(str(cat_path), mode="r+", zarr_format=3)
+        g_cat = zarr.open_group(str(cat_path), mode="r+", zarr_format=3, use_consolidated=False)
         cattrs = dict(g_cat.attrs)
         if "block_objects" not in cattrs or "object_id" not in g_cat:
             raise RunError(f"--output {cat_path} is a Zarr group but not a survey-infer catalog")
@@ -423,6 +496,8 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                 arr = g_cat[name]
                 if arr.metadata.dimension_names and arr.metadata.dimension_names[0] == "object":
                     arr.resize((n,) + arr.shape[1:])
+            # (a consolidated copy in the root, as zarr.consolidate_metadata writes, still holds the old shapes: it
+            # is never read here and is rewritten by the run-record update below, before any task starts)
             print_fn(f"input appended: catalog grown from {n_cat:,} to {n:,} rows")
             if new_cols := sorted(set(passthrough_columns(g_in)) - set(g_cat.array_keys())):  # added by an append
                 print_fn(f"  input column(s) {', '.join(new_cols)} are newer than the catalog: not passed through")
@@ -500,7 +575,14 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         results = [{"block": b, "ok": False, "reason": "not computed by the main job yet (or its marker is missing): "
                     "finish the main job (re-run the original command), then resume this job"} for b in not_ready]
         results += _execute(pending, ctx, cluster, workers, client, max_in_flight, progress, mdl, slurm_options or {},
-                            summary, print_fn, lock)
+                            summary, print_fn, lock, grace_s=cluster_grace_s)
+        lost = lock.lost.is_set() or not lock.still_owner()
+        if not lost:
+            # completion is proven, not assumed: every block of the job must now have a done-marker of its own that
+            # validates (a task result alone proves nothing: e.g. a key shared with another run's task)
+            results = _final_check(results, todo_blocks, bounds, cat_path, job, fp, input_store, chunk_rows, run_id,
+                                   n, g_cat, epoch)
+            _record_failures(cat_path, job, epoch, [r for r in results if not r.get("ok")], lock)
         failed = sorted((r for r in results if not r.get("ok")), key=lambda r: r["block"])
         summary.blocks_failed = [{"block": r["block"], "reason": r["reason"]} for r in failed]
         summary.blocks_computed = len(results) - len(failed)
@@ -515,14 +597,16 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         summary.flag_counts = {b.name: int(fl[b.bit]) for b in ZWARN_BITS if b.used}
         summary.seconds = time.time() - t_start
         summary.spectra_per_s = n_todo / summary.seconds if summary.seconds > 0 else 0.0
-        lost = lock.lost.is_set() or not lock.still_owner()
+        lost = lost or lock.lost.is_set() or not lock.still_owner()
         run_rec["attempts"] = run_rec["attempts"] + [{
             "epoch": epoch, "started": run_rec["started"], "seconds": round(summary.seconds, 3),
             "blocks_done_before": done_before, "blocks_computed": summary.blocks_computed,
             "blocks_failed": len(summary.blocks_failed)}]
-        run_rec.update({"finished": utc_now(), "status": "lost-lock" if lost else
+        run_rec.update({"finished": utc_now(), "status": "lost-lock" if lost else "stopped" if summary.stopped else
                         ("complete" if summary.ok else "incomplete"), "blocks_computed": summary.blocks_computed,
                         "blocks_failed": summary.blocks_failed[:100], "seconds": round(summary.seconds, 3)})
+        if summary.stopped:
+            run_rec["reason"] = summary.stopped
         if not lost:
             fault_point("run-record", cat_path / "zarr.json")
             _update_run_record(g_cat, run_rec)
@@ -544,6 +628,77 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
             print_fn(f"warning: {lock.release_error}")
 
 
+def _marker_problem(cat_path: Path, job: str, block: int, lo: int, hi: int, fingerprint: dict, epoch: int,
+                    run_id: int, rows: np.ndarray | None) -> str | None:
+    """Why the done-marker a task of this run (``epoch``) should just have written does not prove its block done;
+    None when it does."""
+    m = read_json(marker_path(cat_path, job, block))
+    if not m:
+        return "its done-marker is missing from the catalog"
+    if int(m.get("epoch", -1)) != int(epoch) or int(m.get("run_id", -1)) != int(run_id):
+        return (f"its done-marker is from another run (epoch {m.get('epoch')}, run_id {m.get('run_id')}; this run: "
+                f"epoch {epoch}, run_id {run_id})")
+    if m.get("lo") != lo or m.get("hi") != hi or m.get("fingerprint") != fingerprint or m.get("rows_hash") != rows_hash(rows):
+        return "its done-marker is for other rows or numerics"
+    return None
+
+
+def _final_check(results: list[dict], todo_blocks: dict, bounds, cat_path: Path, job: str, fp: dict,
+                 input_store: Path, chunk_rows: dict, run_id: int, n: int, g_cat, epoch: int) -> list[dict]:
+    """End-of-run check: a block is done only when its own done-marker validates (:func:`block_is_done`).
+
+    * a block whose task reported success is checked without re-reading its output (the task hashed it as
+      stored); if its marker does not validate it becomes a failure naming the reason;
+    * a block the driver could not confirm (its task or its result was lost with a worker or the scheduler) is
+      done after all when this run's marker of it validates in full (output re-read): the work was done;
+    * a block failed for a reason the task itself returned stays failed.
+    """
+    markers = load_markers(cat_path)
+    run_ids = g_cat["run_id"][:] if n <= RUN_ID_IN_MEMORY else None
+    ok_recs = {r["block"]: r for r in results if r.get("ok")}
+    bad_recs = {r["block"]: r for r in results if not r.get("ok")}
+    out = []
+    for b, r in todo_blocks.items():
+        lo, hi = bounds[b]
+        rec = bad_recs.get(b)
+        if rec is not None:
+            m = markers.get(job, {}).get(b) or {}
+            unconfirmed = "lo" not in rec and int(m.get("epoch", -1)) == int(epoch) and not rec.get("stale")
+            if unconfirmed and block_is_done(cat_path, job, b, lo, hi, fp, input_store, chunk_rows, rows=r,
+                                             run_id=run_id, markers=markers, run_ids=run_ids)[0]:
+                out.append({"block": b, "ok": True, "n": int(m.get("n_rows", hi - lo)), "zwarn": [0],
+                            "n_reliable": 0, "timings": {}, "confirmed_by_marker": True})
+            else:
+                out.append(rec)
+            continue
+        good, why = block_is_done(cat_path, job, b, lo, hi, fp, input_store, chunk_rows, verify_output=False, rows=r,
+                                  run_id=run_id, markers=markers, run_ids=run_ids)
+        if good:
+            if b in ok_recs:
+                out.append(ok_recs[b])
+            continue
+        out.append({"block": b, "ok": False, "reason": f"end-of-run check: the block is not done ({why})"
+                    + ("; its task had reported success" if b in ok_recs else "")})
+    out += [rec for b, rec in bad_recs.items() if b not in todo_blocks]
+    return out
+
+
+def _record_failures(cat_path: Path, job: str, epoch: int, failed: list[dict], lock: LeaseLock) -> None:
+    """Record every failure the driver saw under ``_failures/<job>/`` (so ``status`` shows it with its reason),
+    unless the run no longer owns the catalog."""
+    if not failed or not lock.still_owner():
+        return
+    for r in failed:
+        if "block" not in r:
+            continue
+        try:
+            atomic_write_json(failure_path(cat_path, job, int(r["block"])),
+                              {"block": int(r["block"]), "ok": False, "reason": r.get("reason"), "epoch": epoch,
+                               "job": job, "time": time.time(), "seen_by": "driver"})
+        except OSError:
+            pass
+
+
 def _run_with_retries(b: int, lo: int, hi: int, ctx: RunContext, r) -> dict:
     """In-process execution of one block with the retries Dask gives a task (``retries=TRANSIENT_RETRIES``):
     only a :class:`~survey_infer.pipeline.faults.TransientIOError` (an NFS hiccup) is retried."""
@@ -557,11 +712,24 @@ def _run_with_retries(b: int, lo: int, hi: int, ctx: RunContext, r) -> dict:
 
 
 def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_in_flight, progress, mdl,
-             slurm_options, summary: RunSummary, print_fn, lock: LeaseLock | None = None) -> list[dict]:
+             slurm_options, summary: RunSummary, print_fn, lock: LeaseLock | None = None,
+             grace_s: float = 60.0) -> list[dict]:
     """Run the block tasks (bounded number in flight) and collect their status records.
 
     Stops submitting when the run loses the catalog lock (a newer run took it over after this one was silent
     for longer than the lease); the blocks not run are reported failed with that reason.
+
+    Task keys carry a token unique to this run (``block-<job>-<block>-e<epoch>-<token>``): distributed identifies
+    a task by its key alone, so two runs on one shared scheduler must never share a key (distributed#8185). A
+    block counts as computed only when the task reported success *and* its own done-marker (this run's epoch and
+    run id) is in the catalog.
+
+    The wait for results is never unbounded: the cluster is checked every second; when the scheduler has been
+    unreachable (or the client closed), or no worker has been connected, for ``grace_s`` seconds, the driver
+    stops: it cancels what is in flight, reports the blocks not done as failed with the reason, and sets
+    ``summary.stopped`` (with ``cluster="slurm"`` the wait for the first worker is not bounded: jobs queue).
+    While this loop runs the lock's heartbeat depends on it making progress (a hung driver lets its lease
+    expire).
     """
     from tqdm import tqdm
 
@@ -603,51 +771,279 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
         return results
     from distributed import as_completed
 
-    from ..cluster import make_cluster
+    from ..cluster import describe_dask_error, make_cluster
 
     own = None
+    own_client = client is None
     if client is None:
         client, own = make_cluster(cluster, workers, **slurm_options) if cluster == "slurm" else make_cluster(cluster, workers)
+    last_tick = [time.monotonic()]
+    stall_s = max(3 * (lock.lease_s if lock else 60.0), 2 * grace_s)
+
+    def tick() -> None:
+        last_tick[0] = time.monotonic()
+
+    if lock is not None:
+        lock.alive_check = lambda: time.monotonic() - last_tick[0] < stall_s
+    token = uuid.uuid4().hex[:10]
+    cat_path = Path(ctx.catalog)
+    in_flight: dict[str, tuple] = {}
+    queue = list(pending)
+    health = None
     try:
+        health = _ClusterHealth(client, grace_s, wait_first_worker=cluster == "slurm")
         summary.dashboard = client.dashboard_link
         print_fn(f"dashboard: {client.dashboard_link}")
-        client.register_plugin(ModelPlugin(ctx.model_dir, ctx.model_sha256, software_versions(), ctx.device,
-                                           ctx.torch_threads), name=f"survey-infer-model-{ctx.model_sha256[:12]}")
-        n_workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})) or workers)
-        limit = max_in_flight or max(2, 2 * n_workers)
-        queue = list(pending)
+        _register_model_plugin(client, ctx, grace_s, print_fn)
+        tick()
+        try:
+            n_workers = int(client.scheduler_info(n_workers=1).get("n_workers", 0)) or workers
+        except Exception:  # noqa: BLE001 - judged by the health check below
+            n_workers = workers
+        limit = max_in_flight or max(2, 2 * max(1, n_workers))
         futs = as_completed()
-        in_flight = {}
 
         def submit_next():
             b, lo, hi, r = queue.pop(0)
-            f = client.submit(process_block, b, lo, hi, ctx, r, key=f"block-{ctx.job}-{b}-e{ctx.epoch}", pure=False,
-                              retries=TRANSIENT_RETRIES)  # retries: transient OSErrors (NFS hiccups)
-            in_flight[f.key] = (f, b)
+            f = client.submit(process_block, b, lo, hi, ctx, r, key=f"block-{ctx.job}-{b}-e{ctx.epoch}-{token}",
+                              pure=False, retries=TRANSIENT_RETRIES)  # retries: transient OSErrors (NFS hiccups)
+            in_flight[f.key] = (f, b, lo, hi, r)
             futs.add(f)
 
-        while queue and len(in_flight) < limit:
-            submit_next()
-        for fut in futs:
-            _, b = in_flight.pop(fut.key)
-            try:
-                rec = fut.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker after repeated worker deaths
-                rec = {"block": b, "ok": False, "reason": f"{type(exc).__name__}: {exc}" + (
-                    f" (still failing after {TRANSIENT_RETRIES} retries)" if isinstance(exc, TransientIOError) else "")}
-            done(rec)
-            fut.release()
-            if lost():
-                rest = [v[1] for v in in_flight.values()] + [q[0] for q in queue]
-                client.cancel([v[0] for v in in_flight.values()])
-                not_run(sorted(rest))
-                print_fn(f"this run lost the catalog lock: stopped; {len(rest)} block(s) left to the run that holds it")
-                break
-            while queue and len(in_flight) < limit:
-                submit_next()
+        retries: dict[int, int] = {}
+        stop_reason = None
+        while queue or in_flight:
+            tick()
+            if health.client_ok():
+                try:
+                    while queue and len(in_flight) < limit:
+                        submit_next()
+                except Exception as exc:  # noqa: BLE001 - the client closed between the check and the submit
+                    health.note(describe_dask_error(exc))
+            batch = futs.next_batch(block=False) if futs.has_ready() else []
+            if not batch:
+                time.sleep(0.1)
+            for fut in batch:
+                item = in_flight.pop(fut.key, None)
+                if item is None:
+                    continue
+                _, b, lo, hi, r = item
+                rec = None
+                try:
+                    if fut.status == "cancelled" or not health.client_ok():
+                        raise _Retry
+                    rec = fut.result(timeout=30)
+                except _Retry:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - KilledWorker, CommClosedError, a cancelled future, ...
+                    if health.is_connection_error(exc):
+                        health.note(describe_dask_error(exc))
+                    else:
+                        rec = {"block": b, "ok": False, "reason": describe_dask_error(exc) + (
+                            f" (still failing after {TRANSIENT_RETRIES} retries)"
+                            if isinstance(exc, TransientIOError) else "")}
+                        heard = health.heard.text() if type(exc).__name__ == "KilledWorker" else None
+                        if heard:
+                            rec["reason"] += f"; last cluster message: {heard}"
+                if rec is None:  # lost with the scheduler connection: run it again if the cluster comes back
+                    retries[b] = retries.get(b, 0) + 1
+                    if retries[b] <= 3:
+                        queue.insert(0, (b, lo, hi, r))
+                        continue
+                    rec = {"block": b, "ok": False, "reason": "cancelled by Dask 3 times (scheduler connection lost "
+                           "or the task cancelled)" + (f": {health.last_error}" if health.last_error else "")}
+                if rec.get("ok"):
+                    why = _marker_problem(cat_path, ctx.job, b, lo, hi, ctx.fingerprint, ctx.epoch, ctx.run_id, r)
+                    if why:
+                        rec = {"block": b, "ok": False, "reason": f"the task reported success but {why}"}
+                done(rec)
+                try:
+                    fut.release()
+                except Exception:  # noqa: BLE001
+                    pass
+                if lost():
+                    rest = [v[1] for v in in_flight.values()] + [q[0] for q in queue]
+                    _cancel(client, [v[0] for v in in_flight.values()])
+                    in_flight.clear()
+                    queue.clear()
+                    not_run(sorted(rest))
+                    print_fn(f"this run lost the catalog lock: stopped; {len(rest)} block(s) left to the run that "
+                             f"holds it")
+                    break
+            if queue or in_flight:
+                stop_reason = health.check()
+                if stop_reason:
+                    break
+        if stop_reason:
+            rest = sorted([v[1] for v in in_flight.values()] + [q[0] for q in queue])
+            _cancel(client, [v[0] for v in in_flight.values()])
+            summary.stopped = stop_reason
+            bar.write(f"stopped: {stop_reason}")
+            for b in rest:
+                results.append({"block": b, "ok": False, "reason": f"not run: {stop_reason}"})
     finally:
+        if lock is not None:
+            lock.alive_check = None
+        if health is not None:
+            health.close()
         bar.close()
-        if own is not None:
-            client.close()
-            own.close()
+        if own_client:
+            _close_quietly(client, own)
     return results
+
+
+class _Retry(Exception):
+    """A task result lost with the scheduler connection (not a failure of the block)."""
+
+
+class _ClusterHealth:
+    """Is the driver's Dask cluster still there? (scheduler reachable, at least one worker)."""
+
+    def __init__(self, client, grace_s: float, wait_first_worker: bool = False):
+        self.client = client
+        self.grace_s = float(grace_s)
+        self.wait_first_worker = wait_first_worker
+        self.address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
+        self.unreachable_since: float | None = None
+        self.no_worker_since: float | None = None
+        self.seen_worker = False
+        self.last_error: str | None = None
+        self.next_check = 0.0
+        self.heard = _LastClusterMessage()
+
+    def close(self) -> None:
+        self.heard.detach()
+
+    def client_ok(self) -> bool:
+        return self.client.status == "running"
+
+    @staticmethod
+    def is_connection_error(exc: BaseException) -> bool:
+        from distributed.client import FutureCancelledError
+
+        name = type(exc).__name__
+        return isinstance(exc, (OSError, FutureCancelledError)) or name in (
+            "CommClosedError", "StreamClosedError", "ClosedClientError", "CancelledError")
+
+    def note(self, what: str) -> None:
+        self.last_error = what
+
+    def check(self) -> str | None:
+        """A reason to stop, or None; looks at the cluster at most once a second."""
+        now = time.monotonic()
+        if now < self.next_check:
+            return None
+        self.next_check = now + 1.0
+        st = self.client.status
+        if st in ("closed", "closing", "failed"):
+            return (f"the Dask scheduler at {self.address} is gone: the client lost its connection and closed"
+                    + (f" ({self.last_error})" if self.last_error else ""))
+        if st != "running":
+            self.unreachable_since = self.unreachable_since or now
+        else:
+            try:
+                info = self.client.scheduler_info(n_workers=1)
+                self.unreachable_since = None
+                nw = int(info.get("n_workers", len(info.get("workers", {}))))
+            except Exception as exc:  # noqa: BLE001
+                self.unreachable_since = self.unreachable_since or now
+                self.last_error = " ".join(str(exc).split())[:160] or type(exc).__name__
+                nw = None
+            if nw == 0:
+                if self.seen_worker or not self.wait_first_worker:
+                    self.no_worker_since = self.no_worker_since or now
+            elif nw:
+                self.seen_worker = True
+                self.no_worker_since = None
+        if self.unreachable_since is not None and now - self.unreachable_since >= self.grace_s:
+            return f"the Dask scheduler at {self.address} has been unreachable for {self.grace_s:g} s"
+        if self.no_worker_since is not None and now - self.no_worker_since >= self.grace_s:
+            heard = self.heard.text()
+            return (f"no Dask worker connected to the scheduler at {self.address} for {self.grace_s:g} s (workers "
+                    f"that retired at their lifetime, were killed for memory, or whose jobs ended are not replaced)"
+                    + (f"; last cluster message: {heard}" if heard else ""))
+        return None
+
+
+class _LastClusterMessage(logging.Handler):
+    """Keeps the last warning of distributed's nannies and workers in this process (a local cluster's nannies
+    live in the driver), e.g. "Worker ... exceeded 95% memory budget. Restarting...", to name a cause."""
+
+    NAMES = ("distributed.nanny", "distributed.worker")
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.last: str | None = None
+        for name in self.NAMES:
+            logging.getLogger(name).addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = " ".join(record.getMessage().split())
+        except Exception:  # noqa: BLE001
+            return
+        if "Restarting worker" not in msg and "still alive" not in msg:
+            self.last = msg[:200]
+
+    def text(self) -> str | None:
+        return self.last
+
+    def detach(self) -> None:
+        for name in self.NAMES:
+            logging.getLogger(name).removeHandler(self)
+
+
+def _register_model_plugin(client, ctx: RunContext, wait_s: float, print_fn) -> None:
+    """Register the model-loading plugin (every current and future worker loads the model once).
+
+    The call waits for the current workers' set-up; a worker that dies meanwhile (e.g. killed by its memory limit
+    while loading) or a set-up slower than ``wait_s`` does not stop the run (the scheduler keeps the plugin for
+    workers that start later, and a task loads the model itself if needed). An error raised by the plugin's
+    set-up (different software or an unreadable model on a worker) is the user's to fix.
+
+    Raises
+    ------
+    ClusterError
+        The plugin's set-up failed on a worker (one line).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutTimeout
+
+    from ..cluster import ClusterError, describe_dask_error
+
+    plugin = ModelPlugin(ctx.model_dir, ctx.model_sha256, software_versions(), ctx.device, ctx.torch_threads)
+    pool = ThreadPoolExecutor(max_workers=1)
+    fut = pool.submit(client.register_plugin, plugin, name=f"survey-infer-model-{ctx.model_sha256[:12]}")
+    try:
+        fut.result(timeout=wait_s)
+    except FutTimeout:
+        print_fn(f"note: the workers had not loaded the model after {wait_s:g} s; going on (tasks wait for them)")
+    except Exception as exc:  # noqa: BLE001
+        if _ClusterHealth.is_connection_error(exc) or type(exc).__name__ == "KilledWorker":
+            print_fn(f"note: a worker was lost while loading the model ({describe_dask_error(exc)}); going on")
+        else:
+            raise ClusterError(f"a Dask worker could not set up the model: {describe_dask_error(exc)}") from exc
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _cancel(client, futures: list) -> None:
+    if not futures:
+        return
+    try:
+        if client.status == "running":
+            client.cancel(futures)
+    except Exception:  # noqa: BLE001 - the cluster may be gone
+        pass
+
+
+def _close_quietly(client, own) -> None:
+    """Close the client (and the cluster this run started) without hanging on a dead scheduler."""
+    for obj in (client, own) if own is not None else (client,):
+        try:
+            if obj is client:
+                client.close(timeout=10)
+            else:
+                obj.close(timeout=30)
+        except Exception:  # noqa: BLE001 - best effort: the scheduler may be gone
+            pass

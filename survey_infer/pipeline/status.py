@@ -75,7 +75,7 @@ def catalog_status(catalog: str | Path, verify: bool = False) -> dict:
     cat = Path(catalog)
     if not (cat / "zarr.json").exists():
         raise FileNotFoundError(f"catalog {cat} does not exist (no zarr.json)")
-    g = zarr.open_group(str(cat), mode="r", zarr_format=3)
+    g = zarr.open_group(str(cat), mode="r", zarr_format=3, use_consolidated=False)
     attrs = dict(g.attrs)
     if "block_objects" not in attrs:
         raise FileNotFoundError(f"{cat} is a Zarr group but not a survey-infer catalog")
@@ -241,6 +241,8 @@ def main(args) -> int:
         print(f"  run {r.get('run_id')}: job {r.get('job')}, selection {r.get('selection')}, status {status}, "
               f"epoch {r.get('epoch')}, started {r.get('started')}"
               + (f", blocks computed {r['blocks_computed']}" if r.get("blocks_computed") is not None else ""))
+        if r.get("reason"):
+            print(f"    FAILED: the run stopped: {r['reason']}")
     rows = ", ".join(f"{'not computed' if k < 0 else f'run {k}'}: {v:,}" for k, v in st["rows_by_run"].items())
     print(f"  rows by run: {rows}")
     return 0

@@ -179,7 +179,7 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
         check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
         check_versions(ctx.versions)
         model = _get_model(ctx)
-        g = zarr.open_group(ctx.input_store, mode="r", zarr_format=3)
+        g = zarr.open_group(ctx.input_store, mode="r", zarr_format=3, use_consolidated=False)
         todo = np.arange(lo, hi) if rows is None else np.asarray(rows, np.int64)
         if len(todo) == 0 or todo[0] < lo or todo[-1] >= hi:
             raise ValueError(f"rows to process are outside block {block} [{lo}, {hi})")
