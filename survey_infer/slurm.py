@@ -160,6 +160,19 @@ def _directive(value: str) -> str:
     return value
 
 
+def shell_path(value: str) -> str:
+    """A path as it must appear in a job script's command line: absolute and quoted.
+
+    A path holding ``$`` (``$TMPDIR/dask``: expanded on the compute node) is kept relative to that variable and
+    double-quoted (so that the variable still expands but spaces do not split it); any other path is made
+    absolute on the submitting node (a job starts in another directory) and single-quoted (:func:`shlex.quote`).
+    """
+    v = str(value)
+    if "$" in v:
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+    return shlex.quote(os.path.abspath(os.path.expanduser(v)))
+
+
 def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dict[str, Any]]:
     """Translate survey-infer Slurm options into ``dask_jobqueue.SLURMCluster`` keyword arguments.
 
@@ -211,7 +224,7 @@ def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dic
         kw["account"] = str(o["account"])
     if o["job_name"]:
         kw["job_name"] = str(o["job_name"])
-    kw["python"] = str(o["python"] or sys.executable)
+    kw["python"] = shell_path(str(o["python"] or sys.executable))
     if o["death_timeout"] is not None:
         kw["death_timeout"] = float(o["death_timeout"])
     if o["interface"]:
@@ -221,10 +234,12 @@ def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dic
         sched.setdefault("interface", str(o["scheduler_interface"]))
         kw["scheduler_options"] = sched
     if o["local_directory"]:
-        kw["local_directory"] = str(o["local_directory"])
+        kw["local_directory"] = shell_path(str(o["local_directory"]))
     if o["log_directory"]:
-        Path(os.path.expandvars(str(o["log_directory"]))).mkdir(parents=True, exist_ok=True)
-        kw["log_directory"] = str(o["log_directory"])
+        # #SBATCH -o/-e lines: absolute (sbatch resolves them against the submission directory otherwise)
+        logdir = Path(os.path.expanduser(os.path.expandvars(str(o["log_directory"])))).absolute()
+        logdir.mkdir(parents=True, exist_ok=True)
+        kw["log_directory"] = str(logdir)
 
     tls = o["tls"]
     if tls and "security" not in kw:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 
 from conftest import assert_catalogs_identical
@@ -96,3 +97,26 @@ def test_consolidated_catalog_grows_and_completes(tiny_model, tmp_path):
     # a reader that trusts consolidated metadata (zarr's default) sees the grown shapes
     g = zarr.open_group(str(cat), mode="r", zarr_format=3)
     assert g["z"].shape == (300,) and np.isfinite(g["z"][250:]).any()
+
+
+def test_job_script_paths_are_absolute_and_quoted(tmp_path, monkeypatch):
+    """Every path that reaches a worker job script is absolute and quoted (a folder with a space, a relative
+    path, a node-side $VARIABLE); before, they were pasted in as given."""
+    import shlex
+
+    pytest.importorskip("dask_jobqueue")
+    from survey_infer import slurm as si_slurm
+
+    monkeypatch.chdir(tmp_path)
+    weird = tmp_path / "my env" / "bin"
+    weird.mkdir(parents=True)
+    py = weird / "python3"
+    py.write_text("")
+    script = si_slurm.describe_job_script(1, memory="1GiB", python=str(py), local_directory="scratch dir",
+                                          log_directory="logs")
+    cmd = script.splitlines()[-1]
+    assert shlex.split(cmd)[0] == str(py)  # one word, absolute
+    assert f"--local-directory {shlex.quote(str(tmp_path / 'scratch dir'))}" in cmd
+    assert f"#SBATCH -o {tmp_path / 'logs'}/" in script
+    script = si_slurm.describe_job_script(1, memory="1GiB", local_directory="$TMPDIR/da sk")
+    assert '--local-directory "$TMPDIR/da sk"' in script

@@ -134,7 +134,7 @@ def test_cli_options_become_job_script(jobqueue):
     assert not any(line.startswith("#SBATCH --mem") for line in lines)  # skipped for --mem-per-gpu sites
     cmd = lines[-1]
     assert f"{sys.executable} -m dask cuda worker" in cmd  # the `dask cuda` entry point of dask-cuda
-    assert "--local-directory $TMPDIR" in cmd and "--nthreads 4" in cmd
+    assert '--local-directory "$TMPDIR"' in cmd and "--nthreads 4" in cmd  # quoted; expanded on the node
     # dask-cuda's worker has no --lifetime: the GPU workers get it from the dask config in the environment
     assert "--lifetime" not in cmd
     assert "export DASK_DISTRIBUTED__WORKER__LIFETIME__DURATION=110m" in lines
