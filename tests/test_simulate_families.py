@@ -229,3 +229,25 @@ def test_passive_galaxies_redden_with_redshift_and_sky_residuals_are_moderate():
     sky = instrument_sky_mask(inst).astype(bool)
     chi = np.abs(d["flux"] - d["expected"]) * np.sqrt(d["ivar"])
     assert (chi[:, sky] > 5).mean() < 0.25 and (chi[:, ~sky] > 5).mean() < 0.01
+
+
+def test_lsf_slope_widens_lines_at_the_blue_end_of_an_arm():
+    """lsf_slope_range: p = 1 (constant FWHM in Å, moons1d's law) vs p = 0 (constant R): emission lines are wider
+    (lower peaks) in the blue part of the RI arm and narrower in its red part."""
+    base = replace(SimConfig(), interloper_fraction=0.0, passive_fraction=0.0, line_free_fraction=0.0,
+                   weak_line_fraction=0.0, mag_h_range=(21.0, 21.0), lsf_scale_range=(1.0, 1.0))
+
+    from survey_infer.instrument import load_instrument
+
+    wave = load_instrument().wave
+
+    def peak(z, p, lo, hi):
+        cfg = replace(base, z_range=(z, z + 0.001), lsf_slope_range=(p, p))
+        d = _simulate(0, 4, 9, cfg, None, extras=True)
+        sel = (wave > lo) & (wave < hi)
+        lines = d["model"][:, sel].astype(float) - d["continuum"][:, sel]
+        return lines.max(axis=1)
+
+    blue = peak(0.0005, 1.0, 6470, 7000) / peak(0.0005, 0.0, 6470, 7000)  # Hα at 6568 Å (RI: 6470–9339 Å)
+    red = peak(0.35, 1.0, 8400, 9339) / peak(0.35, 0.0, 8400, 9339)  # Hα at 8862 Å
+    assert np.all(blue < 0.995) and np.all(red > 1.005), (blue, red)
