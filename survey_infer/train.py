@@ -371,6 +371,8 @@ def train_online(out_dir: str | Path, *, steps: int, batch_size: int = 64, lr: f
     if init_from is not None and not (resume and (out / STATE_DIR / "state.json").exists()):
         tnorm = warm_start(net, init_from).get("target_norm", tnorm)
     net.to(dev)
+    if resume and (out / STATE_DIR / "state.json").exists():  # the saved run decides (its optimizer's groups)
+        freeze_trunk = bool(json.loads((out / STATE_DIR / "state.json").read_text()).get("freeze_trunk", False))
     if freeze_trunk:
         for name in TRUNK_MODULES:
             getattr(net, name).requires_grad_(False)

@@ -57,3 +57,21 @@ def test_online_warm_start_from_a_model(tmp_path):
     assert not torch.equal(old["h2.weight"], new["h2.weight"])  # the head trained
     with pytest.raises(ValueError, match="warm start"):
         train_online(tmp_path / "w2", init_from=d, **{**KW, "steps": 1, "arch": {**ARCH, "width": 10}})
+
+
+def test_committed_training_state_exports_a_loadable_model(tmp_path):
+    """The resumable state shipped in survey_infer/data/models/train_state matches the code's architecture."""
+    from importlib import resources
+
+    from survey_infer.model.checkpoint import load_model
+
+    src = resources.files("survey_infer") / "data" / "models" / "train_state"
+    run = tmp_path / "run" / STATE_DIR
+    run.mkdir(parents=True)
+    for f in ("state.json", "state.safetensors"):
+        (run / f).write_bytes((src / f).read_bytes())
+    export_online(tmp_path / "run", tmp_path / "model")
+    m = load_model(tmp_path / "model")
+    meta = json.loads((run / "state.json").read_text())
+    assert m.cfg.xc_templates == meta["architecture"]["xc_templates"] > 0 and meta["step"] > 0
+    assert meta["history"][-1]["acc_all"] > meta["history"][0]["acc_all"]  # the curve it recorded went up
