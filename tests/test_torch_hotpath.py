@@ -239,3 +239,14 @@ def test_device_preprocessing_feeds_the_device_window_close_to_the_numpy_path(mo
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
     assert window_rows("cpu") == 256 and window_rows("cuda") == 1024 and window_rows("cuda", 256, 2048) == 2048
+
+
+def test_device_path_switch_and_pipeline_micro_batch(monkeypatch):
+    from survey_infer.model.hotpath import pipeline_micro_batch, use_device_path
+
+    monkeypatch.delenv("SURVEY_INFER_HOTPATH", raising=False)
+    monkeypatch.setenv("SURVEY_INFER_MICRO_BATCH", "64")  # the CPU path is fixed at inference.MICRO_BATCH
+    assert not use_device_path("cpu") and use_device_path("cuda") and not use_device_path("cuda", cache={})
+    assert pipeline_micro_batch("cpu") == 32 and pipeline_micro_batch("cuda:0") == 64
+    monkeypatch.setenv("SURVEY_INFER_HOTPATH", "1")
+    assert use_device_path("cpu")

@@ -25,7 +25,8 @@ from .device import device_class, micro_batch_size
 from .inference import STREAMS
 from .torch_masks import make_masks
 
-__all__ = ["run_network_device", "preprocess_device", "window_rows", "pdf_moments_torch", "STAT_KEYS"]
+__all__ = ["run_network_device", "preprocess_device", "window_rows", "use_device_path", "pipeline_micro_batch",
+           "pdf_moments_torch", "STAT_KEYS"]
 
 #: per-row scalar outputs of :func:`run_network_device`, in the column order of its one host copy
 STAT_KEYS = ("p_outside", "z_mc_std", "logmstar", "logmstar_err", "logmstar_err_mc", "logsfr", "logsfr_err",
@@ -152,6 +153,25 @@ def preprocess_device(flux: np.ndarray, ivar: np.ndarray, model: Model, mask: np
     small = torch.stack([pp["snr"].double(), pp["masked_fraction"].double(), pp["n_good"].double()], 1).cpu().numpy()
     return Preprocessed(x=pp["x"], scalars=pp["scalars"], snr=small[:, 0].astype(np.float32),
                         masked_fraction=small[:, 1].astype(np.float32), n_good=small[:, 2].astype(np.int64))
+
+
+def use_device_path(device: str | torch.device, cache: dict | None = None) -> bool:
+    """Whether ``inference.infer_block`` takes this module's path: on a CUDA device (unless a raw-output
+    ``cache`` is in use: calibration, which runs on the CPU path), or anywhere when ``SURVEY_INFER_HOTPATH=1``
+    (to exercise it on the CPU in tests). The CPU default stays the numpy path (its catalogs keep their bits)."""
+    import os
+
+    if cache is not None:
+        return False
+    return device_class(device) == "cuda" or os.environ.get("SURVEY_INFER_HOTPATH") == "1"
+
+
+def pipeline_micro_batch(device: str | torch.device) -> int:
+    """The micro-batch size the pipeline really uses on ``device`` (for the fingerprint): the numpy path's
+    ``inference.MICRO_BATCH`` (32) on the CPU, :func:`.device.micro_batch_size` on a GPU."""
+    from .inference import MICRO_BATCH
+
+    return micro_batch_size(device) if device_class(device) == "cuda" else MICRO_BATCH
 
 
 def window_rows(device: str | torch.device, rows: int = 256, micro_batch: int | None = None) -> int:
