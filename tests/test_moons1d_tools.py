@@ -165,7 +165,7 @@ def test_fast_spectres_conserves_flux_and_matches_spectres():
 
 
 def test_run_moons1d_delivers_the_input_times_the_aperture_loss(tmp_path):
-    """moons1d leaves the (chromatic) aperture loss in its calibrated flux: the finding of docs/simulator_vs_moons1d.md."""
+    """moons1d leaves the (chromatic) aperture loss in its calibrated flux (docs/simulator_vs_moons1d.md)."""
     pytest.importorskip("moons1d")
     pytest.importorskip("synphot")
     m = _load("make_moons1d_set")

@@ -529,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         truth_m = o["model"]
         mp = measure(pf, piv, truth_p, inst, skym)
         mm = measure(mf, miv, truth_m, inst, skym)
-        base = {"object_id": int(g["object_id"]), "z": round(float(g["z_true"]), 5), "mag_h": round(float(g["mag_h"]), 3),
+        base = {"object_id": int(g["object_id"]), "z": round(float(g["z_true"]), 5),
+                "mag_h": round(float(g["mag_h"]), 3),
                 "hours": g["hours"], "is_passive": int(bool(g["is_passive"])),
                 "logmstar_true": round(float(g["logmstar_true"]), 3), "logsfr_true": round(float(g["logsfr_true"]), 3),
                 "template_family": int(g["template_family"]) if "template_family" in g else -1,
@@ -545,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                 rec[f"line_sigma_{a}"] = np.nan
             if inside.any() and not g["is_passive"]:
                 j = int(np.argmax(np.where(inside, lf, -1)))
-                half = 6 * lam[j] / (2.3548 * inst.arms[ARMS.index(a)].resolution) + 4 * lam[j] * float(g["sigma_v"]) / 3e5
+                half = (6 * lam[j] / (2.3548 * inst.arms[ARMS.index(a)].resolution)
+                        + 4 * lam[j] * float(g["sigma_v"]) / 3e5)
                 # isolated lines only (no other line within the window)
                 cp_ = float(np.interp(lam[j], inst.wave[s], np.asarray(g["continuum"], float)[s]))
                 peak = lf[j] / (np.sqrt(2 * np.pi) * lam[j] * max(float(g["sigma_v"]), 30.0) / 3e5)
@@ -557,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
                     mm[f"line_sigma_{a}"] = line_sigma(truth_m[s] / fl, cp[s], inst.wave[s], lam[j], half)
                     mp[f"line_sigma_intr_{a}"] = mm[f"line_sigma_intr_{a}"] = lam[j] * float(g["sigma_v"]) / 3e5
         for sim_name, rec in (("survey-infer", mp), ("moons1d", mm)):
-            r = dict(base, simulator=sim_name, **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in rec.items()})
+            r = dict(base, simulator=sim_name,
+                     **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in rec.items()})
             for a, s in zip(ARMS, sl):
                 r[f"fibre_loss_{a}"] = round(float(np.median(o["fibre_loss"][s])), 4) if sim_name == "moons1d" else 1.0
             rows.append(r)
@@ -635,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
                               "ratio_of_sums_sky_lines": float(sky_si[s][skym[s]].sum() / sky_m[s][skym[s]].sum())}
     import survey_infer.simulate.simulator as _sim
 
-    S["survey-infer_version"] = {"SIM_VERSION": getattr(_sim, "SIM_VERSION", "?"), "package": str(Path(_sim.__file__).parents[2])}
+    S["survey-infer_version"] = {"SIM_VERSION": getattr(_sim, "SIM_VERSION", "?"),
+                                 "package": str(Path(_sim.__file__).parents[2])}
     S["survey-infer_config"] = {k: v for k, v in cfg0.to_dict().items()
                                 if any(t in k for t in ("sky", "aperture", "seeing", "size", "fluxcal", "arm_offset",
                                                         "noise", "telluric", "lsf", "variance"))}
@@ -670,7 +674,8 @@ def main(argv: list[str] | None = None) -> int:
             ok = np.abs(r["z"] - zt) < 0.01
             acc[name] = {"passive": float(ok[pas].mean()), "sf": float(ok[~pas].mean()),
                          "passive_reliable": float(r["reliable"][pas].mean()),
-                         "passive_acc_among_reliable": float(ok[pas & r["reliable"]].mean()) if (pas & r["reliable"]).any() else float("nan"),
+                         "passive_acc_among_reliable": (float(ok[pas & r["reliable"]].mean())
+                                                        if (pas & r["reliable"]).any() else float("nan")),
                          **{f"passive_{int(h)}h": float(ok[pas & (hours == h)].mean()) for h in (2, 4, 8)}}
         S["model_accuracy_dz<0.01"] = acc
         if args.other_continua:
@@ -809,7 +814,8 @@ def figures(figdir: Path, gals, m1, rows, inst, skym, fam, zs, ys, S, tag: str =
         for s_, c_ in (("survey-infer", "C0"), ("moons1d", "C3")):
             a.hist(col(s_, key), bins=bins, histtype="step", color=c_, lw=1.5,
                    label=f"{s_}: median {np.nanmedian(col(s_, key)):.3f}")
-        a.set_title(("sky-masked" if "sky" in key else "other") + " channels: fraction with |flux - continuum| > 5 sigma")
+        a.set_title(("sky-masked" if "sky" in key else "other")
+                    + " channels: fraction with |flux - continuum| > 5 sigma")
         a.set_xlabel("fraction")
         a.legend(fontsize=8)
     fig.tight_layout()

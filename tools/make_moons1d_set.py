@@ -395,8 +395,8 @@ def fast_spectres(new_wavs: np.ndarray, spec_wavs: np.ndarray, spec_fluxes: np.n
                   spec_errs: np.ndarray | None = None, fill: float | None = None, verbose: bool = True):
     """Vectorised ``spectres.spectres`` (Carnall 2017, arXiv:1705.05165): the same flux-conserving bin-overlap
     average (and error propagation) with cumulative sums instead of a Python loop over the new bins; equal to
-    spectres 2.2 to rounding (cumulative sums: <~1e-9 relative). Bins outside the old range get ``fill`` (NaN for None, as
-    spectres' None does in a float array)."""
+    spectres 2.2 to rounding (cumulative sums: <~1e-9 relative). Bins outside the old range get ``fill`` (NaN for
+    None, as spectres' None does in a float array)."""
     def edges_of(w):
         e = np.empty(w.size + 1)
         e[0] = w[0] - (w[1] - w[0]) / 2
@@ -613,7 +613,8 @@ def validation_table(path: Path, n: int, seed: int) -> dict:
         if kind == KIND_STAR:
             z = float(rng.normal(0.0, 50.0) / C_KMS)
             age = float(rng.choice([0.01, 0.1, 0.5, 2.0, 10.0]))
-            fam = f"bc03:sfh=ssp,age={age:g},zmet={float(np.exp(rng.uniform(np.log(0.2), np.log(2.5)))):.3f},sigma=0,av=0"
+            zm = float(np.exp(rng.uniform(np.log(0.2), np.log(2.5))))
+            fam = f"bc03:sfh=ssp,age={age:g},zmet={zm:.3f},sigma=0,av=0"
             ew, mag, sfh, famname = 0.0, round(float(rng.uniform(18.0, 24.0)), 3), "ssp", "star_proxy"
         else:
             zr = {KIND_GALAXY: (0.9, 2.6), KIND_LOWZ: (0.1, 0.9), KIND_HIGHZ: (2.6, 4.0)}[kind]
@@ -650,7 +651,8 @@ def validation_table(path: Path, n: int, seed: int) -> dict:
                      "airmass": airmass, "kind": kind, "is_passive": int(passive), "template_family": famname,
                      "sfh_kind": sfh, "age_mw_true": round(tr["age_mw_true"], 4),
                      "ew_halpha_rest_true": round(float(tr["ew_halpha_rest_true"]), 3),
-                     "logmstar_true": round(tr["logmstar_true"], 4), "logsfr_true": round(max(tr["logsfr_true"], -9.0), 4)})
+                     "logmstar_true": round(tr["logmstar_true"], 4),
+                     "logsfr_true": round(max(tr["logsfr_true"], -9.0), 4)})
     with open(path, "w", newline="") as fh:
         wr = csv.DictWriter(fh, fieldnames=VALIDATION_COLUMNS)
         wr.writeheader()
