@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -449,7 +450,7 @@ def train_online(out_dir: str | Path, *, steps: int, batch_size: int = 64, lr: f
                 state["history"].append({**validate(), "loss": round(loss.item(), 4), "ce": round(parts["ce"], 4)})
                 log.info("step %d: %s", state["step"], state["history"][-1])
                 if progress:
-                    print(json.dumps(state["history"][-1]), flush=True)
+                    print(json.dumps(state["history"][-1]), file=sys.stderr, flush=True)
             if time.time() - t_ckpt > checkpoint_minutes * 60:
                 _save_state(out, net, opt, state)
                 t_ckpt = time.time()
@@ -526,6 +527,9 @@ def register(subparsers) -> None:
     p.add_argument("--sim-seed", type=int, default=1_000_000, help="survey seed of the on-the-fly spectra")
     p.add_argument("--sim-config", default=None, help="JSON dict of SimConfig fields for the on-the-fly spectra")
     p.add_argument("--init-from", default=None, help="warm start from this model directory ('default' = shipped)")
+    p.add_argument("--online-val-n", type=int, default=1024,
+                   help="with --online-steps: spectra of the fixed validation sample of the learning curve")
+    p.add_argument("--val-every", type=int, default=200, help="with --online-steps: steps between validations")
     p.add_argument("--freeze-trunk", action="store_true",
                    help="with --online-steps: train only the heads (the CNN trunk fixed; ~3x cheaper per step)")
     p.add_argument("--out", required=True, help="model directory to write")
@@ -566,7 +570,7 @@ def _main(args) -> int:
                            arch=json.loads(args.arch) if args.arch else None, threads=args.threads,
                            device=args.device, max_minutes=args.max_minutes,
                            checkpoint_minutes=args.checkpoint_minutes, progress=True,
-                           freeze_trunk=args.freeze_trunk)
+                           freeze_trunk=args.freeze_trunk, val_n=args.online_val_n, val_every=args.val_every)
         if res["finished"]:
             export_online(args.out, args.out)
             if args.val:

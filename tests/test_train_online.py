@@ -75,3 +75,18 @@ def test_committed_training_state_exports_a_loadable_model(tmp_path):
     meta = json.loads((run / "state.json").read_text())
     assert m.cfg.xc_templates == meta["architecture"]["xc_templates"] > 0 and meta["step"] > 0
     assert meta["history"][-1]["acc_all"] > meta["history"][0]["acc_all"]  # the curve it recorded went up
+
+
+def test_train_cli_online_legs_and_finalize(tmp_path):
+    from conftest import cli
+
+    out = tmp_path / "run"
+    args = ["train", "--online-steps", 2, "--out", out, "--batch-size", 4, "--arch", json.dumps(ARCH),
+            "--online-val-n", 8, "--val-every", 1, "--threads", 1, "--sim-seed", 5]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["finished"] and (out / "model.json").exists()  # exported when finished
+    r2 = cli(*args, "--resume", "--finalize")
+    assert r2.returncode == 0, r2.stderr
+    r3 = cli("train", "--out", tmp_path / "x")
+    assert r3.returncode == 2 and "--online-steps" in r3.stderr
