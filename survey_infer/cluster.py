@@ -223,7 +223,10 @@ def make_cluster(kind: str = "local", workers: int = 2, threads_per_worker: int 
                 raise ClusterError("--cluster cuda: torch sees no CUDA GPU on this machine "
                                    "(install a CUDA build of torch, or use --cluster local)")
             with dask.config.set(_local_lifetime_config()):
-                cluster = LocalCUDACluster(threads_per_worker=int(threads_per_worker), silence_logs=logging.ERROR,
+                # the CPU work beside each GPU (read, CRC, flags, write) gets the machine's cores (issue 15)
+                gpu_threads = max(1, (os.cpu_count() or 1) // max(1, torch.cuda.device_count()))
+                cluster = LocalCUDACluster(threads_per_worker=max(int(threads_per_worker), gpu_threads),
+                                           silence_logs=logging.ERROR,
                                            dashboard_address=":0" if dashboard else None)
         except ClusterError:
             raise

@@ -173,6 +173,19 @@ def shell_path(value: str) -> str:
     return shlex.quote(os.path.abspath(os.path.expanduser(v)))
 
 
+#: a GPU worker job's cores and memory per GPU when --slurm-cores / --slurm-memory are not given (the pipeline's
+#: read, CRC, write and flags run on the CPU beside each GPU: 8 threads per GPU worker)
+GPU_JOB_CORES_PER_GPU = 8
+GPU_JOB_MEMORY_GIB_PER_GPU = 32
+
+
+def slurm_device(options: dict[str, Any] | None = None) -> str:
+    """The device the model runs on for ``--cluster slurm`` with these options: ``"cuda"`` when the jobs get
+    GPUs (``--slurm-gpus-per-job`` or the site's ``gpus-per-job`` > 0), else ``"cpu"``."""
+    o = resolve_options(dict(options or {}))
+    return "cuda" if int(o["gpus_per_job"] or 0) > 0 else "cpu"
+
+
 def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dict[str, Any]]:
     """Translate survey-infer Slurm options into ``dask_jobqueue.SLURMCluster`` keyword arguments.
 
@@ -209,6 +222,15 @@ def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dic
     if cores < processes:
         raise SlurmError(f"--slurm-cores ({cores}) must be at least the number of processes per job ({processes})")
     gpus = int(o["gpus_per_job"] or 0)
+    if gpus > 0:  # the CPU work that feeds a GPU needs cores and memory: per GPU, unless given (issue 15)
+        if explicit_cores is None:
+            cores = max(cores, GPU_JOB_CORES_PER_GPU * gpus)
+        if options.get("memory") is None:
+            from dask.utils import parse_bytes
+
+            per_gpu = GPU_JOB_MEMORY_GIB_PER_GPU * gpus
+            if parse_bytes(str(o["memory"])) < per_gpu * 2 ** 30:
+                o["memory"] = f"{per_gpu}GiB"
 
     kw: dict[str, Any] = {
         k: v

@@ -147,3 +147,39 @@ def test_hot_path_on_gpu_is_close_to_cpu_and_repeatable(tmp_path):
         assert np.array_equal(a[k], b[k], equal_nan=True), k
         np.testing.assert_allclose(a[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
     assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+
+
+def test_slurm_gpu_jobs_get_cores_memory_and_run_the_model_on_the_gpu():
+    """Issue 15 point 4: a GPU job gets 8 cores (threads) and 32 GiB per GPU unless given, and the device is cuda."""
+    pytest.importorskip("dask_jobqueue")
+    from survey_infer import slurm as si_slurm
+
+    lines = si_slurm.describe_job_script(1, gpus_per_job=2).splitlines()
+    assert "#SBATCH --gres=gpu:2" in lines and "#SBATCH --cpus-per-task=16" in lines
+    assert "#SBATCH --mem=64G" in lines
+    assert "dask cuda worker" in lines[-1] and "--nthreads 16" in lines[-1] and "--memory-limit 64.00GiB" in lines[-1]
+    # explicit cores / memory win
+    lines = si_slurm.describe_job_script(1, gpus_per_job=1, cores=4, memory="8GiB").splitlines()
+    assert "#SBATCH --cpus-per-task=4" in lines and "#SBATCH --mem=8G" in lines
+    # CPU jobs keep their defaults
+    lines = si_slurm.describe_job_script(1).splitlines()
+    assert "#SBATCH --cpus-per-task=1" in lines and "#SBATCH --mem=4G" in lines and "cuda" not in lines[-1]
+    assert si_slurm.slurm_device({"gpus_per_job": 1}) == "cuda"
+    assert si_slurm.slurm_device({}) == "cpu" and si_slurm.slurm_device({"gpus_per_job": 0}) == "cpu"
+
+
+def test_one_allocation_gpu_job_runs_the_model_on_the_gpu(monkeypatch, tmp_path):
+    """deploy/survey-infer-run.sbatch with SURVEY_INFER_WORKER=gpu: the client (a scheduler-file cluster, device
+    "cpu" by default) gets SURVEY_INFER_DEVICE=cuda before it starts."""
+    from survey_infer.cluster import cluster_device
+
+    text = (REPO / "deploy" / "survey-infer-run.sbatch").read_text()
+    branch = text.split('if [ "${SURVEY_INFER_WORKER:-cpu}" = gpu ]; then', 1)[1].split("\nelse", 1)[0]
+    script = tmp_path / "branch.sh"
+    script.write_text(f'PYTHON=python3\nSURVEY_INFER_WORKER=gpu\nif true; then{branch}\nfi\necho "$SURVEY_INFER_DEVICE"\n')
+    env = {k: v for k, v in os.environ.items() if k != "SURVEY_INFER_DEVICE"}
+    assert subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env).stdout.strip() == "cuda"
+    monkeypatch.delenv("SURVEY_INFER_DEVICE", raising=False)
+    assert cluster_device(str(tmp_path / "scheduler.json")) == "cpu"
+    monkeypatch.setenv("SURVEY_INFER_DEVICE", "cuda")
+    assert cluster_device(str(tmp_path / "scheduler.json")) == "cuda"

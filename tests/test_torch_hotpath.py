@@ -250,3 +250,29 @@ def test_device_path_switch_and_pipeline_micro_batch(monkeypatch):
     assert pipeline_micro_batch("cpu") == 32 and pipeline_micro_batch("cuda:0") == 64
     monkeypatch.setenv("SURVEY_INFER_HOTPATH", "1")
     assert use_device_path("cpu")
+
+
+def test_infer_block_device_path_forced_on_cpu_is_close_and_default_unchanged(model, monkeypatch):
+    """The GPU branch of ``infer_block`` (torch preprocessing + device window), forced on the CPU: the catalog
+    columns stay within float32-level tolerance of the numpy path; without the switch the CPU path is the numpy
+    one (bit for bit what ``run_network`` gives)."""
+    from survey_infer.model.inference import infer_block
+
+    rng = np.random.default_rng(12)
+    W = INST.n_wave
+    flux = (2.0 + np.sin(INST.wave / 900.0)[None, :] + rng.normal(0, 0.5, (40, W))).astype(np.float32)
+    flux[:, np.abs(INST.wave - 6564.61 * 1.9) < 4] += 25.0
+    ivar = np.full((40, W), 4.0, np.float32)
+    ivar[5] = 0.0  # NODATA row
+    oid = np.arange(300, 340, dtype=np.int64)
+    monkeypatch.delenv("SURVEY_INFER_HOTPATH", raising=False)
+    ref = infer_block(model, flux, ivar, oid, 7, mc_samples=4, seed=2)
+    monkeypatch.setenv("SURVEY_INFER_HOTPATH", "1")
+    got = infer_block(model, flux, ivar, oid, 7, mc_samples=4, seed=2)
+    assert sorted(ref) == sorted(got)
+    for k in ref:
+        assert ref[k].dtype == got[k].dtype, k
+        if ref[k].dtype.kind == "f":
+            assert np.array_equal(np.isnan(ref[k]), np.isnan(got[k])), k
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-3, atol=1e-4, equal_nan=True, err_msg=k)
+    assert np.array_equal(ref["zwarn"][5], got["zwarn"][5])

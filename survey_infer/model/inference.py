@@ -148,18 +148,31 @@ def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.
     n = len(flux)
     th = model.calibration.get("thresholds", {})
     cols: dict[str, list] = {}
-    for s0 in range(0, n, PREPROCESS_ROWS):
-        s1 = min(n, s0 + PREPROCESS_ROWS)
+    from .hotpath import use_device_path, window_rows
+
+    on_device = use_device_path(device, cache)  # GPU: preprocessing, masks, network, statistics on the device
+    step = window_rows(device, PREPROCESS_ROWS) if on_device else PREPROCESS_ROWS
+    for s0 in range(0, n, step):
+        s1 = min(n, s0 + step)
         t0 = time.perf_counter()
         f, iv = np.asarray(flux[s0:s1]), np.asarray(ivar[s0:s1])
         bad_in = ~np.isfinite(f) | ~np.isfinite(iv) | (iv < 0)
         if mask is not None:  # the store zeroes invalid input at ingest and marks it in the mask (bit value 2)
             bad_in |= (np.asarray(mask[s0:s1]) & MASK_INVALID_INPUT) != 0
         bad_in = bad_in.mean(axis=1)
-        pp = preprocess(f, iv, model.instrument, model.sky_mask, None if mask is None else np.asarray(mask[s0:s1]))
-        t1 = time.perf_counter()
-        res = run_network(model, pp.x, pp.scalars, np.asarray(object_id[s0:s1]),
-                          row_start + np.arange(s0, s1), mc_samples, seed, device, cache=cache)
+        if on_device:
+            from .hotpath import preprocess_device, run_network_device
+
+            pp = preprocess_device(f, iv, model, None if mask is None else np.asarray(mask[s0:s1]), device)
+            t1 = time.perf_counter()
+            res = run_network_device(model, pp.x, pp.scalars, np.asarray(object_id[s0:s1]),
+                                     row_start + np.arange(s0, s1), mc_samples, seed, device)
+        else:
+            pp = preprocess(f, iv, model.instrument, model.sky_mask,
+                            None if mask is None else np.asarray(mask[s0:s1]))
+            t1 = time.perf_counter()
+            res = run_network(model, pp.x, pp.scalars, np.asarray(object_id[s0:s1]),
+                              row_start + np.arange(s0, s1), mc_samples, seed, device, cache=cache)
         t2 = time.perf_counter()
         nodata = pp.n_good == 0
         pz = res.pop("pz")

@@ -91,7 +91,15 @@ class ModelPlugin(WorkerPlugin):
             raise RuntimeError(f"worker {getattr(worker, 'address', '?')} runs different software than the driver: "
                                + ", ".join(f"{k} driver={a} worker={b}" for k, (a, b) in diff.items()))
         _set_threads(self.torch_threads)
+        if str(self.device).startswith("cuda"):  # IEEE fp32, deterministic kernels before cuBLAS starts (issue 15)
+            from ..model.device import configure_numerics
+
+            configure_numerics(self.device)
         model = load_model(self.model_dir, expected_sha256=self.sha256, device=self.device)
+        if str(self.device).startswith("cuda"):
+            from ..model.device import warm_up
+
+            warm_up(model, self.device)
         if worker is not None:
             worker._survey_infer_model = model
         _LOCAL_MODELS[self.sha256] = model
