@@ -112,7 +112,18 @@ def numerics_fingerprint(model, mc_samples: int, seed: int, keep_pz: bool, pz_dt
         "torch": torch.__version__.split("+")[0],
         "device_class": device,
         "micro_batch": MICRO_BATCH,
+        **_gpu_numerics(device),
     }
+
+
+def _gpu_numerics(device: str) -> dict:
+    """On a GPU, the micro-batch size really used and the fp32 precision (issue 15); nothing on the CPU, whose
+    fingerprint keeps its keys (existing CPU catalogs resume)."""
+    if not str(device).startswith("cuda"):
+        return {}
+    from ..model.hotpath import pipeline_micro_batch
+
+    return {"micro_batch": pipeline_micro_batch(device), "fp32_precision": "ieee"}
 
 
 def _selection_rows(cat_path: Path, n: int, block_objects: int, chunks: str | None, objects: str | None,
@@ -415,6 +426,10 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         raise RunError(f"input store {input_store} is on grid '{attrs.get('instrument')}' ({g_in['wave'].shape[0]} "
                        f"channels, hash {attrs.get('grid_hash')}) but model {mdl.path} expects '{mdl.instrument.name}' "
                        f"({mdl.instrument.n_wave} channels, hash {mdl.instrument.grid_hash}); refusing before any work")
+    if device is None and cluster == "slurm":  # GPU jobs run the model on their GPU (issue 15)
+        from ..slurm import slurm_device
+
+        device = slurm_device(slurm_options)
     device = device or cluster_device(cluster)
     if objects:
         op = Path(objects)
@@ -454,6 +469,11 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         if not (cat_path / "zarr.json").exists():
             fp = numerics_fingerprint(mdl, mc_samples, seed, keep_pz, pz_dtype, device)
             bo = int(block_objects or default_block_objects(n, workers))
+            if not block_objects and str(device).startswith("cuda"):  # blocks of whole GPU micro-batches (issue 15)
+                from ..model.device import aligned
+                from ..model.hotpath import pipeline_micro_batch
+
+                bo = aligned(bo, pipeline_micro_batch(device))
             _create_in_place(cat_path, n_objects=n, z_centres=mdl.zgrid.centres, block_objects=bo,
                              passthrough=passthrough_columns(g_in), keep_pz=keep_pz, pz_dtype=pz_dtype, attrs={
                                  "title": "survey-infer catalog", "software_version": __version__,
