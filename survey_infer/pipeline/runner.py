@@ -820,7 +820,11 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
             n_workers = int(client.scheduler_info(n_workers=1).get("n_workers", 0)) or workers
         except Exception:  # noqa: BLE001 - judged by the health check below
             n_workers = workers
-        limit = max_in_flight or max(2, 2 * max(1, n_workers))
+        try:  # two tasks in flight per worker thread (a GPU worker runs several threads; issue 15)
+            n_threads = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        except Exception:  # noqa: BLE001
+            n_threads = n_workers
+        limit = max_in_flight or max(2, 2 * max(1, n_workers), 2 * n_threads)
         futs = as_completed()
 
         def submit_next():
