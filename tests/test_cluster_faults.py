@@ -67,10 +67,20 @@ class Cluster:
         log = self.folder / f"{name}.log"
         p = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(self.file),
                               "--nthreads", "1", "--no-nanny", "--memory-limit", "2GiB"],
-                             stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV)
+                             stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
         self.procs.append(p)
         wait_for(lambda: "Registered to" in log.read_text(), 90, "a worker to register")
         return p
+
+    @staticmethod
+    def kill_worker(p: subprocess.Popen) -> None:
+        """SIGKILL a worker with the helper processes it started (its process group: none may keep its
+        connection to the scheduler open), as the OOM killer or a node failure would."""
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(timeout=30)
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -211,7 +221,7 @@ def test_worker_gone_mid_run_is_recorded_and_the_driver_stops(small_survey, tiny
         p = start_run(args(small_survey, cat, tiny_model, "--cluster", cl.file, "--max-in-flight", 1,
                            "--cluster-grace", 4), tmp_path / "run.log")
         wait_for(lambda: n_markers(cat) >= 1 or p.poll() is not None, 180, "a done block")
-        w.kill()
+        cl.kill_worker(w)
         rc = finish(p, 90)
     finally:
         cl.stop()
