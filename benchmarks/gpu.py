@@ -275,8 +275,8 @@ def main(argv=None) -> int:
 #: seconds for the whole check (the device command limit is 10 min; the issue asks for 8)
 CHECK_BUDGET_S = 460.0
 #: stage name → time box (s) on a GPU; the dry run uses the same boxes (it finishes far inside them)
-STAGES: dict[str, float] = {"env": 25, "pytest": 75, "store": 100, "decode": 30, "preprocess": 30, "network": 60,
-                            "end_to_end": 140}
+STAGES: dict[str, float] = {"env": 25, "pytest": 100, "store": 90, "decode": 30, "preprocess": 30, "network": 60,
+                            "end_to_end": 120}
 
 
 def _write_json(path, obj) -> None:
@@ -316,7 +316,7 @@ def _check_args(argv):
     p.add_argument("--n-base", type=int, default=None, help="spectra simulated, then tiled to --n (8,192 on cuda)")
     p.add_argument("--T", type=int, default=50, help="MC samples (50)")
     p.add_argument("--procs", type=int, default=None, help="CPU processes for the ceilings (16 on cuda, else 1)")
-    p.add_argument("--sustain-s", type=float, default=None, help="seconds of repeated end-to-end runs (90 on cuda)")
+    p.add_argument("--sustain-s", type=float, default=None, help="seconds of repeated end-to-end runs (80 on cuda)")
     p.add_argument("--budget-s", type=float, default=CHECK_BUDGET_S, help="the whole check's time box")
     p.add_argument("--box", action="append", default=[], metavar="STAGE=SECONDS",
                    help="override one stage's time box (repeatable)")
@@ -330,7 +330,7 @@ def _check_args(argv):
     a.n = a.n or (65_536 if gpu else 64)
     a.n_base = min(a.n, a.n_base or (8192 if gpu else 64))
     a.procs = a.procs or (16 if gpu else 1)
-    a.sustain_s = 90.0 if a.sustain_s is None and gpu else (a.sustain_s or 0.0)
+    a.sustain_s = 80.0 if a.sustain_s is None and gpu else (a.sustain_s or 0.0)
     a.boxes = dict(STAGES)
     for spec in a.box:
         name, _, sec = spec.partition("=")
@@ -488,12 +488,12 @@ def _stage_env(a, save) -> None:
 
 
 def _stage_pytest(a, save) -> None:
-    """``pytest -m gpu`` on the GPU tests (and the CPU hot-path tests, which also check the masks on the GPU)."""
+    """``pytest -m gpu``: every GPU-marked test of the suite (``tests/test_gpu.py``)."""
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "gpu or not slow", "-p", "no:cacheprovider",
-                        "tests/test_gpu.py", "tests/test_torch_hotpath.py"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"],
+                       capture_output=True, text=True)
     tail = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
     save(returncode=p.returncode, summary=tail, output_tail=p.stdout[-3000:])
     if p.returncode != 0:
@@ -656,7 +656,7 @@ def _stage_network(a, save) -> None:
     model = load_model(_model_dir(a), device=dev)
     B = micro_batch_size(dev)
     save(micro_batch=B, warm_up_s=warm_up(model, dev, B, 2))
-    n = min(a.n, 8192 if gpu else 32)
+    n = min(a.n, 4096 if gpu else 32)
     x, sc, oid = load_preprocessed(_store_path(a), n, model)
     rows = np.arange(n)
 
@@ -697,7 +697,7 @@ def _stage_network(a, save) -> None:
             hd = step()
             sync()
             reps, t0 = 0, time.perf_counter()
-            while reps < 3 or (time.perf_counter() - t0 < (5.0 if gpu else 0.2) and reps < 200):
+            while reps < 3 or (time.perf_counter() - t0 < (3.0 if gpu else 0.2) and reps < 200):
                 step()
                 reps += 1
             sync()
