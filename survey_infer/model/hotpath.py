@@ -22,7 +22,7 @@ import torch
 
 from .checkpoint import Model
 from .device import device_class, micro_batch_size
-from .inference import STREAMS
+from .inference import STREAMS, window_stats
 from .torch_masks import make_masks
 
 __all__ = ["run_network_device", "preprocess_device", "window_rows", "use_device_path", "pipeline_micro_batch",
@@ -40,36 +40,6 @@ def _to_device(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tens
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t
-
-
-def _window_stats(model: Model, hd: dict, mc_samples: int, B: int, zc: torch.Tensor) -> dict[str, torch.Tensor]:
-    """MC statistics of one micro-batch (the operations of ``inference.run_network``, in the same order)."""
-    Z = model.zgrid.n
-    cal = model.calibration
-    temp = float(cal.get("temperature", 1.0))
-    tn = cal.get("target_norm", {"logmstar": [10.0, 1.0], "logsfr": [1.0, 1.0]})
-    logits = torch.cat([hd["logits_z"], hd["logit_out"][..., None]], dim=-1) / temp  # (B, T, Z+1)
-    prob = torch.softmax(logits.double(), dim=-1)
-    pbar = prob.mean(dim=1)
-    p_out = pbar[:, Z]
-    pz = pbar[:, :Z] / pbar[:, :Z].sum(dim=1, keepdim=True)
-    pz_t = torch.softmax(hd["logits_z"].double() / temp, dim=-1)
-    zmean_t = (pz_t * zc.double()).sum(-1)  # (B, T)
-    res = {"pz": pz, "p_outside": p_out,
-           "z_mc_std": zmean_t.std(dim=1, unbiased=False) if mc_samples > 1
-           else torch.zeros(B, dtype=torch.float64, device=pz.device)}
-    for name in ("mstar", "sfr"):
-        key = "logmstar" if name == "mstar" else "logsfr"
-        mu0, sd0 = tn[key]
-        mu = hd[name][..., 0].double() * sd0 + mu0
-        var = torch.exp(hd[name][..., 1].double()) * sd0 ** 2
-        mean = mu.mean(dim=1)
-        var_mc = mu.var(dim=1, unbiased=False) if mc_samples > 1 else torch.zeros_like(mean)
-        scale = float(cal.get("err_scale", {}).get(key, 1.0))
-        res[key] = mean
-        res[key + "_err"] = torch.sqrt(var.mean(dim=1) + var_mc) * scale
-        res[key + "_err_mc"] = torch.minimum(torch.sqrt(var_mc), res[key + "_err"])
-    return res
 
 
 @torch.inference_mode()
@@ -125,7 +95,7 @@ def run_network_device(model: Model, x: np.ndarray, scalars: np.ndarray, object_
         masks = make_masks(units, STREAMS, cfg.p_drop, ob, valid, mc_samples, seed)
         tr = model.net.trunk(xb, sb)
         hd = model.net.head(tr["a"], tr["ctx"], masks, tr.get("zadd"))
-        res = _window_stats(model, hd, mc_samples, B, zc)
+        res = window_stats(model, hd, mc_samples, B, zc)
         pz_out[sel] = res["pz"][slots]
         stats[sel] = torch.stack([res[k] for k in STAT_KEYS], dim=1)[slots]
     if keep_on_device:
