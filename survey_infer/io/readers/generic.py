@@ -92,7 +92,15 @@ def _is_air(*dicts) -> bool:
     return False
 
 
-def _meta_value(key: str, *sources):
+def _meta_lookup(key: str, *sources) -> tuple[str | None, object]:
+    """The first usable value of metadata ``key`` in ``sources`` (dicts, headers, rows; None skipped).
+
+    Returns
+    -------
+    (name, value)
+        ``name`` is the column / keyword / attribute as written, ``value`` a str or number; a masked cell (FITS
+        TNULLn / HDF5 _FillValue) gives ``(name, None)`` (unknown); nothing usable gives ``(None, None)``.
+    """
     for src in sources:
         if src is None:
             continue
@@ -101,25 +109,18 @@ def _meta_value(key: str, *sources):
                 if kk in src:
                     v = src[kk]
                     if v is np.ma.masked or isinstance(v, np.ma.core.MaskedConstant):
-                        return None  # a masked cell (FITS TNULLn / HDF5 _FillValue): unknown
+                        return kk, None
                     if isinstance(v, (bytes, np.bytes_, np.str_)) or (isinstance(v, np.ndarray) and v.dtype.kind in "SU"):
                         v = attr_str(v)
                     if v is None or (isinstance(v, str) and not v.strip()):
                         continue
-                    return v
-    return None
+                    return kk, v
+    return None, None
 
 
-def _meta_key(key: str, *sources) -> str | None:
-    """The name (column / keyword / attribute, as written) that :func:`_meta_value` takes ``key`` from."""
-    for src in sources:
-        if src is None:
-            continue
-        for k in META_KEYS[key]:
-            for kk in (k, k.lower()):
-                if kk in src:
-                    return kk
-    return None
+def _meta_value(key: str, *sources):
+    """The value of :func:`_meta_lookup` (None when unknown)."""
+    return _meta_lookup(key, *sources)[1]
 
 
 def _to_float(v) -> float:
@@ -295,8 +296,8 @@ class GenericTableReader(SpectrumReader):
             name = _meta_value("name", m, hdr_meta)
             default_name = path.stem + (f":{tag}" if tag else "") + (f":{k}" if nspec > 1 else "")
             name = str(name).strip() if name is not None else default_name
-            tid = as_int_id(_meta_value("target_id", m, hdr_meta), path,
-                            f"{where}target id {_meta_key('target_id', m, hdr_meta)}")
+            tid_name, tid_value = _meta_lookup("target_id", m, hdr_meta)
+            tid = as_int_id(tid_value, path, f"{where}target id {tid_name}")
             out.append(Spectrum(
                 arms=arms,
                 source_files=(str(path),),
