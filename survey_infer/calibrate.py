@@ -18,15 +18,12 @@ from .io.survey_store import SurveyStoreError, open_survey
 from .model.checkpoint import load_model, update_meta
 from .model.inference import infer_block
 from .screening import calibrate_thresholds
+from .errors import CalibrationError  # noqa: F401  (defined in survey_infer.errors)
 
 log = logging.getLogger(__name__)
 
 MIN_GALAXIES = 50  # fewer in-range validation galaxies than this cannot fit anything: refused
 FEW_GALAXIES = 2000  # below this the threshold's sampling error is large: warned
-
-
-class CalibrationError(ValueError):
-    """Settings or a validation set that cannot give a calibration (a user error: one line, exit code 2)."""
 
 
 def _check_settings(n: int, mc_samples: int, target_accuracy: float, max_set_aside: float,

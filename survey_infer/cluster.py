@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from .errors import ClusterError  # noqa: F401  (defined in survey_infer.errors)
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,6 @@ def tune_worker_environment() -> None:
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
     env.update(WORKER_ENV)
     dask.config.set({"distributed.nanny.pre-spawn-environ": env})
-
-
-class ClusterError(RuntimeError):
-    """The requested cluster cannot be started (missing package, no GPU, unreachable scheduler)."""
 
 
 #: cluster kinds that are not a scheduler address or file

@@ -96,7 +96,7 @@ def run_demo(out: str | Path = "survey-infer-demo", n: int = 3000, seed: int = 2
         s = run_catalog(store, catalog, model=model, cluster="local", workers=workers, mc_samples=mc_samples,
                         progress=progress)
     except FingerprintMismatch as exc:
-        from .cli import UserError
+        from .errors import UserError
 
         raise UserError(f"{catalog} was made by an earlier demo with other settings or another model "
                         f"({str(exc).splitlines()[1].strip()}); use --out NEW_FOLDER or delete {out}") from exc

@@ -97,14 +97,14 @@ def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None, truth
         src = open_survey(truth)
         if src.sizes["object"] != cat.sizes["object"] or not np.array_equal(src["object_id"].values,
                                                                              cat["object_id"].values):
-            from .cli import UserError
+            from .errors import UserError
 
             raise UserError(f"evaluate --truth {truth}: its objects are not the catalog's rows (object_id differs)")
         extra = {c: ("object", src[c].values, dict(src[c].attrs)) for c in TRUTH_EXTRA if c in src and c not in cat}
         cat = cat.assign(**extra)
     need = [c for c in ("z_true",) if c not in cat]
     if need:
-        from .cli import UserError
+        from .errors import UserError
 
         raise UserError(f"catalog {catalog} has no truth column(s) {', '.join(need)}: evaluate needs a simulated "
                         f"input")

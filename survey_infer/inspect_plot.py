@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import flags
-from .cli import UserError
+from .errors import UserError
 from .lines import lines_in_range
 
 __all__ = ["inspect_object", "register", "find_row"]

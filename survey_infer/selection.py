@@ -26,6 +26,7 @@ import operator
 from collections.abc import Callable, Mapping
 
 import numpy as np
+from .errors import SelectionError  # noqa: F401  (defined in survey_infer.errors)
 
 __all__ = ["SelectionError", "FUNCTIONS", "parse", "column_names", "select", "select_rows"]
 
@@ -46,10 +47,6 @@ _BINARY = {ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: opera
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 _SYMBOL = {ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^", ast.Add: "+", ast.Sub: "-", ast.Mult: "*",
            ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**"}
-
-
-class SelectionError(ValueError):
-    """The expression is not valid in the selection language, or cannot be evaluated on the columns."""
 
 
 def _where(node: ast.AST) -> str:

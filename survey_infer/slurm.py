@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import dask.config
 import yaml
 
+from .errors import SlurmError  # noqa: F401  (defined in survey_infer.errors)
+
 if TYPE_CHECKING:  # pragma: no cover
     from dask_jobqueue import SLURMCluster
 
@@ -76,21 +78,6 @@ def _load_defaults() -> None:
 
 
 _load_defaults()
-
-
-def _user_error_base() -> type[Exception]:
-    try:
-        from .cli import UserError
-    except ImportError:  # pragma: no cover - cli is part of the package
-        return RuntimeError
-    return UserError
-
-
-class SlurmError(_user_error_base()):  # type: ignore[misc]
-    """A Slurm deployment problem the user can fix (missing dask-jobqueue, no sbatch, rejected job script).
-
-    A subclass of ``survey_infer.cli.UserError``: the command line prints it as one line and exits with 2.
-    """
 
 
 # --------------------------------------------------------------------------------------------- helpers

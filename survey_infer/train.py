@@ -147,7 +147,7 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
     vds = open_survey(val_store)
     for need in ("z_true", "logmstar_true", "logsfr_true", "kind"):
         if need not in ds:
-            from .cli import UserError
+            from .errors import UserError
 
             raise UserError(f"training store {train_store} has no truth column {need!r} (simulate it with survey-infer simulate)")
     sky = ds["sky_mask"].values.astype(np.uint8) if "sky_mask" in ds else np.zeros(inst.n_wave, np.uint8)
@@ -179,7 +179,7 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
                  state["step"], state["seconds"])
     if finalize:
         if not (out / STATE_DIR / "state.json").exists():
-            from .cli import UserError
+            from .errors import UserError
 
             raise UserError(f"--finalize: no training state in {out / STATE_DIR}")
         log.info("finalizing from the last checkpoint (epoch %d, step %d) without further training",
@@ -550,7 +550,7 @@ def register(subparsers) -> None:
 
 
 def _main(args) -> int:
-    from .cli import UserError
+    from .errors import UserError
 
     if args.online_steps and args.finalize:  # no further training: export the last checkpoint and calibrate
         if not (Path(args.out) / STATE_DIR / "state.json").exists():

@@ -21,13 +21,10 @@ import numpy as np
 import zarr
 
 from .catalog_schema import PASSTHROUGH, PER_OBJECT, PZ_DESCRIPTION, fill_value
+from ..errors import CatalogError  # noqa: F401  (defined in survey_infer.errors)
 
 __all__ = ["create_catalog", "write_block", "read_block", "block_bounds", "output_hash", "CatalogError",
            "open_catalog"]
-
-
-class CatalogError(RuntimeError):
-    """A catalog cannot be created, written or read as asked."""
 
 
 def block_bounds(n_objects: int, block_objects: int) -> list[tuple[int, int]]:

@@ -57,7 +57,7 @@ import numpy as np
 
 from .. import __version__
 from .. import flags
-from ..cli import UserError
+from ..errors import UserError
 from ..provenance import dependency_versions, provenance
 from .catalog_schema import PASSTHROUGH, PER_OBJECT, PZ_DESCRIPTION, PZ_NAME, ZGRID_NAME
 

@@ -60,6 +60,7 @@ from .readers.base import as_int_id, probe_file
 from .resample import DEFAULT_MIN_COVERAGE, resample_arms
 from .survey_store import (COLUMN_ATTRS, DEFAULT_CHUNK_OBJECTS, ROW_COLUMN_DTYPES, SurveyStoreError, append_survey,
                            create_survey, store_instrument, validate_survey)
+from ..errors import IngestError  # noqa: F401  (defined in survey_infer.errors)
 
 log = logging.getLogger("survey_infer.io.ingest")
 
@@ -75,10 +76,6 @@ BASE_COLUMNS = {"target_id": "int64", "ra": "float64", "dec": "float64", "z_cata
 EXTRA_COLUMNS = ("z_true", "mag_h", "logmstar_true", "logsfr_true")
 FILE_FIELDS = {"path": str, "size": "int64", "mtime_ns": "int64", "sha256": str, "reader": str,
                "row_start": "int64", "n_rows": "int64", "session": "int32"}
-
-
-class IngestError(RuntimeError):
-    """Ingest failed; the message names the file (or store) and the reason. Nothing was committed."""
 
 
 @dataclass
@@ -871,7 +868,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _cli_main(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
 
     if args.append and args.overwrite:
         raise UserError("--append and --overwrite exclude each other")

@@ -39,6 +39,7 @@ from zarr.codecs import BloscCodec
 
 from ..instrument import Instrument, load_instrument
 from ..provenance import provenance
+from ..errors import SurveyStoreError  # noqa: F401  (defined in survey_infer.errors)
 
 __all__ = [
     "SurveyStoreError",
@@ -89,10 +90,6 @@ COLUMN_ATTRS: dict[str, dict] = {
     "kind": {"description": "0 galaxy in range, 1 star, 2 galaxy below range, 3 galaxy above range"},
     "z_catalog": {"description": "catalog redshift carried from the source files (ingest)"},
 }
-
-
-class SurveyStoreError(ValueError):
-    """A survey store is missing, malformed or inconsistent; the message names the store and the problem."""
 
 
 def spectrum_codec() -> list:

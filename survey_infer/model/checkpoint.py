@@ -29,10 +29,6 @@ NUMERIC_KEYS = ("format", "architecture", "z_grid", "grid_hash", "sky_mask_hash"
                 "calibration")
 
 
-class CheckpointError(ValueError):
-    """A model directory is missing, incomplete or fails its hash check."""
-
-
 @dataclass
 class Model:
     """A loaded model: network (eval mode), its metadata and the sky mask it was trained with."""
@@ -52,6 +48,7 @@ class Model:
 
 
 from ..provenance import file_sha256 as _sha_file
+from ..errors import CheckpointError  # noqa: F401  (defined in survey_infer.errors)
 
 
 def model_sha256(model_dir: str | Path) -> str:

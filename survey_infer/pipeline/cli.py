@@ -131,7 +131,7 @@ def install_one_line_dask_logs() -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from ..cluster import ClusterError
     from ..model.checkpoint import CheckpointError
     from .resume import FingerprintMismatch, LockHeldError

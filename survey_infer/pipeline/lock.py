@@ -39,6 +39,7 @@ import uuid
 from pathlib import Path
 
 from .faults import fault_point, storage_message
+from ..errors import LockHeldError, StaleEpochError  # noqa: F401  (defined in survey_infer.errors)
 
 LOCK = "_lock.json"
 LOCK_DIR = "_lock"
@@ -46,14 +47,6 @@ LOCK_DIR = "_lock"
 CLOCK_SKEW_S = 30.0
 #: tickets of older epochs kept after an acquisition (for the record; the highest one decides)
 KEEP_TICKETS = 4
-
-
-class LockHeldError(RuntimeError):
-    """Another live run holds the catalog's lock (or the lock cannot be written); the message says what to do."""
-
-
-class StaleEpochError(RuntimeError):
-    """A task of an older run (or of another owner) tried to write after a newer run took the catalog over."""
 
 
 # ---- small file helpers (self-contained: resume.py imports this module) -------------------------------------

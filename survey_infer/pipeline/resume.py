@@ -35,17 +35,10 @@ import numpy as np
 
 from .lock import (CLOCK_SKEW_S, LOCK, LOCK_DIR, LeaseLock, LockHeldError, StaleEpochError,  # noqa: F401 - re-exported
                    check_epoch, current_epoch, holder_is_dead, lock_record)
+from ..errors import FingerprintMismatch, DamagedBlockError  # noqa: F401  (defined in survey_infer.errors)
 
 MARKERS = "_markers"
 FAILURES = "_failures"
-
-
-class FingerprintMismatch(RuntimeError):
-    """The catalog was made with different numerics than this run would use."""
-
-
-class DamagedBlockError(RuntimeError):
-    """A catalog block a reprocessing job must merge into is damaged outside the job's rows."""
 
 
 def atomic_write_json(path: Path, obj: dict) -> None:

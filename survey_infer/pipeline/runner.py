@@ -32,6 +32,7 @@ from .resume import (FAILURES, LOCK, LOCK_DIR, MARKERS, FingerprintMismatch, Lea
                      fingerprint_diff, hash_parts, input_hash, input_stamp, iter_input_rows, latest_marker,
                      load_markers, marker_path, read_json, rows_hash)
 from .worker import SUB_ROWS, ModelPlugin, RunContext, process_block
+from ..errors import RunError, CatalogStorageError  # noqa: F401  (defined in survey_infer.errors)
 
 log = logging.getLogger(__name__)
 MAX_BLOCK = 32768
@@ -39,15 +40,6 @@ CHECK_THREADS = 4  # threads verifying done-markers when a run starts
 RUN_ID_IN_MEMORY = 20_000_000  # catalogs up to this many rows have their run_id column read at once on resume
 TRANSIENT_RETRIES = 3  # a block failing on a transient OSError (NFS hiccup) is retried this many times
 JOBS = "_jobs"
-
-
-class RunError(RuntimeError):
-    """The run cannot start (bad input, incompatible model or catalog); the message says why."""
-
-
-class CatalogStorageError(RunError):
-    """The catalog's file system refused a write (full, over quota, read-only): one line naming the path and what
-    to do (:func:`~survey_infer.pipeline.faults.storage_message`)."""
 
 
 @dataclass

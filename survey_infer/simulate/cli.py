@@ -30,7 +30,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from .simulator import SimConfig
     from .survey import simulate_survey
 

@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from ...errors import ReaderError  # noqa: F401  (defined in survey_infer.errors)
 
 log = logging.getLogger("survey_infer.io.readers")
 
@@ -72,19 +73,6 @@ def _flux_unit():
     import astropy.units as u
 
     return u.Unit(1e-17 * u.erg / u.s / u.cm**2 / u.AA)
-
-
-class ReaderError(ValueError):
-    """A file cannot be read as a spectrum; ``str(err)`` names the file and the reason."""
-
-    def __init__(self, path: str | os.PathLike | Sequence, reason: str):
-        if isinstance(path, (list, tuple)):
-            name = ", ".join(str(p) for p in path)
-        else:
-            name = str(path)
-        self.path = name
-        self.reason = reason
-        super().__init__(f"{name}: {reason}")
 
 
 @dataclass

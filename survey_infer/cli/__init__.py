@@ -1,5 +1,10 @@
-"""``survey-infer`` command line. Each subcommand lives in the module that does the work and exposes
-``register(subparsers)``; this file only wires them together (imports are lazy so ``--help`` is fast)."""
+"""``survey-infer`` command line.
+
+Each subcommand has its own module in this package, ``survey_infer.cli.<command>``, with ``register(subparsers)``
+(its options) and the function that turns parsed options into a library call; the library modules themselves
+know nothing of argparse. This file only wires them together (imports are lazy so ``--help`` is fast) and maps
+every :class:`survey_infer.errors.UserError` to one line on stderr and exit status 2.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,25 +12,12 @@ import importlib
 import logging
 import sys
 
-from . import __version__
+from .. import __version__
+from ..errors import UserError
 
 # subcommand -> module providing register(subparsers)
-COMMANDS: dict[str, str] = {
-    "simulate": "survey_infer.simulate.cli",
-    "ingest": "survey_infer.io.ingest",
-    "train": "survey_infer.train",
-    "calibrate": "survey_infer.calibrate",
-    "run": "survey_infer.pipeline.cli",
-    "status": "survey_infer.pipeline.status",
-    "evaluate": "survey_infer.evaluate",
-    "export": "survey_infer.io.export",
-    "inspect": "survey_infer.inspect_plot",
-    "demo": "survey_infer.demo",
-}
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed as one clear line, exit code 2."""
+COMMANDS: dict[str, str] = {name: f"survey_infer.cli.{name}" for name in (
+    "simulate", "ingest", "train", "calibrate", "run", "status", "evaluate", "export", "inspect", "demo")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,16 +46,7 @@ def _unavailable(exc: Exception) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that are the user's to fix: printed as one line with exit code 2, never a traceback."""
-    from .calibrate import CalibrationError
-    from .cluster import ClusterError
-    from .io.catalog_store import CatalogError
-    from .io.survey_store import SurveyStoreError
-    from .model.checkpoint import CheckpointError
-    from .pipeline.resume import FingerprintMismatch, LockHeldError
-    from .pipeline.runner import RunError
-
-    return (UserError, CalibrationError, SurveyStoreError, CatalogError, CheckpointError, ClusterError, RunError,
-            FingerprintMismatch, LockHeldError, FileNotFoundError, FileExistsError)
+    return (UserError, FileNotFoundError, FileExistsError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,9 +87,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"survey-infer {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover - use `python -m survey_infer` (one UserError class)
-    from survey_infer.cli import main as _main
-
-    sys.exit(_main())
