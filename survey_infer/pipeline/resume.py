@@ -26,8 +26,6 @@ Lease lock
 from __future__ import annotations
 
 import json
-import os
-import uuid
 import zlib
 from pathlib import Path
 
@@ -35,36 +33,11 @@ import numpy as np
 
 from .lock import (CLOCK_SKEW_S, LOCK, LOCK_DIR, LeaseLock, LockHeldError, StaleEpochError,  # noqa: F401 - re-exported
                    check_epoch, current_epoch, holder_is_dead, lock_record)
+from ..atomic import atomic_write_json  # noqa: F401  (used by the runner and the worker)
 from ..errors import FingerprintMismatch, DamagedBlockError  # noqa: F401  (defined in survey_infer.errors)
 
 MARKERS = "_markers"
 FAILURES = "_failures"
-
-
-def atomic_write_json(path: Path, obj: dict) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, sort_keys=True, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def read_json(path: Path) -> dict | None:
