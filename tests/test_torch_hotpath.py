@@ -276,3 +276,37 @@ def test_infer_block_device_path_forced_on_cpu_is_close_and_default_unchanged(mo
             assert np.array_equal(np.isnan(ref[k]), np.isnan(got[k])), k
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-3, atol=1e-4, equal_nan=True, err_msg=k)
     assert np.array_equal(ref["zwarn"][5], got["zwarn"][5])
+
+
+H200 = {"gpu": "NVIDIA H200", "compute_capability": "9.0", "sm_count": 132, "cuda": "12.8", "cudnn": 91002}
+
+
+def test_gpu_fingerprint_cpu_empty_and_diff_names_the_gpu(monkeypatch):
+    """The worker-side GPU fingerprint: nothing on the CPU (CPU catalogs keep their fingerprint); on a (fake)
+    GPU description every GPU key, and a resume on another GPU is refused with a diff naming both GPUs."""
+    from survey_infer.errors import ClusterError
+    from survey_infer.model.device import GPU_FINGERPRINT_KEYS, gpu_fingerprint, merge_worker_fingerprints
+    from survey_infer.pipeline.resume import fingerprint_diff
+
+    monkeypatch.delenv("SURVEY_INFER_MICRO_BATCH", raising=False)
+    assert gpu_fingerprint("cpu") == {} and gpu_fingerprint("cpu", micro_batch=64) == {}
+    assert merge_worker_fingerprints({"tcp://a:1": {}, "tcp://b:2": {}}) == {} == merge_worker_fingerprints({})
+    h200 = gpu_fingerprint("cuda", description=H200)
+    assert tuple(h200) == GPU_FINGERPRINT_KEYS
+    assert h200 == {"micro_batch": 1024, "fp32_precision": "ieee", **H200}
+    a100 = gpu_fingerprint("cuda:0", description={**H200, "gpu": "NVIDIA A100-SXM4-80GB",
+                                                  "compute_capability": "8.0", "sm_count": 108})
+    base = {"model_sha256": "x", "device_class": "cuda"}
+    diff = fingerprint_diff({**base, **h200}, {**base, **a100})
+    assert "gpu: catalog has 'NVIDIA H200', this run would use 'NVIDIA A100-SXM4-80GB'" in diff
+    assert any(d.startswith("sm_count: catalog has 132") for d in diff) and len(diff) == 3
+    assert fingerprint_diff({**base, **h200}, {**base, **gpu_fingerprint("cuda", "tf32", description=H200)}) == [
+        "fp32_precision: catalog has 'ieee', this run would use 'tf32'"]
+    # the driver merges the workers' records: equal ones give one record, a mixed cluster is refused
+    assert merge_worker_fingerprints({"tcp://a:1": h200, "tcp://b:2": dict(h200)}) == h200
+    with pytest.raises(ClusterError, match=r"^workers differ in compute_capability: tcp://a:1 has '9.0', "
+                                           r"tcp://b:2 has '8.0'"):
+        merge_worker_fingerprints({"tcp://b:2": a100, "tcp://a:1": h200})
+    if not torch.cuda.is_available():  # a CUDA run on a worker without a GPU: one clear line
+        with pytest.raises(ClusterError, match="sees no CUDA GPU on host"):
+            gpu_fingerprint("cuda")

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 __all__ = ["MICRO_BATCH_BY_DEVICE", "PRECISIONS", "micro_batch_size", "aligned", "configure_numerics",
-           "hardware_description", "fingerprint_fields", "check_resume_hardware", "warm_up", "device_class"]
+           "hardware_description", "fingerprint_fields", "check_resume_hardware", "warm_up", "device_class",
+           "GPU_FINGERPRINT_KEYS", "gpu_fingerprint", "merge_worker_fingerprints"]
 
 #: micro-batch size B per device class (CPU keeps the historical 32: CPU catalogs stay bit-identical)
 MICRO_BATCH_BY_DEVICE = {"cpu": 32, "cuda": 1024}
@@ -199,6 +200,107 @@ def check_resume_hardware(stored: dict, current: dict, what: str = "catalog") ->
         if a != b:
             raise ValueError(f"{what} was made with {k}={a}, this run has {k}={b}: its results would not be "
                              f"bit-identical; write a new catalog (or run on the same hardware and settings)")
+
+
+#: keys :func:`gpu_fingerprint` adds to a catalog's numerics fingerprint on a GPU (none on the CPU)
+GPU_FINGERPRINT_KEYS = ("micro_batch", "fp32_precision", "gpu", "compute_capability", "sm_count", "cuda", "cudnn")
+
+
+def gpu_fingerprint(device: str = "cuda", precision: str = "ieee", micro_batch: int | None = None,
+                    description: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The GPU part of a catalog's numerics fingerprint, taken in the worker process that runs the model.
+
+    Meant to be run on every worker by the driver (``client.run(gpu_fingerprint, device)``) and merged with
+    :func:`merge_worker_fingerprints`: the GPU model, its CUDA/cuDNN build, the micro-batch size B and the fp32
+    precision are those of the workers, not of the driver (which may have no GPU at all).
+
+    On ``cuda`` it first applies :func:`configure_numerics` (``precision``, deterministic; idempotent: the
+    worker's model plug-in applies the same settings) and then reads the fp32 precision back from torch, so the
+    record is what the process really computes with.
+
+    Parameters
+    ----------
+    device : str
+        The run's device (``cpu``, ``cuda``, ``cuda:N``).
+    precision : str
+        ``"ieee"`` (default) or ``"tf32"``.
+    micro_batch : int, optional
+        Explicit B (else ``SURVEY_INFER_MICRO_BATCH`` in the worker's environment, else 1,024).
+    description : dict, optional
+        A device description (:func:`hardware_description` keys) used instead of asking torch: tests, and a
+        driver that re-checks a recorded fingerprint. No numerics are set when it is given.
+
+    Returns
+    -------
+    dict
+        ``{}`` on the CPU (a CPU catalog's fingerprint keeps exactly its keys, so existing CPU catalogs resume).
+        On a GPU the :data:`GPU_FINGERPRINT_KEYS`: ``micro_batch`` (int), ``fp32_precision`` (``"ieee"`` /
+        ``"tf32"``), ``gpu`` (device name, e.g. ``"NVIDIA H200"``), ``compute_capability`` (``"9.0"``),
+        ``sm_count`` (int, streaming multiprocessors), ``cuda`` (torch's CUDA runtime, ``"12.8"``), ``cudnn``
+        (int, e.g. ``91002``).
+
+    Raises
+    ------
+    survey_infer.errors.ClusterError
+        ``device`` is CUDA but this process sees no CUDA GPU (one line naming the host).
+    ValueError
+        Unknown device type or precision, bad ``micro_batch`` (:func:`micro_batch_size`).
+    """
+    if device_class(device) == "cpu":
+        return {}
+    B = micro_batch_size(device, micro_batch)
+    if description is None:
+        if not torch.cuda.is_available():
+            import socket
+
+            from ..errors import ClusterError
+
+            raise ClusterError(f"device {device}: torch {torch.__version__} sees no CUDA GPU on host "
+                               f"{socket.gethostname()} (a --cluster cuda worker must run on a GPU node)")
+        configure_numerics(device, precision)
+        conv, mm = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+        live = conv if conv == mm else f"conv={conv},matmul={mm}"
+        description = hardware_description(device)
+    else:
+        live = precision
+    out: dict[str, Any] = {"micro_batch": B, "fp32_precision": live}
+    for k in GPU_FINGERPRINT_KEYS[2:]:
+        out[k] = description.get(k)
+    return out
+
+
+def merge_worker_fingerprints(per_worker: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One GPU fingerprint from the :func:`gpu_fingerprint` of every worker (``client.run``'s answer).
+
+    Parameters
+    ----------
+    per_worker : dict
+        Worker address → that worker's :func:`gpu_fingerprint`.
+
+    Returns
+    -------
+    dict
+        The common record (``{}`` for CPU workers or when there are no workers).
+
+    Raises
+    ------
+    survey_infer.errors.ClusterError
+        The workers differ (e.g. an H200 and an A100 in one cluster): their results would not be bit-identical
+        to each other; the line names both workers and the first differing key with both values.
+    """
+    from ..errors import ClusterError
+
+    items = sorted(per_worker.items())
+    if not items:
+        return {}
+    first_addr, first = items[0]
+    for addr, rec in items[1:]:
+        for k in sorted(set(first) | set(rec)):
+            if first.get(k) != rec.get(k):
+                raise ClusterError(f"workers differ in {k}: {first_addr} has {first.get(k)!r}, {addr} has "
+                                   f"{rec.get(k)!r}; results would not be bit-identical across them: run on one "
+                                   f"GPU model and software build (one Slurm partition / node type)")
+    return dict(first)
 
 
 @torch.inference_mode()
