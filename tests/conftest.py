@@ -87,7 +87,7 @@ def cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess
 
 def assert_catalogs_identical(a: Path, b: Path, exclude: tuple[str, ...] = ()) -> None:
     """Every data variable and coordinate equal bit for bit (attrs excluded)."""
-    from survey_infer.io.catalog_store import open_catalog
+    from survey_infer.catalog.store import open_catalog
 
     da, db = open_catalog(a), open_catalog(b)
     assert sorted(da.variables) == sorted(db.variables)

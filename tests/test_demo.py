@@ -8,7 +8,7 @@ from conftest import cli
 from survey_infer.demo import run_demo
 from survey_infer.evaluate import evaluate_catalog, format_report
 from survey_infer.flags import BAD_MASK
-from survey_infer.io.catalog_store import open_catalog
+from survey_infer.catalog.store import open_catalog
 
 N = 160
 

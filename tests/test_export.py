@@ -11,9 +11,9 @@ import xarray as xr
 
 from survey_infer import flags
 from survey_infer.cli import UserError, main as cli_main
-from survey_infer.io.catalog_schema import PASSTHROUGH, PER_OBJECT
-from survey_infer.io.catalog_store import block_bounds, create_catalog, write_block
-from survey_infer.io.export import (catalog_columns, columns_markdown, encode_checksum, export_catalog,
+from survey_infer.catalog.schema import PASSTHROUGH, PER_OBJECT
+from survey_infer.catalog.store import block_bounds, create_catalog, write_block
+from survey_infer.catalog.export import (catalog_columns, columns_markdown, encode_checksum, export_catalog,
                                     fits_checksum, fits_unit, open_catalog, zwarn_markdown)
 
 ROOT = Path(__file__).resolve().parents[1]

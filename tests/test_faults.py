@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from conftest import assert_catalogs_identical, cli, copy_store
-from survey_infer.io.catalog_store import open_catalog
+from survey_infer.catalog.store import open_catalog
 from survey_infer.pipeline.runner import _chunk_rows, run_catalog
 from survey_infer.pipeline.status import catalog_status
 from survey_infer.pipeline.worker import RunContext, process_block

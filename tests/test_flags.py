@@ -10,7 +10,7 @@ import zarr
 from conftest import cli
 from survey_infer import flags
 from survey_infer.flags import BAD_MASK, USER_MASK, ZWarn, bit_table, describe, layout_mismatch
-from survey_infer.io.catalog_store import open_catalog
+from survey_infer.catalog.store import open_catalog
 from survey_infer.pipeline.runner import RunError, run_catalog
 from survey_infer.screening import DEFAULT_THRESHOLDS, pdf_statistics, set_flags
 

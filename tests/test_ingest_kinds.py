@@ -578,7 +578,7 @@ def test_append_lacking_store_columns_is_reported(tmp_path):
 
 
 def test_write_block_refuses_unknown_variables_before_writing(tmp_path, tiny_model):
-    from survey_infer.io.catalog_store import CatalogError, write_block
+    from survey_infer.catalog.store import CatalogError, write_block
     from survey_infer.pipeline.runner import run_catalog
 
     w = np.linspace(6500.0, 17900.0, 3000)

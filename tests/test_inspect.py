@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from survey_infer.cli import UserError, main as cli_main
-from survey_infer.inspect_plot import inspect_object
+from survey_infer.catalog.inspect import inspect_object
 from survey_infer.instrument import load_instrument
 from survey_infer.io.survey_store import create_survey
 from survey_infer.lines import line
@@ -85,7 +85,7 @@ def test_inspect_needs_a_store(files, tmp_path):
 def test_flags_decoded_with_the_catalogs_table():
     """Descriptions come from the catalog's own bit table: its model's thresholds, its own bit meanings."""
     from survey_infer import flags
-    from survey_infer.inspect_plot import flag_lines
+    from survey_infer.catalog.inspect import flag_lines
 
     zw = flags.ZWarn.SCREENED | flags.ZWarn.POORDATA | (1 << 17)
     text = "\n".join(flag_lines(zw, flags.bit_table({"quality": 0.77})))

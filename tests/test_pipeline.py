@@ -10,8 +10,8 @@ import zarr
 
 from conftest import assert_catalogs_identical, cli
 from survey_infer.flags import BAD_MASK, ZWarn
-from survey_infer.io.catalog_schema import PER_OBJECT
-from survey_infer.io.catalog_store import open_catalog
+from survey_infer.catalog.schema import PER_OBJECT
+from survey_infer.catalog.store import open_catalog
 from survey_infer.pipeline.runner import RunError, run_catalog
 
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from conftest import assert_catalogs_identical, cli
-from survey_infer.io.catalog_store import open_catalog, read_block
+from survey_infer.catalog.store import open_catalog, read_block
 from survey_infer.pipeline.runner import run_catalog
 from survey_infer.pipeline.status import catalog_status
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from survey_infer.io.catalog_store import open_catalog
+from survey_infer.catalog.store import open_catalog
 from survey_infer.pipeline.runner import RunError, job_rows, run_catalog
 from survey_infer.selection import SelectionError, select, select_rows
 

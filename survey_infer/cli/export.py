@@ -1,2 +1,2 @@
 """``survey-infer export``: its options and how they become a library call."""
-from ..io.export import register  # noqa: F401  (moving here: issue 14)
+from ..catalog.export import register  # noqa: F401  (moving here: issue 14)

@@ -69,7 +69,7 @@ def catalog_status(catalog: str | Path, verify: bool = False) -> dict:
     """
     import zarr
 
-    from ..io.catalog_store import block_bounds
+    from ..catalog.store import block_bounds
     from .runner import JOBS, job_rows
 
     cat = Path(catalog)
@@ -164,7 +164,7 @@ def catalog_status(catalog: str | Path, verify: bool = False) -> dict:
 
 def _verifier(cat: Path, attrs: dict, markers: dict, n: int):
     """A function (job, block, rows, run_id, fingerprint) -> (ok, reason) applying the full resume check."""
-    from ..io.catalog_store import block_bounds
+    from ..catalog.store import block_bounds
     from .runner import _chunk_rows, block_is_done
 
     inp = Path(attrs.get("input_store", ""))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.catalog_store import output_hash, read_block, write_block
+from ..catalog.store import output_hash, read_block, write_block
 from .faults import TransientIOError, fault_point, storage_message, transient_oserror
 from .resume import (DamagedBlockError, StaleEpochError, atomic_write_json, check_epoch, failure_path, hash_parts,
                      crc_update, input_stamp, intent_path, iter_input_rows, latest_marker, marker_path, read_json,

@@ -55,11 +55,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from .. import flags
-from ..errors import UserError
-from ..provenance import dependency_versions, provenance
-from .catalog_schema import PASSTHROUGH, PER_OBJECT, PZ_DESCRIPTION, PZ_NAME, ZGRID_NAME
+from ... import __version__
+from ... import flags
+from ...errors import UserError
+from ...provenance import dependency_versions, provenance
+from ..schema import PASSTHROUGH, PER_OBJECT, PZ_DESCRIPTION, PZ_NAME, ZGRID_NAME
 
 __all__ = [
     "export_catalog",
@@ -217,7 +217,7 @@ def catalog_columns(ds, with_pz: bool = False) -> list[Column]:
 
 def _store_column_attrs(name: str) -> dict:
     try:
-        from .survey_store import COLUMN_ATTRS
+        from ...io.survey_store import COLUMN_ATTRS
     except ImportError:  # pragma: no cover
         return {}
     return dict(COLUMN_ATTRS.get(name, {}))
@@ -328,7 +328,7 @@ def zwarn_header_cards(table: list[dict] | None = None) -> list[tuple[str, objec
 
 def _shipped_thresholds() -> dict:
     """The screening thresholds of the shipped default model (its ``model.json``), {} when unreadable."""
-    p = Path(__file__).resolve().parents[1] / "data" / "models" / "default" / "model.json"
+    p = Path(__file__).resolve().parents[2] / "data" / "models" / "default" / "model.json"
     try:
         return dict(json.loads(p.read_text()).get("calibration", {}).get("thresholds", {}))
     except (OSError, ValueError):  # pragma: no cover - a broken install
@@ -366,7 +366,7 @@ def zwarn_markdown(thresholds: dict | None = None) -> str:
 
 def columns_markdown() -> str:
     """The catalog column table as Markdown (embedded in docs/catalog.md)."""
-    from .survey_store import COLUMN_ATTRS, ROW_COLUMN_DTYPES
+    from ...io.survey_store import COLUMN_ATTRS, ROW_COLUMN_DTYPES
 
     lines = ["| column | dtype | unit | FITS TUNIT | description |", "|---|---|---|---|---|"]
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import flags
-from .errors import UserError
-from .lines import lines_in_range
+from .. import flags
+from ..errors import UserError
+from ..lines import lines_in_range
 
 __all__ = ["inspect_object", "register", "find_row"]
 
@@ -83,7 +83,7 @@ def _resolve_store(catalog: Path, input_store, attrs: dict) -> Path:
 
 
 def _load_spectrum(store: Path, object_id: int, hint: int | None) -> dict:
-    from .io.survey_store import open_survey
+    from ..io.survey_store import open_survey
 
     ds = open_survey(store)
     row = find_row(ds["object_id"].data, object_id, hint)
@@ -260,7 +260,7 @@ def flag_lines(zwarn: int, table: list[dict] | None = None, width: int = 64) -> 
     list of str: ``zwarn = V (0xV)   z_reliable = ...``, then ``BAD``/``info`` NAME: description per set bit
     (user bits as ``USERnn``, bits the table does not name as ``BITnn``).
     """
-    from .io.export import bit_table_of
+    from .export import bit_table_of
 
     rows = [r for r in bit_table_of({"zwarn_bits": table} if table else None)
             if isinstance(r.get("bit"), int) and not r.get("alias_of")]
@@ -314,7 +314,7 @@ def inspect_object(catalog: str | Path, object_id: int, out_png: str | Path, inp
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .io.export import open_catalog
+    from .export import open_catalog
 
     catalog = Path(catalog)
     object_id = int(object_id)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .catalog_schema import PASSTHROUGH, PER_OBJECT, PZ_DESCRIPTION, fill_value
+from .schema import PASSTHROUGH, PER_OBJECT, PZ_DESCRIPTION, fill_value
 from ..errors import CatalogError  # noqa: F401  (defined in survey_infer.errors)
 
 __all__ = ["create_catalog", "write_block", "read_block", "block_bounds", "output_hash", "CatalogError",
@@ -50,7 +50,7 @@ def create_catalog(path: str | Path, n_objects: int, z_centres: np.ndarray, bloc
 
             a.update(cf_flag_attrs())  # CF 1.11 §3.5 flags
         data_vars[name] = (("object",), da.full((N,), fill_value(dt), dtype=dt, chunks=block_objects), a)
-    from .survey_store import COLUMN_ATTRS
+    from ..io.survey_store import COLUMN_ATTRS
 
     for name, dt in (passthrough or {}).items():
         dt = np.dtype(dt)
