@@ -32,10 +32,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 
-#: worker-process environment used by ``survey-infer run`` (see survey_infer.cluster.WORKER_ENV); the in-memory
+#: worker-process environment used by ``survey-infer run`` (see survey_infer.pipeline.clusters.WORKER_ENV); the in-memory
 #: reference processes get the same, so the comparison isolates the pipeline
 def worker_env() -> dict[str, str]:
-    from survey_infer.cluster import WORKER_ENV
+    from survey_infer.pipeline.clusters import WORKER_ENV
 
     return dict(WORKER_ENV)
 

@@ -84,13 +84,13 @@ def instrumented_run(store, catalog, model_dir: str, workers: int, T: int, block
     """One ``run_catalog`` with its own LocalCluster and Dask's task stream: where the wall time goes."""
     from distributed import get_task_stream
 
-    from survey_infer.cluster import make_cluster
+    from survey_infer.pipeline.clusters import start_client
     from survey_infer.pipeline.runner import run_catalog
 
     if catalog.exists():
         shutil.rmtree(catalog)
     t0 = time.time()
-    client, cluster = make_cluster("local", workers)
+    client, cluster = start_client("local", workers)
     client.wait_for_workers(workers)
     t_cluster = time.time()
     try:

@@ -106,10 +106,10 @@ def measure_overhead(client, n_tasks: int = 2000, n_round_trips: int = 30, in_fl
 
 def start_cluster(kind: str, workers: int, slurm_options: dict):
     """``(client, cluster, join_s)`` with ``workers`` single-threaded workers joined (None cluster: an address)."""
-    from survey_infer.cluster import make_cluster
+    from survey_infer.pipeline.clusters import start_client
 
     t0 = time.perf_counter()
-    client, cluster = make_cluster(kind, workers, 1, dashboard=False, **slurm_options)
+    client, cluster = start_client(kind, workers, 1, dashboard=False, slurm_options=slurm_options)
     if cluster is not None:
         want = workers * (int(slurm_options.get("processes") or 1) if kind == "slurm" else 1)
         if kind == "cuda":
@@ -243,7 +243,7 @@ def parse_args(argv=None):
                    help="time the first run on a fresh cluster too (worker imports and model loading included)")
     p.add_argument("--out", default="benchmark-scaling", help="directory for surveys, JSON and PNG")
     try:
-        from survey_infer.slurm import add_slurm_arguments
+        from survey_infer.cli.run import add_slurm_arguments
 
         add_slurm_arguments(p)
     except ImportError:  # pragma: no cover
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
     workers = sorted({int(x) for x in args.workers.split(",") if x.strip()})
     slurm_options = {}
     if args.cluster == "slurm":
-        from survey_infer.slurm import slurm_options_from_args
+        from survey_infer.cli.run import slurm_options_from_args
 
         slurm_options = slurm_options_from_args(args)
         slurm_options.pop("jobs", None)  # the worker counts are the point of the benchmark

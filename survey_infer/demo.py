@@ -23,7 +23,7 @@ def demo_figure(catalog: Path, out_png: Path) -> None:
     import matplotlib.pyplot as plt
 
     from .flags import ZWARN_BITS
-    from .io.catalog_store import open_catalog
+    from .catalog.store import open_catalog
 
     cat = open_catalog(catalog)
     z, zt = cat["z"].values, cat["z_true"].values
@@ -76,7 +76,7 @@ def _human(n: int) -> str:
 def run_demo(out: str | Path = "survey-infer-demo", n: int = 3000, seed: int = 2026, workers: int = 2,
              mc_samples: int = 50, model: str = "default", progress: bool = True) -> int:
     from .evaluate import evaluate_catalog, format_report
-    from .pipeline.cli import print_summary
+    from .pipeline.summary import print_summary
     from .pipeline.runner import run_catalog
     from .simulate import simulate_survey
 

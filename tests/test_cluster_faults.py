@@ -327,8 +327,8 @@ def test_hung_driver_stops_renewing_its_lock(tmp_path):
 def test_dask_errors_are_one_line():
     from distributed.scheduler import KilledWorker
 
-    from survey_infer.cluster import describe_dask_error
-    from survey_infer.pipeline.cli import group_failures
+    from survey_infer.pipeline.clusters import describe_dask_error
+    from survey_infer.pipeline.summary import group_failures
 
     from types import SimpleNamespace
 

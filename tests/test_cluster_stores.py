@@ -105,7 +105,7 @@ def test_job_script_paths_are_absolute_and_quoted(tmp_path, monkeypatch):
     import shlex
 
     pytest.importorskip("dask_jobqueue")
-    from survey_infer import slurm as si_slurm
+    from survey_infer.pipeline.clusters import slurm as si_slurm
 
     monkeypatch.chdir(tmp_path)
     weird = tmp_path / "my env" / "bin"

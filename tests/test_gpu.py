@@ -92,7 +92,7 @@ def test_torch_masks_on_the_gpu_are_the_numpy_bits():
 
 @pytest.mark.gpu
 def test_shipped_model_gpu_matches_itself_and_cpu_within_tolerance(small_survey, tmp_path):
-    from survey_infer.io.catalog_store import open_catalog
+    from survey_infer.catalog.store import open_catalog
     from survey_infer.pipeline.runner import run_catalog
 
     kw = dict(mc_samples=8, seed=3, progress=False, print_fn=lambda *a: None)
@@ -152,7 +152,7 @@ def test_hot_path_on_gpu_is_close_to_cpu_and_repeatable(tmp_path):
 def test_slurm_gpu_jobs_get_cores_memory_and_run_the_model_on_the_gpu():
     """Issue 15 point 4: a GPU job gets 8 cores (threads) and 32 GiB per GPU unless given, and the device is cuda."""
     pytest.importorskip("dask_jobqueue")
-    from survey_infer import slurm as si_slurm
+    from survey_infer.pipeline.clusters import slurm as si_slurm
 
     lines = si_slurm.describe_job_script(1, gpus_per_job=2).splitlines()
     assert "#SBATCH --gres=gpu:2" in lines and "#SBATCH --cpus-per-task=16" in lines
@@ -171,7 +171,7 @@ def test_slurm_gpu_jobs_get_cores_memory_and_run_the_model_on_the_gpu():
 def test_one_allocation_gpu_job_runs_the_model_on_the_gpu(monkeypatch, tmp_path):
     """deploy/survey-infer-run.sbatch with SURVEY_INFER_WORKER=gpu: the client (a scheduler-file cluster, device
     "cpu" by default) gets SURVEY_INFER_DEVICE=cuda before it starts."""
-    from survey_infer.cluster import cluster_device
+    from survey_infer.pipeline.clusters import cluster_device
 
     text = (REPO / "deploy" / "survey-infer-run.sbatch").read_text()
     branch = text.split('if [ "${SURVEY_INFER_WORKER:-cpu}" = gpu ]; then', 1)[1].split("\nelse", 1)[0]

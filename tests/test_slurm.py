@@ -20,7 +20,8 @@ import dask
 import numpy as np
 import pytest
 
-from survey_infer import slurm as si_slurm
+from survey_infer.cli.run import add_slurm_arguments, slurm_options_from_args
+from survey_infer.pipeline.clusters import slurm as si_slurm
 
 REPO = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("SURVEY_INFER_SLURM_DIR", "/tmp/survey-infer-slurm"))
@@ -115,14 +116,14 @@ def jobqueue():
 # ------------------------------------------------------------------------------------------------ no Slurm needed
 def test_cli_options_become_job_script(jobqueue):
     parser = argparse.ArgumentParser()
-    si_slurm.add_slurm_arguments(parser)
+    add_slurm_arguments(parser)
     args = parser.parse_args([
         "--slurm-jobs", "3", "--slurm-cores", "4", "--slurm-memory", "16GiB", "--slurm-walltime", "02:00:00",
         "--slurm-partition", "gpu", "--slurm-account", "astro", "--slurm-gpus-per-job", "1",
         "--slurm-extra-directive=--qos=long", "--slurm-skip-directive=--mem", "--slurm-lifetime", "110m",
         "--slurm-lifetime-stagger", "4m", "--slurm-local-directory", "$TMPDIR",
     ])
-    opts = si_slurm.slurm_options_from_args(args)
+    opts = slurm_options_from_args(args)
     assert opts["jobs"] == 3 and opts["gpus_per_job"] == 1
     n_jobs, kw = si_slurm.cluster_kwargs(8, **opts)
     assert n_jobs == 3  # --slurm-jobs wins over the positional (--workers)
@@ -142,6 +143,26 @@ def test_cli_options_become_job_script(jobqueue):
     # CPU jobs: the dask worker's own flags
     cpu = si_slurm.describe_job_script(2, lifetime="55m", lifetime_stagger="5m").splitlines()[-1]
     assert "-m distributed.cli.dask_worker" in cpu and "--lifetime 55m --lifetime-stagger 5m" in cpu
+
+
+def test_slurm_options_are_listed_once():
+    """The --slurm-* flags, the keyword options and the site YAML keys all come from one list (SLURM_OPTIONS)."""
+    import yaml
+
+    from survey_infer.pipeline.clusters.slurm_options import SLURM_OPTIONS
+
+    defaults = yaml.safe_load((REPO / "survey_infer" / "slurm.yaml").read_text())["survey-infer"]["slurm"]
+    assert set(defaults) == set(si_slurm.OPTION_KEYS.values()) == {o.key for o in SLURM_OPTIONS}
+    parser = argparse.ArgumentParser()
+    add_slurm_arguments(parser)
+    flags = {a.option_strings[0]: a for a in parser._actions if a.option_strings and a.dest.startswith("slurm_")}
+    on_cli = [o for o in SLURM_OPTIONS if o.help is not None]
+    assert len(flags) == len(on_cli) == 18
+    for o in on_cli:
+        value = (o.choices or ("7" if o.type is int else "x",))[0]
+        opts = slurm_options_from_args(parser.parse_args([f"--slurm-{o.flag or o.key}", str(value)]))
+        assert list(opts) == [o.name], (o.name, opts)
+        assert opts[o.name] == ([value] if o.repeat else o.type(value))
 
 
 def test_site_config_and_precedence(jobqueue):
@@ -179,7 +200,7 @@ def test_missing_dask_jobqueue_is_a_clear_error(tmp_path):
     # a real interpreter in which `import dask_jobqueue` fails (sys.modules entry None == not importable)
     code = (
         "import sys; sys.modules['dask_jobqueue'] = None\n"
-        "from survey_infer.slurm import make_slurm_cluster, SlurmError\n"
+        "from survey_infer.pipeline.clusters.slurm import make_slurm_cluster, SlurmError\n"
         "from survey_infer.cli import UserError\n"
         "try:\n    make_slurm_cluster(2)\n"
         "except SlurmError as e:\n    assert isinstance(e, UserError); print(e)\n"
@@ -300,7 +321,7 @@ def _run_args(store: Path, catalog: Path, model: Path) -> list[str]:
 
 
 def _open(path: Path):
-    from survey_infer.io.catalog_store import open_catalog
+    from survey_infer.catalog.store import open_catalog
 
     return open_catalog(path)
 

@@ -16,21 +16,21 @@ import math
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..flags import BAD_MASK, NBITS, ZWARN_BITS, bit_table, layout_mismatch
-from ..io.catalog_schema import PASSTHROUGH, PER_OBJECT
-from ..io.catalog_store import block_bounds, create_catalog, open_catalog, output_hash, passthrough_columns, read_block
+from ..catalog.schema import PASSTHROUGH, PER_OBJECT
+from ..catalog.store import block_bounds, create_catalog, open_catalog, output_hash, passthrough_columns, read_block
 from ..io.survey_store import SurveyStoreError, validate_survey
 from ..provenance import provenance, utc_now
 from .faults import TransientIOError, fault_point, storage_message
 from .resume import (FAILURES, LOCK, LOCK_DIR, MARKERS, FingerprintMismatch, LeaseLock, atomic_write_json, failure_path,
                      fingerprint_diff, hash_parts, input_hash, input_stamp, iter_input_rows, latest_marker,
                      load_markers, marker_path, read_json, rows_hash)
+from .summary import RunSummary
 from .worker import SUB_ROWS, ModelPlugin, RunContext, process_block
 from ..errors import RunError, CatalogStorageError  # noqa: F401  (defined in survey_infer.errors)
 
@@ -40,32 +40,6 @@ CHECK_THREADS = 4  # threads verifying done-markers when a run starts
 RUN_ID_IN_MEMORY = 20_000_000  # catalogs up to this many rows have their run_id column read at once on resume
 TRANSIENT_RETRIES = 3  # a block failing on a transient OSError (NFS hiccup) is retried this many times
 JOBS = "_jobs"
-
-
-@dataclass
-class RunSummary:
-    catalog: str
-    job: str
-    run_id: int
-    epoch: int
-    n_objects: int
-    n_blocks: int
-    blocks_done_before: int
-    blocks_computed: int
-    blocks_failed: list = field(default_factory=list)
-    seconds: float = 0.0
-    spectra_per_s: float = 0.0
-    flag_counts: dict = field(default_factory=dict)
-    n_reliable: int = 0
-    timings: dict = field(default_factory=dict)
-    dashboard: str | None = None
-    worker_max_rss_mb: float = 0.0
-    stopped: str | None = None  # why the driver stopped before every block was attempted (cluster gone)
-
-    @property
-    def ok(self) -> bool:
-        """Every block of the job validated at the end, and the run was not stopped by a lost cluster."""
-        return not self.blocks_failed and not self.stopped
 
 
 def software_versions() -> dict:
@@ -317,7 +291,7 @@ def validate_options(*, cluster: str, workers: int, mc_samples: int, block_objec
     ClusterError
         An unusable Dask ``temporary-directory`` for a local cluster, or an unknown ``--cluster``.
     """
-    from ..cluster import ClusterError, KINDS, check_temporary_directory, is_address, looks_like_scheduler_file
+    from .clusters import check_cluster_kind
 
     def whole(name: str, v, lo: int) -> None:
         if v is None:
@@ -346,17 +320,13 @@ def validate_options(*, cluster: str, workers: int, mc_samples: int, block_objec
         raise RunError(f"--pz-dtype must be float16 or float32, got {pz_dtype!r}")
     if device not in (None, "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise RunError(f"--device must be cpu or cuda, got {device!r}")
-    c = str(cluster)
-    if c not in KINDS and not is_address(c) and not looks_like_scheduler_file(c):
-        raise ClusterError(f"unknown --cluster {c!r}: use local, cuda, slurm, a tcp:// address or a scheduler file")
-    if c in ("local", "cuda"):
-        check_temporary_directory()
+    check_cluster_kind(cluster)
 
 
 def _update_run_record(g_cat, run_rec: dict) -> None:
     runs = [r for r in dict(g_cat.attrs).get("runs", []) if r.get("run_id") != run_rec["run_id"]] + [run_rec]
     g_cat.attrs.update({"runs": runs})
-    from ..io.catalog_store import consolidate_catalog
+    from ..catalog.store import consolidate_catalog
 
     consolidate_catalog(g_cat.store)  # keeps a user's plain xarray.open_zarr(catalog) silent (the update drops it)
 
@@ -397,7 +367,7 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
     RunError, ClusterError, FingerprintMismatch, LockHeldError — before any block is computed (options are checked
     before any file is created).
     """
-    from ..cluster import cluster_device
+    from .clusters import cluster_device
     from ..model.checkpoint import load_model
 
     t_start = time.time()
@@ -418,11 +388,7 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         raise RunError(f"input store {input_store} is on grid '{attrs.get('instrument')}' ({g_in['wave'].shape[0]} "
                        f"channels, hash {attrs.get('grid_hash')}) but model {mdl.path} expects '{mdl.instrument.name}' "
                        f"({mdl.instrument.n_wave} channels, hash {mdl.instrument.grid_hash}); refusing before any work")
-    if device is None and cluster == "slurm":  # GPU jobs run the model on their GPU (issue 15)
-        from ..slurm import slurm_device
-
-        device = slurm_device(slurm_options)
-    device = device or cluster_device(cluster)
+    device = device or cluster_device(cluster, slurm_options)  # Slurm GPU jobs run the model on their GPU (issue 15)
     if objects:
         op = Path(objects)
         if not op.exists():
@@ -435,7 +401,7 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
         raise RunError(f"--chunks/--objects/--where reprocess part of an existing catalog; {cat_path} does not exist")
     _check_output(cat_path)
     if client is None:
-        from ..cluster import looks_like_scheduler_file, wait_for_scheduler_file
+        from .clusters import looks_like_scheduler_file, wait_for_scheduler_file
 
         if looks_like_scheduler_file(cluster):  # a job script's scheduler may not have written it yet
             cluster = str(wait_for_scheduler_file(cluster, cluster_wait_s, print_fn))
@@ -783,12 +749,12 @@ def _execute(pending, ctx: RunContext, cluster: str, workers: int, client, max_i
         return results
     from distributed import as_completed
 
-    from ..cluster import describe_dask_error, make_cluster
+    from .clusters import describe_dask_error, start_client
 
     own = None
     own_client = client is None
     if client is None:
-        client, own = make_cluster(cluster, workers, **slurm_options) if cluster == "slurm" else make_cluster(cluster, workers)
+        client, own = start_client(cluster, workers, slurm_options=slurm_options)
     last_tick = [time.monotonic()]
     stall_s = max(3 * (lock.lease_s if lock else 60.0), 2 * grace_s)
 
@@ -1031,7 +997,8 @@ def _register_model_plugin(client, ctx: RunContext, wait_s: float, print_fn) -> 
     from concurrent.futures import ThreadPoolExecutor
     from concurrent.futures import TimeoutError as FutTimeout
 
-    from ..cluster import ClusterError, describe_dask_error
+    from ..errors import ClusterError
+    from .clusters import describe_dask_error
 
     plugin = ModelPlugin(ctx.model_dir, ctx.model_sha256, software_versions(), ctx.device, ctx.torch_threads)
     pool = ThreadPoolExecutor(max_workers=1)

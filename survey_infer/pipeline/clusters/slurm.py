@@ -1,21 +1,13 @@
-"""Dask workers as Slurm jobs (``--cluster slurm``), with site defaults from ``dask.config``.
+"""Dask workers as Slurm jobs (``--cluster slurm``): the only module that knows about dask-jobqueue.
 
-This module is the only place that knows about dask-jobqueue. ``survey_infer.cluster.make_cluster`` calls
-:func:`make_slurm_cluster`; the ``run`` command line adds :func:`add_slurm_arguments` and turns them into
-keyword options with :func:`slurm_options_from_args`.
-
-Defaults live in ``survey_infer/slurm.yaml`` and are merged into ``dask.config`` under ``survey-infer.slurm``
-(the dask-jobqueue convention), so that a site configures them once in a YAML file that dask reads (for example
-``~/.config/dask/survey-infer.yaml``; see ``deploy/site-example.yaml``). Precedence, highest first: keyword
-options (``--slurm-*`` on the command line), ``survey-infer.slurm.*``, then dask-jobqueue's own
-``jobqueue.slurm.*`` for keys left null.
-
-dask-jobqueue is an optional dependency (``pip install 'survey-infer[slurm]'``); without it
-:func:`make_slurm_cluster` raises :class:`SlurmError` with that instruction instead of an ImportError traceback.
+:func:`survey_infer.pipeline.clusters.start_client` calls :func:`make_slurm_cluster`; the options (their
+defaults in ``dask.config`` under ``survey-infer.slurm``, their command-line flags) are listed once in
+:mod:`survey_infer.pipeline.clusters.slurm_options`. dask-jobqueue is an optional dependency
+(``pip install 'survey-infer[slurm]'``); without it :func:`make_slurm_cluster` raises :class:`SlurmError` with
+that instruction instead of an ImportError traceback.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shlex
@@ -26,86 +18,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import dask.config
-import yaml
-
-from .errors import SlurmError  # noqa: F401  (defined in survey_infer.errors)
+from ...errors import SlurmError
+from .common import WORKER_ENV
+from .slurm_options import OPTION_KEYS, SLURM_OPTIONS, resolve_options, slurm_config, slurm_device  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     from dask_jobqueue import SLURMCluster
 
 log = logging.getLogger(__name__)
-
-CONFIG_KEY = "survey-infer.slurm"
-_DEFAULTS_FILE = Path(__file__).with_name("slurm.yaml")
-
-#: keyword option -> dask.config key under ``survey-infer.slurm``
-OPTION_KEYS: dict[str, str] = {
-    "jobs": "jobs",
-    "cores": "cores",
-    "processes": "processes",
-    "memory": "memory",
-    "walltime": "walltime",
-    "partition": "partition",
-    "account": "account",
-    "gpus_per_job": "gpus-per-job",
-    "gpu_directive": "gpu-directive",
-    "gpu_worker_command": "gpu-worker-command",
-    "extra_directives": "extra-directives",
-    "directives_skip": "directives-skip",
-    "prologue": "prologue",
-    "lifetime": "lifetime",
-    "lifetime_stagger": "lifetime-stagger",
-    "replace_lost_jobs": "replace-lost-jobs",
-    "interface": "interface",
-    "scheduler_interface": "scheduler-interface",
-    "local_directory": "local-directory",
-    "log_directory": "log-directory",
-    "job_name": "job-name",
-    "python": "python",
-    "death_timeout": "death-timeout",
-    "check_submission": "check-submission",
-    "tls": "tls",
-    "shared_temp_directory": "shared-temp-directory",
-}
-
-
-def _load_defaults() -> None:
-    """Merge ``slurm.yaml`` into ``dask.config`` underneath anything the user or site already set."""
-    with open(_DEFAULTS_FILE, encoding="utf-8") as fh:
-        defaults = yaml.safe_load(fh)
-    dask.config.update_defaults(defaults)
-
-
-_load_defaults()
-
-
-# --------------------------------------------------------------------------------------------- helpers
-def slurm_config(key: str, default: Any = None) -> Any:
-    """Value of ``survey-infer.slurm.<key>`` in ``dask.config`` (dashes, as in the YAML)."""
-    return dask.config.get(f"{CONFIG_KEY}.{key}", default=default)
-
-
-def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Fill every option not given (or None) from ``survey-infer.slurm`` in ``dask.config``.
-
-    Parameters
-    ----------
-    options : dict
-        Keyword options as accepted by :func:`make_slurm_cluster` (unknown keys are kept untouched and passed
-        on to ``SLURMCluster``).
-
-    Returns
-    -------
-    dict
-        A new dict with every key of :data:`OPTION_KEYS` present (None where neither the options nor the config
-        set it).
-    """
-    out = dict(options)
-    for opt, key in OPTION_KEYS.items():
-        if out.get(opt) is None:
-            out[opt] = slurm_config(key)
-    return out
 
 
 def require_dask_jobqueue():
@@ -166,13 +86,6 @@ GPU_JOB_CORES_PER_GPU = 8
 GPU_JOB_MEMORY_GIB_PER_GPU = 32
 
 
-def slurm_device(options: dict[str, Any] | None = None) -> str:
-    """The device the model runs on for ``--cluster slurm`` with these options: ``"cuda"`` when the jobs get
-    GPUs (``--slurm-gpus-per-job`` or the site's ``gpus-per-job`` > 0), else ``"cpu"``."""
-    o = resolve_options(dict(options or {}))
-    return "cuda" if int(o["gpus_per_job"] or 0) > 0 else "cpu"
-
-
 def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dict[str, Any]]:
     """Translate survey-infer Slurm options into ``dask_jobqueue.SLURMCluster`` keyword arguments.
 
@@ -188,56 +101,25 @@ def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dic
     -------
     (jobs, kwargs) : tuple[int, dict]
         The number of jobs to submit and the ``SLURMCluster`` keyword arguments.
+
+    Raises
+    ------
+    SlurmError
+        Fewer than one job, fewer cores than processes, or several processes per GPU job.
     """
     threads_per_worker = options.pop("threads_per_worker", None)
-    explicit_cores = options.get("cores")
     o = resolve_options(options)
-    if options.get("jobs") is not None:
-        n_jobs = int(options["jobs"])
-    elif jobs is not None:
-        n_jobs = int(jobs)
-    else:
-        n_jobs = int(o["jobs"])
+    n_jobs = int(options["jobs"] if options.get("jobs") is not None else jobs if jobs is not None else o["jobs"])
     if n_jobs < 1:
         raise SlurmError(f"--slurm-jobs must be at least 1, got {n_jobs}")
-
-    processes = int(o["processes"] or 1)
-    if explicit_cores is None and threads_per_worker:
-        cores = int(threads_per_worker) * processes
-    else:
-        cores = int(o["cores"] or 1)
-    if cores < processes:
-        raise SlurmError(f"--slurm-cores ({cores}) must be at least the number of processes per job ({processes})")
-    gpus = int(o["gpus_per_job"] or 0)
-    if gpus > 0:  # the CPU work that feeds a GPU needs cores and memory: per GPU, unless given (issue 15)
-        if explicit_cores is None:
-            cores = max(cores, GPU_JOB_CORES_PER_GPU * gpus)
-        if options.get("memory") is None:
-            from dask.utils import parse_bytes
-
-            per_gpu = GPU_JOB_MEMORY_GIB_PER_GPU * gpus
-            if parse_bytes(str(o["memory"])) < per_gpu * 2 ** 30:
-                o["memory"] = f"{per_gpu}GiB"
-
-    kw: dict[str, Any] = {
-        k: v
-        for k, v in options.items()
-        if k not in OPTION_KEYS and k != "threads_per_worker"
-    }  # anything else goes straight to SLURMCluster (security=, protocol=, scheduler_options=, ...)
-    kw.update(cores=cores, processes=processes, memory=str(o["memory"]))
-    if o["walltime"]:
-        kw["walltime"] = str(o["walltime"])
-    if o["partition"]:
-        kw["queue"] = str(o["partition"])
-    if o["account"]:
-        kw["account"] = str(o["account"])
-    if o["job_name"]:
-        kw["job_name"] = str(o["job_name"])
+    cores, processes, memory = _job_size(o, options, threads_per_worker)
+    # anything that is not a survey-infer option goes straight to SLURMCluster (security=, protocol=, ...)
+    kw: dict[str, Any] = {k: v for k, v in options.items() if k not in OPTION_KEYS}
+    kw.update(cores=cores, processes=processes, memory=memory)
+    for opt in SLURM_OPTIONS:  # the options a job script takes as they are
+        if opt.jobqueue and o[opt.name] not in (None, ""):
+            kw[opt.jobqueue] = opt.type(o[opt.name])
     kw["python"] = shell_path(str(o["python"] or sys.executable))
-    if o["death_timeout"] is not None:
-        kw["death_timeout"] = float(o["death_timeout"])
-    if o["interface"]:
-        kw["interface"] = str(o["interface"])
     if o["scheduler_interface"]:
         sched = dict(kw.get("scheduler_options") or {})
         sched.setdefault("interface", str(o["scheduler_interface"]))
@@ -249,28 +131,54 @@ def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dic
         logdir = Path(os.path.expanduser(os.path.expandvars(str(o["log_directory"])))).absolute()
         logdir.mkdir(parents=True, exist_ok=True)
         kw["log_directory"] = str(logdir)
-
-    tls = o["tls"]
-    if tls and "security" not in kw:
-        kw["security"] = _security(str(tls))
+    if o["tls"] and "security" not in kw:
+        kw["security"] = _security(str(o["tls"]))
         if o["shared_temp_directory"]:
             kw["shared_temp_directory"] = str(o["shared_temp_directory"])
+    _add_job_script_lines(kw, o, processes)
+    return n_jobs, kw
 
+
+def _job_size(o: dict[str, Any], given: dict[str, Any], threads_per_worker: int | None) -> tuple[int, int, str]:
+    """(cores, processes, memory) of one job: ``cores`` given, else threads per worker x processes, else the
+    configured cores; a GPU job gets :data:`GPU_JOB_CORES_PER_GPU` cores and :data:`GPU_JOB_MEMORY_GIB_PER_GPU`
+    GiB per GPU unless cores or memory were given (the CPU work that feeds a GPU, issue 15)."""
+    processes = int(o["processes"] or 1)
+    if given.get("cores") is None and threads_per_worker:
+        cores = int(threads_per_worker) * processes
+    else:
+        cores = int(o["cores"] or 1)
+    if cores < processes:
+        raise SlurmError(f"--slurm-cores ({cores}) must be at least the number of processes per job ({processes})")
+    memory = str(o["memory"])
+    gpus = int(o["gpus_per_job"] or 0)
+    if gpus > 0:
+        if given.get("cores") is None:
+            cores = max(cores, GPU_JOB_CORES_PER_GPU * gpus)
+        if given.get("memory") is None:
+            from dask.utils import parse_bytes
+
+            per_gpu = GPU_JOB_MEMORY_GIB_PER_GPU * gpus
+            if parse_bytes(memory) < per_gpu * 2 ** 30:
+                memory = f"{per_gpu}GiB"
+    return cores, processes, memory
+
+
+def _add_job_script_lines(kw: dict[str, Any], o: dict[str, Any], processes: int) -> None:
+    """The ``#SBATCH`` directives, the prologue (with :data:`WORKER_ENV` and, on GPU jobs, the lifetime) and the
+    worker's extra arguments, into ``kw``."""
+    gpus = int(o["gpus_per_job"] or 0)
     directives = [_directive(d) for d in _as_list(o["extra_directives"])]
     worker_args = list(kw.pop("worker_extra_args", []) or [])
     if gpus > 0:
-        directives.insert(0, str(o["gpu_directive"] or "--gres=gpu:{n}").format(n=gpus))
-        kw["worker_command"] = str(o["gpu_worker_command"] or "dask cuda worker")
         if processes != 1:
             raise SlurmError(
                 f"--slurm-gpus-per-job {gpus} with --slurm-processes {processes}: a dask-cuda worker already "
-                "starts one process per GPU; leave processes at 1"
-            )
-    prologue = _as_list(o["prologue"])
-    # the worker environment of survey_infer.cluster.WORKER_ENV (glibc mmap threshold: 3-4x faster inference)
-    from .cluster import WORKER_ENV
-
-    prologue += [f"export {k}={shlex.quote(v)}" for k, v in WORKER_ENV.items()]
+                "starts one process per GPU; leave processes at 1")
+        directives.insert(0, str(o["gpu_directive"] or "--gres=gpu:{n}").format(n=gpus))
+        kw["worker_command"] = str(o["gpu_worker_command"] or "dask cuda worker")
+    # the worker environment (glibc mmap threshold: 3-4x faster inference)
+    prologue = _as_list(o["prologue"]) + [f"export {k}={shlex.quote(v)}" for k, v in WORKER_ENV.items()]
     if o["lifetime"] and gpus > 0:
         # `dask cuda worker` has no --lifetime option: its workers read the same setting from the dask config
         prologue.append(f"export DASK_DISTRIBUTED__WORKER__LIFETIME__DURATION={shlex.quote(str(o['lifetime']))}")
@@ -289,7 +197,6 @@ def cluster_kwargs(jobs: int | None = None, /, **options: Any) -> tuple[int, dic
         kw["job_script_prologue"] = prologue
     if worker_args:
         kw["worker_extra_args"] = worker_args
-    return n_jobs, kw
 
 
 def _security(mode: str):
@@ -414,78 +321,23 @@ def make_slurm_cluster(jobs: int | None = None, /, **options: Any) -> "SLURMClus
     return cluster
 
 
-# --------------------------------------------------------------------------------------------- CLI
-def add_slurm_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Add the ``--slurm-*`` options (used with ``--cluster slurm``) to ``parser`` as one argument group.
-
-    Every option defaults to None, meaning "use ``survey-infer.slurm.*`` from dask.config"
-    (``survey_infer/slurm.yaml`` overridden by site/user YAML).
-    """
-    g = parser.add_argument_group(
-        "Slurm (--cluster slurm)",
-        "workers run as Slurm jobs (dask-jobqueue). Unset options come from the 'survey-infer.slurm' dask "
-        "config (site YAML, e.g. ~/.config/dask/survey-infer.yaml); see docs/slurm.md.",
-    )
-    d = lambda key: f" (default: {slurm_config(key)})"  # noqa: E731
-    g.add_argument("--slurm-jobs", type=int, metavar="N",
-                   help="number of worker jobs (default: --workers, else " f"{slurm_config('jobs')})")
-    g.add_argument("--slurm-cores", type=int, metavar="N", help="cores per job" + d("cores"))
-    g.add_argument("--slurm-processes", type=int, metavar="N",
-                   help="Dask worker processes per job" + d("processes"))
-    g.add_argument("--slurm-memory", metavar="SIZE", help="memory per job, e.g. 8GiB" + d("memory"))
-    g.add_argument("--slurm-walltime", metavar="HH:MM:SS", help="walltime per job" + d("walltime"))
-    g.add_argument("--slurm-partition", metavar="NAME", help="partition (-p)" + d("partition"))
-    g.add_argument("--slurm-account", metavar="NAME", help="account (-A)" + d("account"))
-    g.add_argument("--slurm-gpus-per-job", type=int, metavar="N",
-                   help="GPUs per job: --gres=gpu:N and a dask-cuda worker" + d("gpus-per-job"))
-    g.add_argument("--slurm-extra-directive", action="append", metavar="DIRECTIVE", dest="slurm_extra_directives",
-                   help="extra #SBATCH directive, e.g. --slurm-extra-directive=--qos=long (repeatable)")
-    g.add_argument("--slurm-skip-directive", action="append", metavar="TEXT", dest="slurm_directives_skip",
-                   help="drop generated #SBATCH lines containing TEXT, e.g. --slurm-skip-directive=--mem (repeatable)")
-    g.add_argument("--slurm-prologue", action="append", metavar="SHELL", dest="slurm_prologue",
-                   help="shell line run in the job before the worker, e.g. 'module load cuda' (repeatable)")
-    g.add_argument("--slurm-lifetime", metavar="DURATION",
-                   help="workers retire after this time, e.g. 55m (keep it below the walltime)" + d("lifetime"))
-    g.add_argument("--slurm-lifetime-stagger", metavar="DURATION",
-                   help="random spread of --slurm-lifetime" + d("lifetime-stagger"))
-    g.add_argument("--slurm-interface", metavar="IFACE", help="network interface of the workers, e.g. ib0")
-    g.add_argument("--slurm-scheduler-interface", metavar="IFACE",
-                   help="network interface of the scheduler (on this node)")
-    g.add_argument("--slurm-local-directory", metavar="DIR",
-                   help="node-local scratch directory for the workers, e.g. '$TMPDIR'")
-    g.add_argument("--slurm-log-directory", metavar="DIR", help="directory for the jobs' Slurm output files")
-    g.add_argument("--slurm-tls", choices=["temporary", "config"],
-                   help="encrypt scheduler/worker/client traffic: 'temporary' self-signed certificates (written to "
-                        "the shared temp directory), or the site's from distributed.comm.tls.* config")
-    return g
-
-
-def slurm_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword options for :func:`make_slurm_cluster` from parsed ``--slurm-*`` arguments.
-
-    Only options given on the command line are returned (the rest come from dask.config);
-    ``jobs`` is included when ``--slurm-jobs`` was given.
-    """
-    names = {
-        "jobs": "slurm_jobs", "cores": "slurm_cores", "processes": "slurm_processes",
-        "memory": "slurm_memory", "walltime": "slurm_walltime", "partition": "slurm_partition",
-        "account": "slurm_account", "gpus_per_job": "slurm_gpus_per_job",
-        "extra_directives": "slurm_extra_directives", "directives_skip": "slurm_directives_skip",
-        "prologue": "slurm_prologue", "lifetime": "slurm_lifetime", "lifetime_stagger": "slurm_lifetime_stagger",
-        "interface": "slurm_interface", "scheduler_interface": "slurm_scheduler_interface",
-        "local_directory": "slurm_local_directory", "log_directory": "slurm_log_directory",
-        "tls": "slurm_tls",
-    }
-    out: dict[str, Any] = {}
-    for opt, attr in names.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            out[opt] = value
-    return out
-
-
 def describe_job_script(jobs: int | None = None, /, **options: Any) -> str:
-    """The worker job script :func:`make_slurm_cluster` would submit (no scheduler started, nothing submitted)."""
+    """The worker job script :func:`make_slurm_cluster` would submit (no scheduler started, nothing submitted).
+
+    Parameters
+    ----------
+    jobs, **options : as for :func:`make_slurm_cluster`.
+
+    Returns
+    -------
+    str
+        The job script's text (the scheduler address is a placeholder).
+
+    Raises
+    ------
+    SlurmError
+        dask-jobqueue missing or an invalid option.
+    """
     jq = require_dask_jobqueue()
     options.pop("check_submission", None)
     options.pop("replace_lost_jobs", None)
