@@ -245,6 +245,106 @@ def test_empty_and_missing_files(tmp_path):
         find_reader(tmp_path / "nope.fits")
 
 
+# ------------------------------------------------------------------------------------------ FITS through astropy
+
+def _add_cards(path: Path, marker: bytes, cards: dict) -> None:
+    """Insert header cards before the END card of the header holding ``marker`` (room left in its block)."""
+    raw = bytearray(path.read_bytes())
+    end = raw.index(b"END" + b" " * 77, raw.index(marker))
+    new = b"".join(f"{k:<8}= {v:>20}".ljust(80).encode() for k, v in cards.items())
+    assert raw[end + 80:end + 80 + len(new)].strip() == b""  # blank cards after END in the same block
+    raw[end:end + 80 + len(new)] = new + raw[end:end + 80]
+    path.write_bytes(bytes(raw))
+
+
+def test_fits_scaled_integers_and_null_markers(tmp_path):
+    """BZERO/BSCALE/BLANK images and TZERO/TSCAL/TNULL columns as the FITS standard defines them (unsigned 16-bit
+    images and signed-byte columns made the former hand-written reader fail with an OverflowError)."""
+    from survey_infer.io.readers.base import fits_image, fits_table, probe_file
+
+    scaled = fits.ImageHDU(np.array([10, -99, 30], np.int16), name="SCALED")
+    scaled.header["BLANK"] = -99
+    blank = fits.ImageHDU(np.array([1, -7, 3], np.int32), name="BLANKED")
+    blank.header["BLANK"] = -7
+    table = fits.BinTableHDU.from_columns([
+        fits.Column(name="I8", format="B", bzero=-128, array=np.array([-5, 0, 7])),
+        fits.Column(name="U32", format="J", bzero=2**31, array=np.array([0, 3_000_000_000, 7], np.uint32)),
+        fits.Column(name="S", format="I", array=np.array([0, 50, 125], np.int16)),
+        fits.Column(name="ID", format="K", null=-1, array=np.array([11, -1, 13])),
+    ], name="T")
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.array([1, 40000, 65535], np.uint16), name="U16"), scaled, blank,
+                  table]).writeto(tmp_path / "s.fits")
+    # scaling keywords on the stored integers (astropy would rescale data given with them): added in place
+    _add_cards(tmp_path / "s.fits", b"SCALED", {"BSCALE": 0.5, "BZERO": 100.0})  # 0.5 * raw + 100
+    _add_cards(tmp_path / "s.fits", b"TFORM3  = ", {"TSCAL3": 0.01, "TZERO3": 5.0})  # 0.01 * raw + 5
+    assert fits.getdata(tmp_path / "s.fits", "SCALED")[0] == 105.0
+    assert fits.getdata(tmp_path / "s.fits", "T")["S"].tolist() == pytest.approx([5.0, 5.5, 6.25])
+    probe = probe_file(tmp_path / "s.fits")
+    assert fits_image(tmp_path / "s.fits", probe.hdu("U16")).tolist() == [1, 40000, 65535]
+    sc = fits_image(tmp_path / "s.fits", probe.hdu("SCALED"))
+    assert sc[0] == 105.0 and np.isnan(sc[1]) and sc[2] == 115.0
+    bl = fits_image(tmp_path / "s.fits", probe.hdu("BLANKED"))
+    assert bl[0] == 1 and np.isnan(bl[1]) and bl[2] == 3
+    cols = fits_table(tmp_path / "s.fits", probe.hdu("T"))
+    assert cols["I8"].tolist() == [-5, 0, 7]
+    assert cols["U32"].tolist() == [0, 3_000_000_000, 7]
+    np.testing.assert_allclose(cols["S"], [5.0, 5.5, 6.25])
+    assert np.ma.is_masked(cols["ID"][1]) and cols["ID"][0] == 11 and cols["ID"][2] == 13
+
+
+def test_moons1d_unsigned_quality_image(tmp_path):
+    """A moons1d file whose quality image is unsigned 16-bit (BZERO = 32768) reads; bad pixels stay flagged."""
+    files = write_moons1d_like(tmp_path, "u", bands=("RI",))
+    with fits.open(files[0]) as h:
+        hdus = [hh.copy() for hh in h]
+    q = hdus[3]
+    hdus[3] = fits.ImageHDU(np.where(q.data > 0, 40000, 0).astype(np.uint16), header=q.header)
+    fits.HDUList(hdus).writeto(files[0], overwrite=True)
+    (s,) = Moons1dReader(apply_sky_mask=True).read_group(files)
+    assert s.arms[0].mask is not None and s.arms[0].mask.any()
+
+
+def test_gzipped_tile_compressed_images_with_blank_pixels_ingest(tmp_path):
+    """A .fits.gz holding tile-compressed images (fpack, then gzip) and an integer IVAR image with BLANK pixels:
+    read like the plain file, the BLANK pixels are invalid input (ivar NaN -> 0, counted), nothing else changes."""
+    import gzip
+
+    from survey_infer.io.ingest import ingest
+
+    w = np.linspace(6500.0, 9000.0, 400)
+    f = np.linspace(1.0, 2.0, 400)
+    iv = np.full(400, 4, np.int16)
+    iv[[10, 200, 201]] = -32768
+    ivh = fits.ImageHDU(iv, name="IVAR")
+    ivh.header["BLANK"] = -32768
+    hdus = [fits.PrimaryHDU(), fits.CompImageHDU(w, name="WAVE", compression_type="GZIP_1", quantize_level=0.0),
+            fits.CompImageHDU(f, name="FLUX", compression_type="GZIP_2", quantize_level=0.0), ivh]
+    hdus[1].header["BUNIT"] = "Angstrom"
+    hdus[2].header["BUNIT"] = "1e-17 erg/(s cm2 Angstrom)"
+    fits.HDUList(hdus).writeto(tmp_path / "fz.fits")
+    gz = tmp_path / "fz.fits.gz"
+    gz.write_bytes(gzip.compress((tmp_path / "fz.fits").read_bytes()))
+    a, b = read_spectra(tmp_path / "fz.fits")[0], read_spectra(gz)[0]
+    np.testing.assert_array_equal(b.wave, w)
+    np.testing.assert_array_equal(b.flux, f)
+    np.testing.assert_array_equal(a.ivar, b.ivar)
+    assert np.isnan(b.ivar[[10, 200, 201]]).all() and (b.ivar[~np.isnan(b.ivar)] == 4).all()
+    rep = ingest([gz], tmp_path / "s.zarr", progress=False)
+    assert rep.n_spectra == 1 and rep.source_counts["bad_ivar"] == 3
+
+
+def test_fits_cut_in_a_header_or_padded_at_the_end(tmp_path):
+    """A file cut inside an extension header is refused (astropy alone drops that HDU with a warning); zero
+    padding after the last HDU is ignored."""
+    w = np.linspace(4000, 5000, 200)
+    full = write_table_fits(tmp_path / "full.fits", w, np.ones_like(w), err=np.ones_like(w)).read_bytes()
+    (tmp_path / "cut.fits").write_bytes(full[:2880 + 800])
+    with pytest.raises(ReaderError, match=r"cut\.fits: truncated FITS file: the header of HDU 1 is cut"):
+        find_reader(tmp_path / "cut.fits")
+    (tmp_path / "pad.fits").write_bytes(full + bytes(100))
+    np.testing.assert_array_equal(read_spectra(tmp_path / "pad.fits")[0].wave, w)
+
+
 # ------------------------------------------------------------------------------------------ generic + moons1d
 
 def test_generic_fits_table_units_air_and_error(tmp_path):

@@ -20,7 +20,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import (FLUX_UNIT_STR, FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, probe_file)
+from .base import (
+    FLUX_UNIT_STR,
+    FileProbe,
+    ReaderError,
+    Spectrum,
+    SpectrumArm,
+    SpectrumReader,
+    probe_file,
+)
 from .desi import DESIReader
 from .eso import ESOPhase3Reader
 from .generic import GenericTableReader
@@ -35,10 +43,10 @@ __all__ = [
     "Spectrum",
     "SpectrumArm",
     "SpectrumReader",
-    "probe_file",
+    "companion_of",
     "default_readers",
     "find_reader",
-    "companion_of",
+    "probe_file",
     "read_spectra",
     "reader_by_name",
 ]
@@ -52,6 +60,13 @@ def default_readers(*, moons1d_sky_mask: bool = False) -> list[SpectrumReader]:
 
 
 def reader_by_name(name: str, readers: list[SpectrumReader] | None = None) -> SpectrumReader:
+    """The reader whose :attr:`~SpectrumReader.name` is ``name`` (from ``readers``, default all).
+
+    Raises
+    ------
+    KeyError
+        If no reader has that name (the message lists the known names).
+    """
     for r in readers or default_readers():
         if r.name == name:
             return r

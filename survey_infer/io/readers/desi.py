@@ -21,8 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (FileProbe, ReaderError, Spectrum, SpectrumReader, as_int_id, astropy_table, build_arms,
-                   flux_factor, image_data, log, parse_unit, wave_to_angstrom)
+from .base import (
+    FileProbe,
+    ReaderError,
+    Spectrum,
+    SpectrumReader,
+    as_int_id,
+    astropy_table,
+    build_arms,
+    flux_factor,
+    image_data,
+    log,
+    open_fits,
+    parse_unit,
+    wave_to_angstrom,
+)
 
 _ARM_RE = re.compile(r"^([A-Z]+)_WAVELENGTH$")
 
@@ -40,13 +53,11 @@ def companion_redshift_files(path: Path) -> list[Path]:
 
 def read_companion_redshifts(path: Path) -> dict[int, float]:
     """TARGETID -> Z from a Redrock ``REDSHIFTS`` (or ``ZBEST``) HDU; {} if there is no usable file."""
-    from astropy.io import fits
-
     for cand in companion_redshift_files(path):
         if not cand.exists():
             continue
         try:
-            with fits.open(cand, memmap=False) as h:
+            with open_fits(cand) as h:
                 ext = "REDSHIFTS" if "REDSHIFTS" in h else ("ZBEST" if "ZBEST" in h else None)
                 if ext is None:
                     log.warning("%s: companion %s has no REDSHIFTS/ZBEST HDU; no catalog redshifts", path, cand)
@@ -86,11 +97,9 @@ class DESIReader(SpectrumReader):
         return has_z and not self._arms(probe)
 
     def read(self, path: str | os.PathLike) -> list[Spectrum]:
-        from astropy.io import fits
-
         path = Path(path)
         try:
-            with fits.open(path, memmap=False) as hdul:
+            with open_fits(path) as hdul:
                 hdu_names = [h.name.upper() for h in hdul]
                 arm_names = [m.group(1) for n in hdu_names if (m := _ARM_RE.match(n))
                              and f"{m.group(1)}_FLUX" in hdu_names and f"{m.group(1)}_IVAR" in hdu_names]

@@ -25,9 +25,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (FileProbe, ReaderError, Spectrum, SpectrumReader, build_arms, flux_factor, header_float,
-                   header_str, ivar_from_error, log, parse_unit, probe_file, read_table, stable_id,
-                   table_column_keyword, table_units, wave_to_angstrom)
+from .base import (
+    FileProbe,
+    ReaderError,
+    Spectrum,
+    SpectrumReader,
+    build_arms,
+    fits_table,
+    flux_factor,
+    header_float,
+    header_str,
+    ivar_from_error,
+    log,
+    parse_unit,
+    probe_file,
+    stable_id,
+    table_column_keyword,
+    table_units,
+    wave_to_angstrom,
+)
 
 _LEGAC_RE = re.compile(r"^M\d+_(\d+)$")
 
@@ -97,7 +113,7 @@ class ESOPhase3Reader(SpectrumReader):
         eunit = (units.get(ce, "") or funit) if ce else funit
         wucd = table_column_keyword(info, cw, "TUCD")
         try:
-            d = read_table(path, info, [c for c in (cw, cf, ce, cq) if c])
+            d = fits_table(path, info, [c for c in (cw, cf, ce, cq) if c])
             rows = []
             for r in range(len(d[cw])):
                 rows.append((np.atleast_1d(np.ma.filled(np.ma.asarray(d[cw][r], dtype=np.float64), np.nan)).ravel(),

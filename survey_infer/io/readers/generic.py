@@ -42,9 +42,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (FLUX_UNIT_STR, FileProbe, ReaderError, Spectrum, SpectrumReader, as_int_id, astropy_table, attr_str, build_arms,
-                   flux_factor, image_data, is_log_unit, ivar_from_error, log, parse_unit, stable_id,
-                   wave_to_angstrom)
+from .base import (
+    FLUX_UNIT_STR,
+    FileProbe,
+    ReaderError,
+    Spectrum,
+    SpectrumReader,
+    as_int_id,
+    astropy_table,
+    attr_str,
+    build_arms,
+    flux_factor,
+    image_data,
+    is_log_unit,
+    ivar_from_error,
+    log,
+    open_fits,
+    parse_unit,
+    stable_id,
+    wave_to_angstrom,
+)
 
 WAVE_NAMES = ("WAVE", "WAVELENGTH", "LAMBDA", "LAM", "LOGLAM")
 FLUX_NAMES = ("FLUX", "F_LAMBDA", "FLAM", "FNU")
@@ -312,10 +329,8 @@ class GenericTableReader(SpectrumReader):
         return out
 
     def _read_fits(self, path: Path, layout) -> list[Spectrum]:
-        from astropy.io import fits
-
         kind, tables = layout
-        with fits.open(path, memmap=False) as hdul:
+        with open_fits(path) as hdul:
             hdr0 = dict(hdul[0].header)
             if kind == "table":
                 out: list[Spectrum] = []

@@ -20,9 +20,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (FileProbe, ReaderError, Spectrum, SpectrumReader, as_int_id, build_arms, flux_factor,
-                   header_float, header_str, ivar_from_error, log, parse_unit, probe_file, read_table, stable_id,
-                   table_units, wave_to_angstrom)
+from .base import (
+    FileProbe,
+    ReaderError,
+    Spectrum,
+    SpectrumReader,
+    as_int_id,
+    build_arms,
+    fits_table,
+    flux_factor,
+    header_float,
+    header_str,
+    ivar_from_error,
+    log,
+    parse_unit,
+    probe_file,
+    stable_id,
+    table_units,
+    wave_to_angstrom,
+)
 
 
 class MsaexpReader(SpectrumReader):
@@ -53,7 +69,7 @@ class MsaexpReader(SpectrumReader):
         h, hdr0 = info.header, probe.header(0)
         units = {k.lower(): v for k, v in table_units(info).items()}
         try:
-            d = read_table(path, info, ["wave", "flux", "err", "valid"])
+            d = fits_table(path, info, ["wave", "flux", "err", "valid"])
             wave, flux, err = (np.ma.filled(np.ma.asarray(d[k], dtype=np.float64), np.nan) for k in ("WAVE", "FLUX", "ERR"))
             valid = d["VALID"].astype(bool) if "VALID" in d else None
         except Exception as exc:  # noqa: BLE001

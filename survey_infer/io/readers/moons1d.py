@@ -32,9 +32,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (FileProbe, ReaderError, Spectrum, SpectrumArm, SpectrumReader, as_int_id, flux_factor,
-                   header_float, header_str, ivar_from_error, log, parse_unit, probe_file, read_image, stable_id,
-                   wave_to_angstrom)
+from .base import (
+    FileProbe,
+    ReaderError,
+    Spectrum,
+    SpectrumArm,
+    SpectrumReader,
+    as_int_id,
+    fits_image,
+    flux_factor,
+    header_float,
+    header_str,
+    ivar_from_error,
+    log,
+    parse_unit,
+    probe_file,
+    stable_id,
+    wave_to_angstrom,
+)
 
 ARM_ORDER = ("RI", "YJ", "H")
 _BAND_RE = re.compile(r"^(.*)_(RI|YJ|H|YJH|[A-Z]+)$")
@@ -81,10 +96,10 @@ class Moons1dReader(SpectrumReader):
         try:
             hdr0 = dict(probe.header(0))
             h1 = probe.header(1)
-            flux = read_image(path, probe.hdu(1)).astype(np.float64).ravel()
-            err = read_image(path, probe.hdu(2)).astype(np.float64).ravel()
+            flux = fits_image(path, probe.hdu(1)).astype(np.float64).ravel()
+            err = fits_image(path, probe.hdu(2)).astype(np.float64).ravel()
             q = probe.hdu(3)
-            qual = read_image(path, q).ravel() if q is not None and int(q.header.get("NAXIS", 0)) > 0 else None
+            qual = fits_image(path, q).ravel() if q is not None and int(q.header.get("NAXIS", 0)) > 0 else None
             crval, cdelt = float(h1["CRVAL1"]), float(h1["CDELT1"])
             crpix = float(h1.get("CRPIX1", 1.0))
             wunit = str(h1.get("TUNIT1", "") or "Angstrom")

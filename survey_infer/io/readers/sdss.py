@@ -20,8 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (FileProbe, ReaderError, Spectrum, SpectrumReader, as_int_id, build_arms, flux_factor,
-                   header_float, log, parse_unit, probe_file, read_table)
+from .base import (
+    FileProbe,
+    ReaderError,
+    Spectrum,
+    SpectrumReader,
+    as_int_id,
+    build_arms,
+    fits_table,
+    flux_factor,
+    header_float,
+    log,
+    parse_unit,
+    probe_file,
+)
 
 
 class SDSSReader(SpectrumReader):
@@ -44,7 +56,7 @@ class SDSSReader(SpectrumReader):
             raise ReaderError(path, "SDSS spec file without a COADD HDU")
         hdr0 = probe.header(0)
         try:
-            d = read_table(path, coadd, ["flux", "loglam", "ivar", "and_mask"])
+            d = fits_table(path, coadd, ["flux", "loglam", "ivar", "and_mask"])
             loglam = d["LOGLAM"].astype(np.float64)
             flux = d["FLUX"].astype(np.float64)
             ivar = d["IVAR"].astype(np.float64)
@@ -52,7 +64,7 @@ class SDSSReader(SpectrumReader):
             so = probe.hdu("SPECOBJ") or probe.hdu("SPALL")
             meta_row = {}
             if so is not None and int(so.header.get("NAXIS2", 0)) > 0:
-                cols = read_table(path, so, ["Z", "Z_ERR", "ZWARNING", "CLASS", "PLUG_RA", "PLUG_DEC", "BESTOBJID",
+                cols = fits_table(path, so, ["Z", "Z_ERR", "ZWARNING", "CLASS", "PLUG_RA", "PLUG_DEC", "BESTOBJID",
                                              "TARGETOBJID", "SPECOBJID", "PLATE", "MJD", "FIBERID"])
                 # masked cells (FITS TNULLn) are unknown values
                 meta_row = {k: v[0] for k, v in cols.items() if not np.ma.is_masked(v[0])}
