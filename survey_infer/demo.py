@@ -110,16 +110,3 @@ def run_demo(out: str | Path = "survey-infer-demo", n: int = 3000, seed: int = 2
     print(f"Next: survey-infer export {catalog} --format fits --out {out}/catalog.fits ; "
           f"survey-infer inspect {catalog} --object <ID> --out {out}/object.png")
     return 0 if s.ok else 1
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="simulate a small survey, run the shipped model on a local cluster, report",
-                              description=__doc__)
-    p.add_argument("--out", default="survey-infer-demo", help="output folder (default ./survey-infer-demo)")
-    p.add_argument("--n", type=int, default=3000, help="spectra to simulate (default 3000)")
-    p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--mc-samples", type=int, default=50)
-    p.add_argument("--model", default="default")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=lambda a: run_demo(a.out, a.n, a.seed, a.workers, a.mc_samples, a.model, not a.no_progress))

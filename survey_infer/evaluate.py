@@ -15,7 +15,6 @@ when present), by exposure time and by m_H bin, and by type × m_H bin; interlop
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +87,7 @@ def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None, truth
     ``truth``: the survey store the catalog was run on; truth columns the catalog does not carry
     (``template_family``, ``ew_halpha_rest_true``, …) are read from it, row by row (the object ids must match).
     """
-    from .io.catalog_store import open_catalog
+    from .catalog.store import open_catalog
 
     cat = open_catalog(catalog)
     if truth is not None:
@@ -310,21 +309,3 @@ def format_report(m: dict) -> str:
     if "pit_hist" in m:
         lines.append("PIT deciles: " + " ".join(f"{x:.3f}" for x in m["pit_hist"]))
     return "\n".join(lines)
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="accuracy / calibration / screening metrics against truth columns")
-    p.add_argument("catalog")
-    p.add_argument("--json", action="store_true", help="print metrics as JSON")
-    p.add_argument("--plots", default=None, help="folder for PNG plots")
-    p.add_argument("--truth", default=None,
-                   help="the input survey store: truth columns the catalog lacks (template family, Halpha EW)")
-    p.set_defaults(func=main)
-
-
-def main(args) -> int:
-    m = evaluate_catalog(args.catalog, args.plots, args.truth)
-    print(json.dumps(m, indent=1) if args.json else format_report(m))
-    if m.get("plots_written") and not args.json:
-        print("plots written: " + ", ".join(m["plots_written"]))
-    return 0
