@@ -81,7 +81,8 @@ class LogGrid:
         return np.exp(self.r0 + (np.arange(self.n_rest) + 0.5) * self.dlnw)
 
 
-def template_bank(spectra: np.ndarray, wave: np.ndarray, grid: LogGrid, n_templates: int) -> tuple[np.ndarray, np.ndarray]:
+def template_bank(spectra: np.ndarray, wave: np.ndarray, grid: LogGrid, n_templates: int,
+                  weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Orthonormal PCA bases (``full`` and high-pass ``hp``) of rest-frame spectra on the template grid.
 
     Parameters
@@ -92,6 +93,9 @@ def template_bank(spectra: np.ndarray, wave: np.ndarray, grid: LogGrid, n_templa
         Their rest wavelengths (Å), increasing; must cover ``grid.rest_wave``.
     n_templates : int
         Basis size M (≤ N).
+    weights : ndarray (N,), optional
+        Weight of each (normalised) spectrum in the PCA (its row is scaled by ``sqrt(weight)`` before the SVD;
+        e.g. 1/N_family so that every family counts alike). ``None``: all 1.
 
     Returns
     -------
@@ -111,9 +115,10 @@ def template_bank(spectra: np.ndarray, wave: np.ndarray, grid: LogGrid, n_templa
     ker = np.ones(k) / k
     pad = np.pad(binned, ((0, 0), (k // 2, k // 2)), mode="edge")
     smooth = np.stack([np.convolve(p, ker, mode="valid") for p in pad])
+    sw = np.ones((len(spectra), 1)) if weights is None else np.sqrt(np.asarray(weights, np.float64))[:, None]
     out = []
     for s in (binned, binned - smooth):
-        u, sv, vt = np.linalg.svd(s, full_matrices=False)
+        u, sv, vt = np.linalg.svd(s * sw, full_matrices=False)
         basis = vt[:n_templates] * np.sqrt(grid.n_rest)
         basis *= np.sign(basis.sum(axis=1, keepdims=True) + 1e-12)
         out.append(basis.astype(np.float32))
@@ -127,6 +132,53 @@ def default_template_spectra() -> tuple[np.ndarray, np.ndarray]:
     f = resources.files("survey_infer") / "data" / "templates" / "kcorrect_linefree.npz"
     with f.open("rb") as fh, np.load(fh, allow_pickle=False) as d:
         return np.asarray(d["flux"], np.float64), np.asarray(d["wave"], np.float64)
+
+
+def ssp_template_spectra(max_age_gyr: float | None = None, with_kcorrect: bool = True
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rest-frame spectra for an SSP-family bank: every age × metallicity of the four SSP families of the
+    simulator (:data:`survey_infer.simulate.families.SSP_FAMILIES`: M11-MARCS, M11-STELIB, MaStar, BPASS) and,
+    optionally, the five kcorrect templates, on the SSP families' common rest grid.
+
+    Parameters
+    ----------
+    max_age_gyr : float, optional
+        Leave out SSPs older than this (Gyr); ``None`` keeps every age.
+    with_kcorrect : bool
+        Add the kcorrect templates (linearly interpolated onto the grid) as a sixth group.
+
+    Returns
+    -------
+    spectra : ndarray (N, L) float64
+        Each unit mean over 3500–7500 Å (L = 27,835, 1150–18600 Å).
+    wave : ndarray (L,) float64
+        Rest wavelengths (Å).
+    weights : ndarray (N,) float64
+        1 / (spectra in its group): every family weighs the same in :func:`template_bank`'s PCA.
+    """
+    from ..simulate.families import SSP_FAMILIES, load_family
+
+    groups = []
+    wave = None
+    for name in SSP_FAMILIES:
+        d = load_family(name)
+        w = np.exp(d["lnw0"] + d["dlnw"] * np.arange(d["L"]))
+        if wave is None:
+            wave = w
+        elif len(w) != len(wave) or not np.allclose(w, wave):
+            raise ValueError(f"SSP family {name} is not on the common rest grid")
+        cube = d["cube"].astype(np.float64)
+        if max_age_gyr is not None:
+            ages = np.repeat(d["age_gyr"], d["n_z"])  # metallicity varies fastest
+            cube = cube[ages <= max_age_gyr]
+        groups.append(cube)
+    if with_kcorrect:
+        kf, kw = default_template_spectra()
+        groups.append(np.stack([np.interp(wave, kw, f) for f in kf]))
+    sel = (wave >= 3500.0) & (wave <= 7500.0)
+    spectra = np.concatenate([g / g[:, sel].mean(axis=1, keepdims=True) for g in groups])
+    weights = np.concatenate([np.full(len(g), 1.0 / len(g)) for g in groups])
+    return spectra, wave, weights
 
 
 class TemplateChi2(nn.Module):
@@ -145,9 +197,9 @@ class TemplateChi2(nn.Module):
         iu = torch.triu_indices(self.M, self.M)
         self.register_buffer("iu", iu, persistent=False)
 
-    def fill(self, spectra: np.ndarray, wave: np.ndarray) -> None:
+    def fill(self, spectra: np.ndarray, wave: np.ndarray, weights: np.ndarray | None = None) -> None:
         """Set the templates from rest-frame spectra (:func:`template_bank`)."""
-        full, hp = template_bank(spectra, wave, self.grid, self.M)
+        full, hp = template_bank(spectra, wave, self.grid, self.M, weights)
         with torch.no_grad():
             self.t_full.copy_(torch.from_numpy(full))
             self.t_hp.copy_(torch.from_numpy(hp))
