@@ -12,9 +12,8 @@ import xarray as xr
 from survey_infer import flags
 from survey_infer.cli import UserError, main as cli_main
 from survey_infer.catalog.schema import PASSTHROUGH, PER_OBJECT
-from survey_infer.catalog.store import block_bounds, create_catalog, write_block
-from survey_infer.catalog.export import (catalog_columns, columns_markdown, encode_checksum, export_catalog,
-                                    fits_checksum, fits_unit, open_catalog, zwarn_markdown)
+from survey_infer.catalog.store import block_bounds, create_catalog, open_catalog, write_block
+from survey_infer.catalog.export import catalog_columns, columns_markdown, export_catalog, fits_unit, zwarn_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +22,7 @@ def write_catalog(path: Path, n: int = 40, nz: int = 50, chunk: int = 16, pz_dty
                   with_pz: bool = True, nodata: tuple[int, ...] = (3, 7), seed: int = 1,
                   input_store: str | None = None, z_true: np.ndarray | None = None,
                   skip_last_block: bool = False) -> Path:
-    """Write a small catalog with the pipeline's own writer (io.catalog_store), with NODATA rows and, with
+    """Write a small catalog with the pipeline's own writer (catalog.store), with NODATA rows and, with
     ``skip_last_block``, a block never computed (fill values: NaN, -1, False)."""
     rng = np.random.default_rng(seed)
     z_grid = np.linspace(0.0, 3.0, nz)
@@ -111,7 +110,7 @@ def test_fits_round_trip_units_values_descriptions_checksums(catalog, tmp_path):
     import astropy.units as u
 
     out = export_catalog(catalog, tmp_path / "cat.fits", fmt="fits")
-    assert out.exists() and not list(tmp_path.glob(".cat.fits.tmp-*"))
+    assert out.exists() and not list(tmp_path.glob(".cat.fits.*"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any checksum / verification warning fails the test
         with fits.open(out, checksum=True) as hdul:
@@ -287,7 +286,7 @@ def test_refuses_overwrite_unless_asked(catalog, tmp_path):
     assert out.read_bytes() == b"precious"
     export_catalog(catalog, out, overwrite=True)
     assert out.read_bytes()[:6] == b"SIMPLE"
-    assert not list(tmp_path.glob(".cat.fits.tmp-*"))
+    assert not list(tmp_path.glob(".cat.fits.*"))
 
 
 def test_cli_export(catalog, tmp_path, capsys):
@@ -312,22 +311,10 @@ def test_with_pz_requires_stored_pz(tmp_path):
     export_catalog(cat, tmp_path / "x.fits")  # without pz is fine
 
 
-def test_checksum_helpers_match_astropy():
-    from astropy.io import fits
-
-    hdu = fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.arange(7, dtype=np.float32))])
-    hdu.add_checksum()
-    data = np.arange(7, dtype=">f4").tobytes()  # the raw big-endian data unit
-    data += b"\0" * ((-len(data)) % 2880)
-    assert str(fits_checksum(data)) == hdu.header["DATASUM"]
-    for v in (0, 1, 0xFFFFFFFF, 123456789):
-        assert encode_checksum(v) == hdu._char_encode(~np.uint32(v) & 0xFFFFFFFF)
-
-
 def test_docs_embed_generated_tables():
     doc = (ROOT / "docs" / "catalog.md").read_text()
-    assert zwarn_markdown() in doc, "regenerate with: python -m survey_infer.io.export --markdown zwarn"
-    assert columns_markdown() in doc, "regenerate with: python -m survey_infer.io.export --markdown columns"
+    assert zwarn_markdown() in doc, "regenerate with: python -m survey_infer.catalog.export --markdown zwarn"
+    assert columns_markdown() in doc, "regenerate with: python -m survey_infer.catalog.export --markdown columns"
     for b in flags.ZWARN_BITS:
         assert f"`{b.name}`" in doc
     for name in list(PER_OBJECT) + list(PASSTHROUGH):
@@ -357,3 +344,32 @@ def test_unusual_dtypes_and_format_from_suffix(tmp_path):
         _assert_equal(t[name], extra[name].values, name)
         _assert_equal(df[name].to_numpy(), extra[name].values, name)
     assert t["flag_u16"].dtype.kind == "u" and t["count_u32"].dtype.kind == "u"
+
+
+def test_docs_tables_from_the_new_module_path(capsys):
+    """``python -m survey_infer.catalog.export --markdown zwarn|columns`` prints the tables docs/catalog.md embeds."""
+    from survey_infer.catalog.export.__main__ import main
+
+    assert main(["--markdown", "zwarn"]) == 0
+    assert capsys.readouterr().out == zwarn_markdown()
+    assert main(["--markdown", "columns"]) == 0
+    assert capsys.readouterr().out == columns_markdown()
+
+
+def test_one_open_catalog_refuses_what_is_not_a_catalog(tmp_path, capsys):
+    """The one ``open_catalog`` (catalog.store) names the path in one line for a missing folder or a Zarr group
+    without an ``object`` dimension; the export command says the same with exit status 2."""
+    from survey_infer.errors import CatalogError
+
+    with pytest.raises(CatalogError, match="does not exist"):
+        open_catalog(tmp_path / "missing.zarr")
+    not_cat = tmp_path / "other.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        xr.Dataset({"flux": (("spectrum",), np.zeros(3))}).to_zarr(str(not_cat), zarr_format=3, consolidated=False)
+    with pytest.raises(CatalogError, match=r"other\.zarr has no 'object' dimension"):
+        open_catalog(not_cat)
+    assert cli_main(["export", str(not_cat), "--out", str(tmp_path / "x.fits")]) == 2
+    err = capsys.readouterr().err
+    assert "has no 'object' dimension" in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.glob("*.fits")) and not list(tmp_path.glob(".x.fits*"))

@@ -51,7 +51,7 @@ def _png_ok(path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     img = mpimg.imread(path)
     assert img.shape[0] > 500 and img.shape[1] > 1000
-    assert not list(path.parent.glob(f".{path.name}.tmp-*"))
+    assert not list(path.parent.glob(f".{path.name}.*"))
 
 
 def test_inspect_writes_png_from_recorded_store(files, tmp_path):

@@ -314,11 +314,11 @@ def inspect_object(catalog: str | Path, object_id: int, out_png: str | Path, inp
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .export import open_catalog
+    from .store import open_catalog
 
     catalog = Path(catalog)
     object_id = int(object_id)
-    ds = open_catalog(catalog)
+    ds = open_catalog(catalog, dask=False)
     if "object_id" not in ds.variables:
         raise UserError(f"catalog {catalog} has no object_id variable")
     row = find_row(ds["object_id"].variable, object_id)

@@ -73,15 +73,46 @@ def create_catalog(path: str | Path, n_objects: int, z_centres: np.ndarray, bloc
         ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, encoding=enc, consolidated=False)
 
 
-def open_catalog(path: str | Path):
-    """Open a catalog as an xarray Dataset (lazy)."""
+def open_catalog(path: str | Path, *, dask: bool = True):
+    """Open a catalog lazily as an :class:`xarray.Dataset` (nothing is loaded).
+
+    The one way to open a catalog (the runner, evaluation, export, inspection and users' scripts).
+
+    Parameters
+    ----------
+    path : str or Path
+        The catalog's Zarr v3 folder.
+    dask : bool
+        True (default): variables are dask arrays chunked as stored (``xr.open_zarr``'s default). False: lazy
+        backend arrays without dask (``chunks=None``), for callers that read row slices themselves (export,
+        inspect).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``object`` (N rows) and ``zbin`` (Z bins); variables as :mod:`survey_infer.catalog.schema` lists.
+
+    Raises
+    ------
+    CatalogError
+        ``path`` does not exist, is not a readable Zarr v3 catalog, or has no ``object`` dimension (e.g. a survey
+        store was given).
+    """
     import xarray as xr
 
-    if not Path(path).exists():
+    path = Path(path)
+    if not path.exists():
         raise CatalogError(f"catalog {path} does not exist")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return xr.open_zarr(str(path), consolidated=False, zarr_format=3)
+    kwargs = {} if dask else {"chunks": None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = xr.open_zarr(str(path), consolidated=False, zarr_format=3, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - report any zarr/xarray failure with the path
+        raise CatalogError(f"{path} is not a readable Zarr catalog: {exc}") from exc
+    if "object" not in ds.dims:
+        raise CatalogError(f"{path} has no 'object' dimension; is it a survey-infer catalog (not a survey store)?")
+    return ds
 
 
 def output_hash(values: dict[str, np.ndarray]) -> str:
@@ -94,14 +125,28 @@ def output_hash(values: dict[str, np.ndarray]) -> str:
     return f"{crc:08x}"
 
 
-def write_block(path: str | Path, lo: int, hi: int, values: dict[str, np.ndarray], rows: np.ndarray | None = None) -> str:
-    """Write rows ``[lo, hi)`` of every variable in ``values``; returns :func:`output_hash` of what is stored.
+def write_block(path: str | Path, lo: int, hi: int, values: dict[str, np.ndarray]) -> str:
+    """Write rows ``[lo, hi)`` of every variable in ``values`` (one whole block: one writer per chunk).
 
     Parameters
     ----------
-    rows : ndarray of int, optional
-        Partial reprocessing: only these rows (absolute indices within the block) are replaced; the rest of the
-        block is read back and kept, and the whole block is written (one writer per chunk still holds).
+    path : str or Path
+        The catalog (created by :func:`create_catalog`).
+    lo, hi : int
+        Row bounds of the block; ``lo`` and ``hi`` must lie on the variables' chunk edges (``hi`` may be N).
+    values : dict of str to ndarray
+        Variable name to its rows, shape ``(hi - lo, ...)``; cast to the stored dtype.
+
+    Returns
+    -------
+    str
+        :func:`output_hash` of what was stored.
+
+    Raises
+    ------
+    CatalogError
+        A name is not a variable of the catalog (nothing written), the block is not chunk-aligned, or an array
+        has the wrong number of rows.
     """
     g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)  # never stale shapes
     if missing := sorted(set(values) - set(g.array_keys())):  # refuse before writing anything (never half-written)
@@ -114,10 +159,6 @@ def write_block(path: str | Path, lo: int, hi: int, values: dict[str, np.ndarray
             raise CatalogError(f"{path}: block [{lo}, {hi}) of {name} is not aligned with its chunks of {chunk} "
                                f"(one writer per chunk would be violated)")
         v = np.asarray(v)
-        if rows is not None:
-            cur = arr[lo:hi]
-            cur[np.asarray(rows) - lo] = v.astype(arr.dtype, copy=False)
-            v = cur
         if v.shape[0] != hi - lo:
             raise CatalogError(f"{path}: {name} has {v.shape[0]} rows for block [{lo}, {hi})")
         v = v.astype(arr.dtype, copy=False)
