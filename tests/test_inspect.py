@@ -94,3 +94,17 @@ def test_flags_decoded_with_the_catalogs_table():
     assert "z_reliable = True" in flag_lines(1 << 17)[0] and "no flags set" in flag_lines(0)[1]
     old = [{"name": "NODATA", "bit": 0, "value": 1, "bad": True, "description": "no valid pixel"}]
     assert "BAD  NODATA (0): no valid pixel" in "\n".join(flag_lines(1, old))  # an old catalog's meaning
+
+
+def test_command_line_lives_in_cli():
+    """The library modules of the catalog room know nothing of argparse; the commands are cli.inspect/cli.export."""
+    import inspect as pyinspect
+
+    import survey_infer.catalog.export as export_pkg
+    import survey_infer.catalog.inspect as lib
+    from survey_infer.cli import export as cli_export, inspect as cli_inspect
+
+    for mod in (lib, export_pkg):
+        assert not hasattr(mod, "register") and "argparse" not in pyinspect.getsource(mod)
+    assert callable(cli_inspect.register) and callable(cli_inspect.run)
+    assert callable(cli_export.register) and callable(cli_export.run)

@@ -1,6 +1,7 @@
 """One-object inspection figure: spectrum with masked channels and expected lines, redshift PDF, flags.
 
-``survey-infer inspect CATALOG --object ID [--input STORE] --out PNG`` (or :func:`inspect_object`) draws
+``survey-infer inspect CATALOG --object ID [--input STORE] --out PNG`` (:mod:`survey_infer.cli.inspect`) or
+:func:`inspect_object` draws
 
 * the spectrum from the input survey store (``--input``, else the catalog's ``input_store`` attribute):
   flux (grey), a 9-channel inverse-variance-weighted smoothing (black) and the 1-sigma noise (red); channels in
@@ -15,20 +16,18 @@ Matplotlib is used through the Agg canvas directly, so no global backend is chan
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import textwrap
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from .. import flags
+from ..atomic import atomic_path
 from ..errors import UserError
 from ..lines import lines_in_range
 
-__all__ = ["inspect_object", "register", "find_row"]
+__all__ = ["inspect_object", "find_row", "flag_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,22 @@ _SCAN_ROWS = 1 << 20
 
 
 def find_row(ids, object_id: int, hint: int | None = None) -> int | None:
-    """Row index of ``object_id`` in a lazily-indexable 1-D array of ids (xarray Variable or dask/NumPy array),
-    scanning ``_SCAN_ROWS`` at a time; ``hint`` is checked first. None when absent."""
+    """Row index of ``object_id`` in a lazily indexable 1-D array of ids, read ``_SCAN_ROWS`` rows at a time.
+
+    Parameters
+    ----------
+    ids : xarray.Variable, dask array or ndarray, shape (N,)
+        The ``object_id`` column (integers).
+    object_id : int
+        The id to find.
+    hint : int, optional
+        A row checked first (e.g. the object's row in another store of the same order).
+
+    Returns
+    -------
+    int or None
+        The first row holding ``object_id`` (a warning when there are several), None when absent.
+    """
     n = int(ids.shape[0])
     if hint is not None and 0 <= hint < n and int(np.asarray(_values(ids[hint : hint + 1]))[0]) == object_id:
         return int(hint)
@@ -251,16 +264,21 @@ def flag_lines(zwarn: int, table: list[dict] | None = None, width: int = 64) -> 
 
     Parameters
     ----------
-    zwarn : the value.
-    table : the catalog's ``zwarn_bits`` attribute (its descriptions state its model's thresholds, and an old
+    zwarn : int
+        The bitmask.
+    table : list of dict, optional
+        The catalog's ``zwarn_bits`` attribute (its descriptions state its model's thresholds, and an old
         catalog keeps the meanings its bits had); default: :func:`survey_infer.flags.bit_table`.
+    width : int
+        Characters per line.
 
     Returns
     -------
-    list of str: ``zwarn = V (0xV)   z_reliable = ...``, then ``BAD``/``info`` NAME: description per set bit
-    (user bits as ``USERnn``, bits the table does not name as ``BITnn``).
+    list of str
+        ``zwarn = V (0xV)   z_reliable = ...``, then ``BAD``/``info`` NAME: description per set bit (user bits
+        as ``USERnn``, bits the table does not name as ``BITnn``).
     """
-    from .export import bit_table_of
+    from .export.metadata import bit_table_of
 
     rows = [r for r in bit_table_of({"zwarn_bits": table} if table else None)
             if isinstance(r.get("bit"), int) and not r.get("alias_of")]
@@ -288,16 +306,16 @@ def inspect_object(catalog: str | Path, object_id: int, out_png: str | Path, inp
 
     Parameters
     ----------
-    catalog : path
+    catalog : str or Path
         The Zarr catalog.
     object_id : int
         The object's ``object_id``.
-    out_png : path
-        Output PNG (replaced if it exists; written to a temporary name, then renamed).
-    input_store : path, optional
+    out_png : str or Path
+        Output PNG, 13 x 8.5 inches (replaced if it exists; written to a temporary name, then renamed).
+    input_store : str or Path, optional
         Survey store with the spectrum; default: the catalog's ``input_store`` attribute.
     dpi : int
-        Resolution.
+        Resolution in dots per inch.
 
     Returns
     -------
@@ -306,10 +324,12 @@ def inspect_object(catalog: str | Path, object_id: int, out_png: str | Path, inp
 
     Raises
     ------
+    CatalogError
+        When the catalog does not exist or is not a catalog.
     UserError
         When ``object_id`` is not in the catalog or the store, or no input store is known.
     FileNotFoundError
-        When the catalog or the given store does not exist.
+        When the given input store does not exist.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -345,35 +365,6 @@ def inspect_object(catalog: str | Path, object_id: int, out_png: str | Path, inp
     fig.suptitle(f"survey-infer inspect: {catalog.name}  object {object_id}", fontsize=10)
 
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(out, fsync=False) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    out = inspect_object(args.catalog, args.object, args.out, input_store=args.input)
-    print(f"wrote {out}")
-    return 0
-
-
-def register(subparsers) -> None:
-    """Add ``inspect CATALOG --object ID [--input STORE] --out PNG``."""
-    p = subparsers.add_parser(
-        "inspect",
-        help="plot one object's spectrum, lines at the estimated z, redshift PDF and flags",
-        description="Inspection figure for one object: the spectrum (masked channels shaded, expected lines at "
-                    "the estimated z), the redshift PDF with its 68%/95% intervals (and z_true when known) and "
-                    "the zwarn flags decoded.",
-    )
-    p.add_argument("catalog", help="catalog (Zarr) written by 'survey-infer run'")
-    p.add_argument("--object", type=int, required=True, metavar="ID", help="object_id to inspect")
-    p.add_argument("--input", default=None, metavar="STORE",
-                   help="survey store with the spectrum (default: the store recorded in the catalog)")
-    p.add_argument("--out", required=True, metavar="PNG", help="output PNG file")
-    p.set_defaults(func=_cmd)
