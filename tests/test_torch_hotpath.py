@@ -6,14 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_model
+
 from survey_infer.instrument import load_instrument
 from survey_infer.model import mc
 from survey_infer.model import torch_masks as tm
 from survey_infer.model.checkpoint import load_model
-from survey_infer.model.device import (MICRO_BATCH_BY_DEVICE, aligned, check_resume_hardware, configure_numerics,
-                                       fingerprint_fields, hardware_description, micro_batch_size, warm_up)
+from survey_infer.model.device import (
+    MICRO_BATCH_BY_DEVICE,
+    aligned,
+    check_resume_hardware,
+    configure_numerics,
+    fingerprint_fields,
+    hardware_description,
+    micro_batch_size,
+    warm_up,
+)
 from survey_infer.model.hotpath import STAT_KEYS, pdf_moments_torch, run_network_device
 from survey_infer.model.inference import MICRO_BATCH, make_masks, run_network
 from survey_infer.preprocess import preprocess
@@ -285,7 +293,11 @@ def test_gpu_fingerprint_cpu_empty_and_diff_names_the_gpu(monkeypatch):
     """The worker-side GPU fingerprint: nothing on the CPU (CPU catalogs keep their fingerprint); on a (fake)
     GPU description every GPU key, and a resume on another GPU is refused with a diff naming both GPUs."""
     from survey_infer.errors import ClusterError
-    from survey_infer.model.device import GPU_FINGERPRINT_KEYS, gpu_fingerprint, merge_worker_fingerprints
+    from survey_infer.model.device import (
+        GPU_FINGERPRINT_KEYS,
+        gpu_fingerprint,
+        merge_worker_fingerprints,
+    )
     from survey_infer.pipeline.resume import fingerprint_diff
 
     monkeypatch.delenv("SURVEY_INFER_MICRO_BATCH", raising=False)
@@ -310,3 +322,125 @@ def test_gpu_fingerprint_cpu_empty_and_diff_names_the_gpu(monkeypatch):
     if not torch.cuda.is_available():  # a CUDA run on a worker without a GPU: one clear line
         with pytest.raises(ClusterError, match="sees no CUDA GPU on host"):
             gpu_fingerprint("cuda")
+
+
+# ---------------------------------------------------------------------------------- screening on the device
+def _screening_pdfs(Z: int, n: int = 300, seed: int = 3) -> np.ndarray:
+    """Peaked to flat PDFs and the edge cases: a mode in the first/last bin, a spike, two equal bins, flat, a
+    broad plateau (the bin-resolution fallback of the intervals), exact ties."""
+    rng = np.random.default_rng(seed)
+    pz = rng.random((n, Z)) ** rng.uniform(1, 400, (n, 1))
+    for r, (a, b) in enumerate(((0, 1), (Z - 1, Z), (Z // 2, Z // 2 + 1), (10, 12), (0, Z), (100, 400))):
+        pz[r] = 1e-30
+        pz[r, a:b] = 1.0
+    pz[6] = rng.integers(0, 3, Z) / 7.0  # many exact ties
+    return pz / pz.sum(1, keepdims=True)
+
+
+def test_numpy_order_sum_is_numpys_sum():
+    from survey_infer.model.torch_screening import numpy_order_sum
+
+    rng = np.random.default_rng(1)
+    for shape in ((50, 567), (3, 129), (40, 33, 8), (9, 7), (5, 128), (2, 1000)):
+        a = rng.random(shape) ** 8 * rng.choice([1.0, 1e-5, 1e5], shape)
+        assert np.array_equal(numpy_order_sum(torch.from_numpy(a)).numpy(), a.sum(axis=-1)), shape
+
+
+def test_torch_greedy_interval_is_the_loop_bit_for_bit():
+    """The loop-free greedy growth (merge by running minima) takes the reference loop's cells, in its order."""
+    from survey_infer import screening
+    from survey_infer.model.torch_screening import greedy_interval
+
+    rng = np.random.default_rng(0)
+    for trial in range(120):
+        n, M = 40, int(rng.integers(1, 40))
+        cell = [rng.random((n, M)), rng.integers(0, 3, (n, M)) / 7.0,
+                rng.random((n, M)) ** 8 * (rng.random((n, M)) < 0.5), np.eye(M)[rng.integers(0, M, n)]][trial % 4]
+        cell = cell / max(cell.sum(1).max(), 1e-300) * rng.uniform(0.5, 1.5)
+        start = rng.integers(0, M, n)
+        level = float(rng.choice([0.68, 0.95, 0.3, 1.0, 2.0]))
+        ref = screening._greedy_interval(cell, start, level)
+        got = greedy_interval(torch.from_numpy(cell), torch.from_numpy(start), level)
+        for name, a, b in zip(("lo", "hi", "mass", "reached"), ref, got):
+            assert np.array_equal(a, b.numpy()), (trial, name)
+
+
+def test_torch_screening_is_numpy_bit_for_bit_on_cpu(model):
+    """Statistics, HPD intervals, zwarn and quality in torch = the numpy screening's bits on the CPU."""
+    from survey_infer.model import torch_screening as ts
+    from survey_infer.screening import set_flags
+
+    zc, dz, Z = model.zgrid.centres, model.zgrid.dz, model.zgrid.n
+    pz = _screening_pdfs(Z)
+    ref = pdf_statistics(pz, zc, dz, {})
+    got = ts.pdf_statistics(torch.from_numpy(pz), torch.from_numpy(zc), dz, {})
+    assert list(ref) == list(got)
+    for k in ref:
+        assert got[k].numpy().dtype == ref[k].dtype and np.array_equal(got[k].numpy(), ref[k]), k
+    assert (ref["z_hi95"] - ref["z_lo95"]).max() > 10 * dz  # the bin-resolution fallback was exercised
+    rng = np.random.default_rng(7)
+    n = len(pz)
+    th = {**model.calibration.get("thresholds", {}), "quality": float(np.median(ref["pz_conf"]))}
+    kw = {"p_outside": rng.uniform(0, 1, n), "z_mc_std": rng.uniform(0, 0.04, n),
+          "snr": rng.uniform(0, 1, n).astype(np.float32), "usable_fraction": rng.uniform(0, 1, n).astype(np.float32),
+          "bad_input_fraction": rng.uniform(0, 0.1, n), "n_good": rng.integers(0, 3, n) * 100}
+    kw["snr"][:20] = 0.5  # exactly at the LOW_SNR threshold
+    zw, q = set_flags(ref, z_range=(model.zgrid.z_min, model.zgrid.z_max), thresholds=th, **kw)
+    tzw, tq = ts.set_flags(got, z_range=(model.zgrid.z_min, model.zgrid.z_max), thresholds=th,
+                           **{k: torch.from_numpy(v) for k, v in kw.items()})
+    assert tzw.dtype == torch.int32 and tq.dtype == torch.float32
+    assert np.array_equal(tzw.numpy(), zw) and np.array_equal(tq.numpy(), q)
+    assert len(np.unique(zw)) > 20  # many flag combinations were compared
+
+
+def test_device_window_finishes_rows_on_the_device_in_one_copy(model, monkeypatch):
+    """``infer_window_device``: the catalog columns of a window, screened on the device, one copy back — on the
+    CPU the numpy screening's bits given the same preprocessing and network outputs (NODATA, masked and
+    invalid-input rows included); ``infer_block`` takes this path when forced."""
+    from survey_infer.io.survey_store import MASK_INVALID_INPUT
+    from survey_infer.model import hotpath
+    from survey_infer.model.inference import finish_rows, infer_block
+
+    rng = np.random.default_rng(21)
+    W, n = INST.n_wave, 45
+    flux = (2.0 + np.sin(INST.wave / 900.0)[None, :] + rng.normal(0, 0.5, (n, W))).astype(np.float32)
+    flux[:, np.abs(INST.wave - 6564.61 * 1.9) < 4] += 25.0
+    ivar = np.full((n, W), 4.0, np.float32)
+    ivar[5] = 0.0  # NODATA
+    flux[8, :300] = np.nan
+    mask = np.zeros((n, W), np.uint8)
+    mask[9, 1000:1400] = MASK_INVALID_INPUT
+    oid, rows = np.arange(900, 900 + n, dtype=np.int64), 3 + np.arange(n)
+    th = model.calibration.get("thresholds", {})
+    copies = []
+    real = hotpath._one_copy_back
+    monkeypatch.setattr(hotpath, "_one_copy_back", lambda buf: copies.append(buf.shape) or real(buf))
+    got = hotpath.infer_window_device(model, flux, ivar, mask, oid, rows, 4, 2, "cpu", thresholds=th)
+    assert len(copies) == 1 and copies[0][0] == n
+    # reference: the same torch preprocessing and network, then the numpy screening
+    pp = hotpath.preprocess_device(flux, ivar, model, mask, "cpu")
+    net = run_network_device(model, pp.x, pp.scalars, oid, rows, 4, 2, "cpu")
+    bad = (~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar < 0) | ((mask & MASK_INVALID_INPUT) != 0)).mean(1)
+    ref = finish_rows(model, net.pop("pz"), net, pp.snr, pp.masked_fraction, pp.n_good, bad, th)
+    assert list(got) == list(ref)
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape, k
+        assert np.array_equal(got[k], ref[k], equal_nan=True), k
+    assert got["zwarn"][5] & 512 and np.isnan(got["z"][5]) and got["zwarn"][9] != 0
+    monkeypatch.setenv("SURVEY_INFER_HOTPATH", "1")
+    blk = infer_block(model, flux, ivar, oid, 3, mask=mask, mc_samples=4, seed=2)
+    for k in ref:
+        assert np.array_equal(blk[k], ref[k], equal_nan=True), k
+
+
+def test_pack_rows_round_trip():
+    from survey_infer.model.hotpath import pack_rows, unpack_rows
+
+    cols = {"a": torch.arange(5, dtype=torch.float64) / 3, "b": torch.arange(5, dtype=torch.int16) - 2,
+            "c": torch.rand(5, 7, dtype=torch.float32), "d": torch.arange(5, dtype=torch.int32) * 1000,
+            "e": torch.tensor([True, False, True, True, False])}
+    buf, layout = pack_rows(cols)
+    assert buf.dtype == torch.uint8 and buf.shape == (5, 8 + 2 + 28 + 4 + 1)
+    out = unpack_rows(buf.numpy(), layout)
+    for k, v in cols.items():
+        assert out[k].dtype == v.numpy().dtype and np.array_equal(out[k], v.numpy()), k

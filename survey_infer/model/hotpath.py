@@ -11,6 +11,12 @@ same micro-batch rule (row ``g`` in slot ``g mod B``), same dropout masks (:mod:
 * the per-row results stay on the device and come back in one copy per call (one ``(n, 8)`` float64 array and
   the ``(n, Z)`` PDFs), instead of nine blocking ``.cpu()`` calls per micro-batch.
 
+:func:`infer_window_device` is the whole window on the device — bad-input fractions, preprocessing
+(:mod:`.torch_preprocess`), the network, then the screening (:mod:`.torch_screening`: statistics, HPD intervals,
+``zwarn``, quality, NODATA rows) — and brings the finished catalog columns back in ONE copy: every column is
+packed as bytes into one ``(n, bytes)`` buffer on the device (:func:`pack_rows`), copied into page-locked host
+memory, and viewed back as typed numpy arrays (:func:`unpack_rows`).
+
 :func:`pdf_moments_torch` computes the cheap PDF statistics (mode refined by a parabola, mean, z_err, peak,
 confidence, entropy, number of peaks) on the device; :mod:`survey_infer.screening` remains the reference
 (agreement within 1e-12 relative in float64: summation order differs; the mode bin is identical).
@@ -25,8 +31,18 @@ from .device import device_class, micro_batch_size
 from .inference import STREAMS, window_stats
 from .torch_masks import make_masks
 
-__all__ = ["run_network_device", "preprocess_device", "window_rows", "use_device_path", "pipeline_micro_batch",
-           "pdf_moments_torch", "STAT_KEYS"]
+__all__ = [
+    "STAT_KEYS",
+    "infer_window_device",
+    "pack_rows",
+    "pdf_moments_torch",
+    "pipeline_micro_batch",
+    "preprocess_device",
+    "run_network_device",
+    "unpack_rows",
+    "use_device_path",
+    "window_rows",
+]
 
 #: per-row scalar outputs of :func:`run_network_device`, in the column order of its one host copy
 STAT_KEYS = ("p_outside", "z_mc_std", "logmstar", "logmstar_err", "logmstar_err_mc", "logsfr", "logsfr_err",
@@ -125,6 +141,103 @@ def preprocess_device(flux: np.ndarray, ivar: np.ndarray, model: Model, mask: np
                         masked_fraction=small[:, 1].astype(np.float32), n_good=small[:, 2].astype(np.int64))
 
 
+def pack_rows(cols: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[str, int, int, str, tuple]]]:
+    """Pack per-row columns (first dimension n, any dtype) into one contiguous ``(n, bytes)`` uint8 tensor.
+
+    Returns
+    -------
+    buffer : (n, total bytes) uint8 tensor on the columns' device; layout : list of (name, byte offset, byte
+    width, numpy dtype name, trailing shape) for :func:`unpack_rows`.
+    """
+    parts, layout, off = [], [], 0
+    for k, v in cols.items():
+        n = v.shape[0]
+        v2 = v.reshape(n, -1).contiguous()
+        b = v2.view(torch.uint8) if v2.dtype != torch.bool else v2.to(torch.uint8)
+        layout.append((k, off, b.shape[1], str(torch.empty((), dtype=v.dtype).numpy().dtype), tuple(v.shape[1:])))
+        parts.append(b)
+        off += b.shape[1]
+    return torch.cat(parts, dim=1), layout
+
+
+def unpack_rows(buf: np.ndarray, layout: list[tuple[str, int, int, str, tuple]]) -> dict[str, np.ndarray]:
+    """Typed numpy columns from a host copy of a :func:`pack_rows` buffer (each column copied out contiguous)."""
+    n = buf.shape[0]
+    out = {}
+    for k, off, nb, dt, shape in layout:
+        a = np.ascontiguousarray(buf[:, off:off + nb]).view(np.dtype(dt))
+        out[k] = a.reshape((n,) + tuple(shape))
+    return out
+
+
+def _one_copy_back(buf: torch.Tensor) -> np.ndarray:
+    """The packed window on the host: into page-locked memory (cached by torch's host allocator) on CUDA."""
+    if buf.device.type != "cuda":
+        return buf.numpy()
+    host = torch.empty(buf.shape, dtype=buf.dtype, pin_memory=True)
+    host.copy_(buf, non_blocking=True)
+    torch.cuda.current_stream(buf.device).synchronize()
+    return host.numpy()
+
+
+@torch.inference_mode()
+def infer_window_device(model: Model, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray | None,
+                        object_id: np.ndarray, row_index: np.ndarray, mc_samples: int, seed: int,
+                        device: str | torch.device, keep_pz: bool = True, thresholds: dict | None = None,
+                        timings: dict | None = None) -> dict[str, np.ndarray]:
+    """One window of :func:`survey_infer.model.inference.infer_block` entirely on ``device``, one copy back.
+
+    Parameters
+    ----------
+    model : loaded model, its network on ``device``.
+    flux, ivar : (n, W) float32 host arrays; mask : (n, W) uint8 reduction mask or None.
+    object_id : (n,) int64; row_index : (n,) int64 global rows; mc_samples : T; seed : MC seed.
+    device : torch device; keep_pz : also return ``pz`` (n, Z) float32; thresholds : the model's calibrated
+    screening thresholds.
+    timings : dict, optional — seconds added under ``preprocess`` (host work and launches up to the network),
+        ``network`` (network, screening and the copy back: the device's work, waited for once) and
+        ``screening`` (unpacking on the host).
+
+    Returns
+    -------
+    dict of host numpy columns, named and typed as ``infer_block``'s (``z_reliable`` excepted). On the CPU the
+    columns equal the numpy path's given the same PDFs (screening bit for bit, :mod:`.torch_screening`); the
+    torch preprocessing agrees with numpy's within 1e-5 (:mod:`.torch_preprocess`).
+    """
+    import time
+
+    from ..io.survey_store import MASK_INVALID_INPUT
+    from .torch_preprocess import preprocess_torch
+    from .torch_screening import finish_rows
+
+    tm = timings if timings is not None else {}
+    t0 = time.perf_counter()
+    dev = torch.device(device)
+    f = _to_device(np.asarray(flux, np.float32), dev)
+    iv = _to_device(np.asarray(ivar, np.float32), dev)
+    m = None if mask is None else _to_device(np.asarray(mask), dev)
+    bad = ~torch.isfinite(f) | ~torch.isfinite(iv) | (iv < 0)
+    if m is not None:  # the store zeroes invalid input at ingest and marks it in the mask
+        bad |= (m & MASK_INVALID_INPUT) != 0
+    bad_in = bad.sum(dim=1).to(torch.float64) / f.shape[1]  # = numpy's bool mean (exact count / W)
+    pp = preprocess_torch(f, iv, model.instrument, model.sky_mask, m, device=dev)
+    t1 = time.perf_counter()
+    res = run_network_device(model, pp["x"], pp["scalars"], np.asarray(object_id, np.int64), row_index,
+                             mc_samples, seed, dev, keep_on_device=True)
+    pz = res.pop("pz")
+    zg = model.zgrid
+    block = finish_rows(pz, res, pp["snr"], pp["masked_fraction"], pp["n_good"].to(torch.int64), bad_in,
+                        torch.from_numpy(np.asarray(zg.centres, np.float64)).to(dev), zg.dz, (zg.z_min, zg.z_max),
+                        thresholds, keep_pz)
+    buf, layout = pack_rows(block)
+    host = _one_copy_back(buf)
+    t2 = time.perf_counter()
+    out = unpack_rows(host, layout)
+    for k, dt in (("preprocess", t1 - t0), ("network", t2 - t1), ("screening", time.perf_counter() - t2)):
+        tm[k] = tm.get(k, 0.0) + dt
+    return out
+
+
 def use_device_path(device: str | torch.device, cache: dict | None = None) -> bool:
     """Whether ``inference.infer_block`` takes this module's path: on a CUDA device (unless a raw-output
     ``cache`` is in use: calibration, which runs on the CPU path), or anywhere when ``SURVEY_INFER_HOTPATH=1``
@@ -167,7 +280,7 @@ def pdf_moments_torch(pz: torch.Tensor, zc: torch.Tensor, dz: float, conf_window
     ``z_mean``, ``z_err`` (:func:`screening.z_error`), ``pz_peak``, ``pz_conf``, ``pz_entropy`` (nats),
     ``pz_npeaks`` (int16). The HPD intervals stay in :mod:`survey_infer.screening`.
     """
-    n, Z = pz.shape
+    Z = pz.shape[1]
     zc = zc.to(pz.dtype)
     i = torch.argmax(pz, dim=1)
     lp = torch.log(torch.clamp(pz, min=1e-300))

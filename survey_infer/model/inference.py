@@ -149,6 +149,45 @@ def run_network(model: Model, x: np.ndarray, scalars: np.ndarray, object_id: np.
     return out
 
 
+def finish_rows(model: Model, pz: np.ndarray, net: dict[str, np.ndarray], snr: np.ndarray,
+                masked_fraction: np.ndarray, n_good: np.ndarray, bad_input_fraction: np.ndarray,
+                thresholds: dict | None, keep_pz: bool = True) -> dict[str, np.ndarray]:
+    """A window's catalog columns from its PDFs and network outputs: statistics, flags and the NODATA rows
+    (NaN floats; ``zwarn`` NODATA | bad-input bits | LITTLE_COVERAGE; quality 0; no peaks; NaN PDF).
+    :func:`survey_infer.model.torch_screening.finish_rows` is its device twin (bit for bit on the CPU).
+
+    Parameters
+    ----------
+    model : supplies the redshift grid; pz : (n, Z) float64 PDFs (NODATA rows overwritten in place);
+    net : the network's (n,) float64 outputs (``p_outside``, ``z_mc_std``, ``logmstar``...);
+    snr, masked_fraction : (n,) float32; n_good : (n,) int; bad_input_fraction : (n,) float64;
+    thresholds : the model's calibrated ones; keep_pz : add ``pz`` (n, Z) float32.
+
+    Returns
+    -------
+    dict of (n,) columns (``z_reliable`` excepted) and ``pz``.
+    """
+    nodata = n_good == 0
+    pz[nodata] = 1.0 / pz.shape[1]  # placeholder for statistics; masked to NaN below
+    stats = pdf_statistics(pz, model.zgrid.centres, model.zgrid.dz, thresholds)
+    zwarn, quality = set_flags(stats, p_outside=net["p_outside"], z_mc_std=net["z_mc_std"], snr=snr,
+                               usable_fraction=1.0 - masked_fraction, bad_input_fraction=bad_input_fraction,
+                               n_good=n_good, z_range=(model.zgrid.z_min, model.zgrid.z_max), thresholds=thresholds)
+    block = {**stats, **net, "snr": snr, "masked_fraction": masked_fraction, "zwarn": zwarn, "quality": quality}
+    for k, v in block.items():
+        v = np.asarray(v)
+        if v.dtype.kind == "f":
+            v = np.where(nodata, np.nan, v)
+        block[k] = v
+    block["zwarn"] = np.where(nodata, ZWarn.NODATA | (zwarn & ZWarn.BAD_INPUT) | ZWarn.LITTLE_COVERAGE,
+                              zwarn).astype(np.int32)
+    block["quality"] = np.where(nodata, 0.0, quality).astype(np.float32)
+    block["pz_npeaks"] = np.where(nodata, 0, block["pz_npeaks"]).astype(np.int16)
+    if keep_pz:
+        block["pz"] = np.where(nodata[:, None], np.nan, pz).astype(np.float32)
+    return block
+
+
 def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.ndarray, row_start: int, *,
                 mask: np.ndarray | None = None, mc_samples: int = 50, seed: int = 0, keep_pz: bool = True,
                 device: str | torch.device = "cpu", timings: dict | None = None,
@@ -166,7 +205,7 @@ def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.
 
     Returns
     -------
-    dict of catalog columns (see :mod:`survey_infer.io.catalog_schema`), plus ``pz`` (n, Z) float32 when
+    dict of catalog columns (see :mod:`survey_infer.catalog.schema`), plus ``pz`` (n, Z) float32 when
     ``keep_pz``.
     """
     import time
@@ -185,44 +224,25 @@ def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.
         s1 = min(n, s0 + step)
         t0 = time.perf_counter()
         f, iv = np.asarray(flux[s0:s1]), np.asarray(ivar[s0:s1])
+        if on_device:  # preprocessing, network and screening on the device, one copy back (model.hotpath)
+            from .hotpath import infer_window_device
+
+            block = infer_window_device(model, f, iv, None if mask is None else np.asarray(mask[s0:s1]),
+                                        np.asarray(object_id[s0:s1]), row_start + np.arange(s0, s1), mc_samples,
+                                        seed, device, keep_pz=keep_pz, thresholds=th, timings=tm)
+            for k, v in block.items():
+                cols.setdefault(k, []).append(v)
+            continue
         bad_in = ~np.isfinite(f) | ~np.isfinite(iv) | (iv < 0)
         if mask is not None:  # the store zeroes invalid input at ingest and marks it in the mask (bit value 2)
             bad_in |= (np.asarray(mask[s0:s1]) & MASK_INVALID_INPUT) != 0
         bad_in = bad_in.mean(axis=1)
-        if on_device:
-            from .hotpath import preprocess_device, run_network_device
-
-            pp = preprocess_device(f, iv, model, None if mask is None else np.asarray(mask[s0:s1]), device)
-            t1 = time.perf_counter()
-            res = run_network_device(model, pp.x, pp.scalars, np.asarray(object_id[s0:s1]),
-                                     row_start + np.arange(s0, s1), mc_samples, seed, device)
-        else:
-            pp = preprocess(f, iv, model.instrument, model.sky_mask,
-                            None if mask is None else np.asarray(mask[s0:s1]))
-            t1 = time.perf_counter()
-            res = run_network(model, pp.x, pp.scalars, np.asarray(object_id[s0:s1]),
-                              row_start + np.arange(s0, s1), mc_samples, seed, device, cache=cache)
+        pp = preprocess(f, iv, model.instrument, model.sky_mask, None if mask is None else np.asarray(mask[s0:s1]))
+        t1 = time.perf_counter()
+        res = run_network(model, pp.x, pp.scalars, np.asarray(object_id[s0:s1]), row_start + np.arange(s0, s1),
+                          mc_samples, seed, device, cache=cache)
         t2 = time.perf_counter()
-        nodata = pp.n_good == 0
-        pz = res.pop("pz")
-        pz[nodata] = 1.0 / pz.shape[1]  # placeholder for statistics; masked to NaN below
-        stats = pdf_statistics(pz, model.zgrid.centres, model.zgrid.dz, th)
-        zwarn, quality = set_flags(stats, p_outside=res["p_outside"], z_mc_std=res["z_mc_std"], snr=pp.snr,
-                                   usable_fraction=1.0 - pp.masked_fraction, bad_input_fraction=bad_in,
-                                   n_good=pp.n_good, z_range=(model.zgrid.z_min, model.zgrid.z_max), thresholds=th)
-        block = {**stats, **res, "snr": pp.snr, "masked_fraction": pp.masked_fraction, "zwarn": zwarn,
-                 "quality": quality}
-        for k, v in block.items():
-            v = np.asarray(v)
-            if v.dtype.kind == "f":
-                v = np.where(nodata, np.nan, v)
-            block[k] = v
-        block["zwarn"] = np.where(nodata, ZWarn.NODATA | (zwarn & ZWarn.BAD_INPUT) | ZWarn.LITTLE_COVERAGE,
-                                  zwarn).astype(np.int32)
-        block["quality"] = np.where(nodata, 0.0, quality).astype(np.float32)
-        block["pz_npeaks"] = np.where(nodata, 0, block["pz_npeaks"]).astype(np.int16)
-        if keep_pz:
-            block["pz"] = np.where(nodata[:, None], np.nan, pz).astype(np.float32)
+        block = finish_rows(model, res.pop("pz"), res, pp.snr, pp.masked_fraction, pp.n_good, bad_in, th, keep_pz)
         for k, v in block.items():
             cols.setdefault(k, []).append(v)
         t3 = time.perf_counter()
