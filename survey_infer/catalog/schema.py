@@ -53,8 +53,19 @@ ZGRID_NAME = "z_grid"
 
 
 def fill_value(dtype: str):
-    """Fill for rows not (yet) computed: NaN for floats, -1 for signed integers, the maximum for unsigned
-    integers (e.g. 255 for uint8), False for bool."""
+    """The fill value of rows not (yet) computed.
+
+    Parameters
+    ----------
+    dtype : str
+        A numpy dtype name (``"float32"``, ``"int16"``, ``"uint8"``, ``"bool"``...).
+
+    Returns
+    -------
+    float, int or bool
+        NaN for floats, -1 for signed integers, the maximum for unsigned integers (e.g. 255 for uint8), False
+        for bool.
+    """
     import numpy as np
 
     if dtype.startswith("float"):

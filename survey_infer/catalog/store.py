@@ -28,14 +28,52 @@ __all__ = ["create_catalog", "write_block", "read_block", "block_bounds", "outpu
 
 
 def block_bounds(n_objects: int, block_objects: int) -> list[tuple[int, int]]:
-    """``[(lo, hi), …]`` of every block."""
+    """The row bounds of every block.
+
+    Parameters
+    ----------
+    n_objects : int
+        Rows of the catalog (N).
+    block_objects : int
+        Rows per block (the catalog's chunk rows).
+
+    Returns
+    -------
+    list of (int, int)
+        ``[(lo, hi), ...]``, half-open, covering ``[0, N)``; the last block may be short.
+    """
     return [(lo, min(n_objects, lo + block_objects)) for lo in range(0, n_objects, block_objects)]
 
 
 def create_catalog(path: str | Path, n_objects: int, z_centres: np.ndarray, block_objects: int, *,
                    passthrough: dict[str, np.dtype] | None = None, keep_pz: bool = True, pz_dtype: str = "float16",
                    attrs: dict | None = None) -> None:
-    """Write the catalog template (metadata only) with xarray ``to_zarr(compute=False)``."""
+    """Write the catalog template (metadata only, no chunk written) with xarray ``to_zarr(compute=False)``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The catalog folder (replaced if it exists).
+    n_objects : int
+        Rows N (the input store's rows).
+    z_centres : ndarray of float, shape (Z,)
+        Redshift bin centres, stored as the ``z_grid(zbin)`` coordinate.
+    block_objects : int
+        Rows per chunk of every variable (one block = one chunk = one writer).
+    passthrough : dict of str to dtype, optional
+        Input columns copied per row (truth, identifiers), with the survey store's units and descriptions.
+    keep_pz : bool
+        Store ``pz(object, zbin)`` of dtype ``pz_dtype`` (chunks ``(block_objects, Z)``).
+    pz_dtype : str
+        ``"float16"`` (default) or ``"float32"``.
+    attrs : dict, optional
+        Catalog attributes (fingerprint, provenance, runs, zwarn bit table).
+
+    Notes
+    -----
+    Every variable's Zarr fill value is :func:`~survey_infer.catalog.schema.fill_value` of its dtype, so rows not
+    yet computed read as NaN / -1 / False (never 0: ``zwarn = 0`` means "good").
+    """
     import dask.array as da
     import xarray as xr
 
@@ -116,7 +154,18 @@ def open_catalog(path: str | Path, *, dask: bool = True):
 
 
 def output_hash(values: dict[str, np.ndarray]) -> str:
-    """CRC32 over the block's arrays in name order (detects torn or overwritten chunks on resume)."""
+    """CRC32 over a block's arrays in name order (detects torn or overwritten chunks on resume).
+
+    Parameters
+    ----------
+    values : dict of str to ndarray
+        The block's variables as stored (dtype and byte order matter).
+
+    Returns
+    -------
+    str
+        8 hexadecimal digits.
+    """
     crc = 0
     for k in sorted(values):
         a = np.ascontiguousarray(values[k])
@@ -168,7 +217,22 @@ def write_block(path: str | Path, lo: int, hi: int, values: dict[str, np.ndarray
 
 
 def read_block(path: str | Path, lo: int, hi: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Read rows ``[lo, hi)`` of the named variables (all data variables by default)."""
+    """Read rows ``[lo, hi)`` of the named variables straight from Zarr (no xarray, no dask).
+
+    Parameters
+    ----------
+    path : str or Path
+        The catalog.
+    lo, hi : int
+        Row bounds.
+    names : list of str, optional
+        Variables to read (default: every array but ``z_grid``).
+
+    Returns
+    -------
+    dict of str to ndarray
+        Shape ``(hi - lo, ...)`` each, stored dtypes.
+    """
     g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
     names = names or [k for k in g.array_keys() if k != "z_grid"]
     return {k: g[k][lo:hi] for k in names}
@@ -187,7 +251,8 @@ def consolidate_catalog(store) -> None:
 
     Parameters
     ----------
-    store : catalog path or the ``zarr.Group.store`` of the open catalog.
+    store : str, Path or zarr store
+        The catalog path or the ``zarr.Group.store`` of the open catalog.
     """
     with warnings.catch_warnings():  # "consolidated metadata is not part of the Zarr v3 specification"
         warnings.simplefilter("ignore")
@@ -195,5 +260,16 @@ def consolidate_catalog(store) -> None:
 
 
 def passthrough_columns(input_group: zarr.Group) -> dict[str, np.dtype]:
-    """Per-row input columns copied into the catalog (truth and identifiers) with their dtypes."""
+    """The per-row input columns copied into the catalog (truth and identifiers).
+
+    Parameters
+    ----------
+    input_group : zarr.Group
+        The survey store.
+
+    Returns
+    -------
+    dict of str to numpy.dtype
+        The :data:`~survey_infer.catalog.schema.PASSTHROUGH` columns the store has, with their dtypes.
+    """
     return {c: input_group[c].dtype for c in PASSTHROUGH if c in input_group}

@@ -54,8 +54,18 @@ class OutputExistsError(FileExistsError):
 
 
 def infer_format(out: str | Path) -> str | None:
-    """The format a file name implies: ``fits`` for ``.fits``/``.fit``/``.fts``, ``parquet`` for
-    ``.parquet``/``.pq``, else None."""
+    """The format a file name implies.
+
+    Parameters
+    ----------
+    out : str or Path
+        The output file.
+
+    Returns
+    -------
+    str or None
+        ``"fits"`` for ``.fits``/``.fit``/``.fts``, ``"parquet"`` for ``.parquet``/``.pq``, else None.
+    """
     name = Path(out).name.lower()
     if name.endswith((".fits", ".fit", ".fts")):
         return "fits"

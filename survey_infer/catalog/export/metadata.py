@@ -36,7 +36,18 @@ _FP_KEYWORDS = {
 
 
 def to_json(obj) -> str:
-    """Compact JSON with sorted keys; numpy scalars and arrays as Python values, anything else as ``str``."""
+    """Compact JSON of ``obj`` (header values, Parquet metadata).
+
+    Parameters
+    ----------
+    obj : object
+        JSON-like; numpy scalars and arrays become Python values, anything else unknown its ``str``.
+
+    Returns
+    -------
+    str
+        Sorted keys, no spaces.
+    """
     def default(o):
         if isinstance(o, np.generic):
             return o.item()
