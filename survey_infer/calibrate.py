@@ -70,12 +70,12 @@ def _group_coverage(ds, n: int, cat: dict, zt: np.ndarray, inr: np.ndarray) -> d
     return out
 
 
-def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000, mc_samples: int = 50,
-                    seed: int = 12345, target_accuracy: float = 0.99, max_set_aside: float = 0.12,
-                    margin_sigmas: float = 2.0) -> dict:
-    """Fit the temperature and the screening threshold; write them into ``model.json``; return a report."""
-    _check_settings(n, mc_samples, target_accuracy, max_set_aside, margin_sigmas)
-    model = load_model(model_dir)
+def _read_validation(val_store: str | Path, n: int):
+    """The first ``n`` objects of the validation store: ``(ds, n, flux, ivar, object_id, z_true, in_range)``.
+
+    Raises :class:`SurveyStoreError` if truth columns are missing, :class:`CalibrationError` with fewer than
+    :data:`MIN_GALAXIES` galaxies in range; warns below :data:`FEW_GALAXIES`.
+    """
     ds = open_survey(val_store)
     missing = [k for k in ("z_true", "kind", "logmstar_true", "logsfr_true") if k not in ds]
     if missing:
@@ -93,27 +93,32 @@ def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000,
     if inr.sum() < FEW_GALAXIES:
         log.warning("calibrating on %d galaxies: the screening threshold's sampling error is large "
                     "(use ≥ %d, e.g. `survey-infer simulate --n 5000`)", int(inr.sum()), FEW_GALAXIES)
+    return ds, n, flux, ivar, oid, zt, inr
 
-    # calibrate from the raw network: a previous calibration's error scale must not compound with the new one
-    model.calibration.pop("err_scale", None)
 
-    cache: dict = {}  # the network runs once; each trial temperature only re-normalises its outputs
+def _coverage_loss(c68: float, c95: float) -> float:
+    """Misses in units of the DESIGN §10 tolerances (68 ± 3%, 95 ± 2%); the intervals are resolved below the
+    bin width (screening.hpd_interval), so both levels can be honoured by one temperature."""
+    return abs(c68 - 0.68) / 0.03 + abs(c95 - 0.95) / 0.02
 
-    def run(temp: float) -> dict:
-        model.calibration["temperature"] = float(temp)
-        return infer_block(model, flux, ivar, oid, 0, mc_samples=mc_samples, seed=seed, keep_pz=False, cache=cache)
 
-    def loss(c68: float, c95: float) -> float:
-        # misses in units of the DESIGN §10 tolerances (68 ± 3%, 95 ± 2%); the intervals are resolved below the
-        # bin width (screening.hpd_interval), so both levels can be honoured by one temperature
-        return abs(c68 - 0.68) / 0.03 + abs(c95 - 0.95) / 0.02
+def _fit_temperature(model, flux, ivar, oid, zt: np.ndarray, inr: np.ndarray, mc_samples: int, seed: int):
+    """The PDF temperature minimising :func:`_coverage_loss` on the in-range galaxies.
 
+    Log-spaced scan (0.1 … 1.2), extended by factors of 2 while the best is at an edge (at most 4 times, within
+    0.02 … 20), then refined twice at the geometric midpoints between the best and its neighbours. The network
+    runs once; each trial temperature only re-normalises its cached outputs. Returns
+    ``(temperature, coverage68, coverage95, catalog columns at that temperature)``.
+    """
+    cache: dict = {}
     tried: dict[float, tuple] = {}
 
     def trial(temp: float) -> None:
         temp = round(float(temp), 4)
         if temp not in tried:
-            cat = run(temp)
+            model.calibration["temperature"] = float(temp)
+            cat = infer_block(model, flux, ivar, oid, 0, mc_samples=mc_samples, seed=seed, keep_pz=False,
+                              cache=cache)
             tried[temp] = (*_coverage(cat, zt, inr), cat)
             log.info("temperature %.3f: coverage 68%%=%.3f 95%%=%.3f", temp, tried[temp][0], tried[temp][1])
 
@@ -121,7 +126,7 @@ def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000,
         trial(temp)
     for _ in range(4):
         temps = sorted(tried)
-        best = min(temps, key=lambda t: loss(*tried[t][:2]))
+        best = min(temps, key=lambda t: _coverage_loss(*tried[t][:2]))
         if best == temps[0] and best > 0.02:
             trial(best / 2)
         elif best == temps[-1] and best < 20:
@@ -130,13 +135,19 @@ def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000,
             break
     for _ in range(2):  # refine between the best and its neighbours (geometric midpoints)
         temps = sorted(tried)
-        best = min(temps, key=lambda t: loss(*tried[t][:2]))
+        best = min(temps, key=lambda t: _coverage_loss(*tried[t][:2]))
         i = temps.index(best)
         for nb in (temps[max(i - 1, 0)], temps[min(i + 1, len(temps) - 1)]):
             if nb != best:
                 trial(np.sqrt(best * nb))
-    best = min(tried, key=lambda t: loss(*tried[t][:2]))
-    c68, c95, cat = tried[best]
+    best = min(tried, key=lambda t: _coverage_loss(*tried[t][:2]))
+    return (best, *tried[best])
+
+
+def _fit_threshold(cat: dict, zt: np.ndarray, inr: np.ndarray, target_accuracy: float, max_set_aside: float,
+                   margin_sigmas: float) -> dict:
+    """The SCREENED quality threshold (:func:`calibrate_thresholds`), aimed ``margin_sigmas`` binomial standard
+    errors above the target; returns its report with ``aimed_accuracy``, ``aim_met``, ``target_met``."""
     correct = inr & (np.abs(cat["z"] - zt) < 0.01)
     # the set-aside budget is counted among galaxies in range (interlopers are flagged on their own, mostly by
     # OUT_OF_RANGE, and must not eat the budget)
@@ -159,13 +170,65 @@ def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000,
                     "aimed %.4f (target + %.1f sigma), because %.1f%% set aside is the cap; expect about the target "
                     "on a new survey", thr["val_accuracy_kept"], target_accuracy, aim, margin_sigmas,
                     100 * thr["val_set_aside"])
-    # scale the log M* / log SFR errors so that they cover 68% of the validation truths
+    return thr
+
+
+def _err_scales(ds, n: int, cat: dict, inr: np.ndarray) -> dict[str, float]:
+    """Factors on the log M* / log SFR errors so that they cover 68% of the validation truths (1 with ≤ 20)."""
     err_scale = {}
     for key in ("logmstar", "logsfr"):
         truth = ds[f"{key}_true"][:n].values.astype(np.float64)
         ok = inr & np.isfinite(cat[key]) & np.isfinite(truth) & (cat[key + "_err"] > 0)
         ratio = np.abs(cat[key][ok] - truth[ok]) / cat[key + "_err"][ok]
         err_scale[key] = float(np.quantile(ratio, 0.68)) if ok.sum() > 20 else 1.0
+    return err_scale
+
+
+def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000, mc_samples: int = 50,
+                    seed: int = 12345, target_accuracy: float = 0.99, max_set_aside: float = 0.12,
+                    margin_sigmas: float = 2.0) -> dict:
+    """Fit the temperature, the screening threshold and the error scales; write them into ``model.json``.
+
+    Parameters
+    ----------
+    model_dir : path
+        Model directory (``model.json`` + ``model.safetensors``); its ``model.json`` is rewritten.
+    val_store : path
+        Survey store with truth columns (``z_true``, ``kind``, ``logmstar_true``, ``logsfr_true``).
+    n : int
+        Validation objects used (the first ``n``; held in memory, ~0.1 GB per 1,000).
+    mc_samples, seed : int
+        MC-dropout samples and seed of the inference (as ``run``: the PDF's shape depends on T).
+    target_accuracy : float
+        Fraction with |Δz| < 0.01 among kept galaxies.
+    max_set_aside : float
+        Largest fraction of in-range galaxies set aside.
+    margin_sigmas : float
+        Aim this many binomial standard errors above the target.
+
+    Returns
+    -------
+    dict
+        ``temperature``, ``coverage68``, ``coverage95``, ``quality_threshold``, ``err_scale``, the threshold
+        report (``val_accuracy_kept``, ``val_set_aside``, ``target_met``, ...) and the new ``model_sha256``.
+
+    Raises
+    ------
+    CalibrationError
+        Settings out of range, or too few galaxies in range.
+    SurveyStoreError
+        The store lacks truth columns (or cannot be opened).
+    CheckpointError
+        The model cannot be loaded.
+    """
+    _check_settings(n, mc_samples, target_accuracy, max_set_aside, margin_sigmas)
+    model = load_model(model_dir)
+    ds, n, flux, ivar, oid, zt, inr = _read_validation(val_store, n)
+    # calibrate from the raw network: a previous calibration's error scale must not compound with the new one
+    model.calibration.pop("err_scale", None)
+    best, c68, c95, cat = _fit_temperature(model, flux, ivar, oid, zt, inr, mc_samples, seed)
+    thr = _fit_threshold(cat, zt, inr, target_accuracy, max_set_aside, margin_sigmas)
+    err_scale = _err_scales(ds, n, cat, inr)
     calib = dict(model.calibration)
     calib["temperature"] = float(best)
     th = dict(calib.get("thresholds", {}))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .atomic import atomic_path, atomic_write_text
 from .io.survey_store import open_survey, store_instrument
 from .model import mc
 from .model.checkpoint import save_model
@@ -93,6 +93,8 @@ def _order(n_chunks: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def _save_state(out: Path, net, opt, state: dict) -> None:
+    """Write the resumable state to ``out/train_state``: tensors (net + optimizer) as safetensors, the rest as
+    JSON; each file replaced atomically (:func:`survey_infer.atomic.atomic_path`)."""
     from safetensors.torch import save_file
 
     sd = out / STATE_DIR
@@ -102,14 +104,11 @@ def _save_state(out: Path, net, opt, state: dict) -> None:
     for pid, st in osd["state"].items():
         for k, v in st.items():
             tensors[f"opt.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-    tmp = sd / ".state.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, sd / "state.safetensors")
+    with atomic_path(sd / "state.safetensors") as tmp:
+        save_file(tensors, str(tmp))
     meta = dict(state)
     meta["param_groups"] = osd["param_groups"]
-    tmpj = sd / ".state.json.tmp"
-    tmpj.write_text(json.dumps(meta, indent=1))
-    os.replace(tmpj, sd / "state.json")
+    atomic_write_text(sd / "state.json", json.dumps(meta, indent=1))
 
 
 def _load_state(out: Path, net, opt) -> dict:
@@ -128,20 +127,41 @@ def _load_state(out: Path, net, opt) -> dict:
     return meta
 
 
-def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | Path, *, epochs: int = 6,
-                batch_size: int = 64, lr: float = 2e-3, seed: int = 0, resume: bool = False,
-                threads: int | None = None, device: str = "cpu", arch: dict | None = None,
-                max_minutes: float | None = None, checkpoint_minutes: float = 10.0, n_val: int = 5000,
-                progress: bool = True, finalize: bool = False, group_rows: int = 1024,
-                max_groups: int | None = None) -> dict:
-    """Train (or resume) a model; returns a summary dict. See the module docstring."""
-    from tqdm import tqdm
+def _new_net(inst, zg: ZGrid, arch: dict | None, seed: int) -> tuple[NetConfig, SpectrumNet]:
+    """The network of a new run: :class:`NetConfig` defaults with ``arch`` overrides, initialised from ``seed``."""
+    cfg = NetConfig(**{**{"n_scalars": n_scalars(inst)}, **(arch or {})})
+    torch.manual_seed(seed)
+    return cfg, SpectrumNet(cfg, inst, zg)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if threads:
-        torch.set_num_threads(int(threads))
-    dev = torch.device(device)
+
+def _dropout_masks(cfg: NetConfig, key: int, object_ids: np.ndarray, dev: torch.device) -> dict:
+    """One MC-dropout pass's keep masks for these objects (counter-based: a function of key and object id)."""
+    return {k: torch.from_numpy(mc.keep_masks(key, object_ids, 1, u, cfg.p_drop, stream=10 + i)).to(dev)
+            for i, (k, u) in enumerate(cfg.mask_units().items())}
+
+
+def _opt_step(net: SpectrumNet, opt, lr_now: float, x, sc, targets: tuple, masks: dict, dev: torch.device):
+    """One optimisation step on a batch: forward, multi-task loss (:func:`_loss`), backward, clip at 5, step.
+
+    ``targets`` is ``(tgt, ym, ys, inrange, aux_t)`` of the batch as made by :func:`_targets`; returns the loss
+    tensor and its parts (floats).
+    """
+    for g in opt.param_groups:
+        g["lr"] = lr_now
+    outp = net(x.to(dev), sc.to(dev), masks)
+    loss, parts = _loss(outp, *(t.to(dev) for t in targets))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+    opt.step()
+    return loss, parts
+
+
+def _open_training_stores(train_store, val_store):
+    """Open the training and validation stores; the training store must have the truth columns.
+
+    Returns ``(ds, vds, inst, sky)``; raises :class:`~survey_infer.errors.UserError` naming a missing column.
+    """
     ds = open_survey(train_store)
     inst = store_instrument(train_store)
     vds = open_survey(val_store)
@@ -151,30 +171,16 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
 
             raise UserError(f"training store {train_store} has no truth column {need!r} (simulate it with survey-infer simulate)")
     sky = ds["sky_mask"].values.astype(np.uint8) if "sky_mask" in ds else np.zeros(inst.n_wave, np.uint8)
-    zg = ZGrid()
-    cfg = NetConfig(**{**{"n_scalars": n_scalars(inst)}, **(arch or {})})
-    torch.manual_seed(seed)
-    net = SpectrumNet(cfg, inst, zg).to(dev)
-    kind = ds["kind"].values
-    inr = kind == 0
-    tnorm = {k: [float(np.nanmean(ds[f"{k}_true"].values[inr])), float(np.nanstd(ds[f"{k}_true"].values[inr]))]
-             for k in ("logmstar", "logsfr")}
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    N = ds.sizes["object"]
-    chunk = int(ds["flux"].encoding.get("chunks", (256,))[0]) if ds["flux"].encoding.get("chunks") else 256
-    group = max(chunk, group_rows // chunk * chunk)  # rows read and shuffled together
-    n_groups = -(-N // group)
-    steps_per_epoch = sum(-(-min(group, N - g * group) // batch_size) for g in range(n_groups))
-    total_steps = epochs * steps_per_epoch
-    state = {"epoch": 0, "group_pos": 0, "step": 0, "seconds": 0.0, "seed": seed, "epochs": epochs,
-             "batch_size": batch_size, "lr": lr, "target_norm": tnorm, "history": [], "device": str(dev),
-             "train_store": str(train_store), "val_store": str(val_store), "n_train": int(N),
-             "architecture": cfg.to_dict(), "threads": torch.get_num_threads()}
+    return ds, vds, inst, sky
+
+
+def _restore(out: Path, net, opt, state: dict, resume: bool, finalize: bool, epochs: int) -> int:
+    """Load the saved state into ``net``/``opt``/``state`` if resuming; with ``finalize`` end at the last
+    checkpoint. Returns the number of epochs to run to (raises ``UserError`` if finalizing without a state)."""
     if (resume or finalize) and (out / STATE_DIR / "state.json").exists():
         saved = _load_state(out, net, opt)
         for k in ("epoch", "group_pos", "step", "seconds", "history", "target_norm"):
             state[k] = saved[k]
-        tnorm = state["target_norm"]
         log.info("resuming at epoch %d, group %d (step %d, %.0f s spent)", state["epoch"], state["group_pos"],
                  state["step"], state["seconds"])
     if finalize:
@@ -186,10 +192,110 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
                  state["epoch"], state["step"])
         state["epochs"] = epochs = state["epoch"] + (1 if state["group_pos"] else 0)
         state["epoch"] = epochs
-    sched = lambda s: lr * 0.5 * (1 + np.cos(np.pi * min(s, total_steps) / total_steps)) * min(1.0, (s + 1) / 200)
-    t_leg = time.time()
-    t_ckpt = time.time()
-    stopped_early = False
+    return epochs
+
+
+def _train_group(run: dict, state: dict, gi: int, lo: int, hi: int):
+    """Train on rows ``lo:hi`` of the training store (group ``gi`` of this epoch), shuffled by (seed, epoch,
+    gi), in batches of ``run["batch_size"]``; advances ``state["step"]``; returns the last batch's loss and parts.
+    ``run`` holds what stays fixed during the run (net, opt, cfg, ds, inst, sky, zg, tnorm, seed, sched, dev)."""
+    ep, seed, batch_size = state["epoch"], run["seed"], run["batch_size"]
+    cols = _read_rows(run["ds"], lo, hi)
+    perm = np.random.default_rng([seed, ep, gi]).permutation(hi - lo)
+    cols = {k: v[perm] for k, v in cols.items()}
+    pp = preprocess(cols["flux"], cols["ivar"], run["inst"], run["sky"], cols.get("mask"))
+    targets = _targets(cols, run["zg"], run["net"], run["inst"].wave, run["tnorm"])
+    x = torch.from_numpy(pp.x)
+    sc = torch.from_numpy(pp.scalars)
+    for b0 in range(0, hi - lo, batch_size):
+        sl = slice(b0, min(hi - lo, b0 + batch_size))
+        masks = _dropout_masks(run["cfg"], seed * 1000 + ep, cols["object_id"][sl], run["dev"])
+        loss, parts = _opt_step(run["net"], run["opt"], run["sched"](state["step"]), x[sl], sc[sl],
+                                tuple(t[sl] for t in targets), masks, run["dev"])
+        state["step"] += 1
+    return loss, parts
+
+
+def _finish_training(out: Path, run: dict, state: dict, val_store, n_val: int) -> dict:
+    """Save the trained model (temperature 1) with its training record, then calibrate it on ``val_store``."""
+    training = {k: state[k] for k in ("seed", "epochs", "batch_size", "lr", "step", "seconds", "history", "device",
+                                       "train_store", "val_store", "n_train", "threads")}
+    from .provenance import provenance
+
+    training["provenance"] = provenance()
+    run["net"].eval()
+    calib = {"temperature": 1.0, "target_norm": run["tnorm"], "thresholds": {}}
+    save_model(out, run["net"], run["inst"], run["sky"], PREPROCESSING_VERSION, calib, training)
+    from .calibrate import calibrate_model
+
+    report = calibrate_model(out, val_store, n=n_val)
+    log.info("calibration: %s", json.dumps(report))
+    return {"finished": True, "model_dir": str(out), "calibration": report, **training}
+
+
+def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | Path, *, epochs: int = 6,
+                batch_size: int = 64, lr: float = 2e-3, seed: int = 0, resume: bool = False,
+                threads: int | None = None, device: str = "cpu", arch: dict | None = None,
+                max_minutes: float | None = None, checkpoint_minutes: float = 10.0, n_val: int = 5000,
+                progress: bool = True, finalize: bool = False, group_rows: int = 1024,
+                max_groups: int | None = None) -> dict:
+    """Train (or resume) a model on a simulated survey store, then calibrate it; see the module docstring.
+
+    Rows are read in groups of ``group_rows`` (whole store chunks), groups visited in an order drawn from
+    (seed, epoch) and rows shuffled within a group; cosine learning-rate schedule over all epochs with a
+    200-step warm-up. After each epoch a deterministic pass on the validation store is logged and the state saved.
+
+    Parameters
+    ----------
+    train_store, val_store : path
+        Survey stores with truth columns (``z_true``, ``logmstar_true``, ``logsfr_true``, ``kind``).
+    out_dir : path
+        Model directory to write; the resumable state goes to ``out_dir/train_state``.
+    resume, finalize : bool
+        Continue from the saved state; ``finalize`` saves and calibrates the last checkpoint without training.
+    max_minutes, max_groups : optional
+        End this leg early (``{"finished": False, ...}`` is returned; resume with ``resume=True``).
+
+    Returns
+    -------
+    dict
+        ``finished``, and when finished ``model_dir``, ``calibration`` (:func:`calibrate_model`'s report) and the
+        training record (step, seconds, history, ...).
+
+    Raises
+    ------
+    UserError
+        The training store lacks a truth column, or ``finalize`` without a saved state.
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(int(threads))
+    dev = torch.device(device)
+    ds, vds, inst, sky = _open_training_stores(train_store, val_store)
+    zg = ZGrid()
+    cfg, net = _new_net(inst, zg, arch, seed)
+    net = net.to(dev)
+    inr = ds["kind"].values == 0
+    tnorm = {k: [float(np.nanmean(ds[f"{k}_true"].values[inr])), float(np.nanstd(ds[f"{k}_true"].values[inr]))]
+             for k in ("logmstar", "logsfr")}
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    N = ds.sizes["object"]
+    chunk = int(ds["flux"].encoding.get("chunks", (256,))[0]) if ds["flux"].encoding.get("chunks") else 256
+    group = max(chunk, group_rows // chunk * chunk)  # rows read and shuffled together
+    n_groups = -(-N // group)
+    total_steps = epochs * sum(-(-min(group, N - g * group) // batch_size) for g in range(n_groups))
+    state = {"epoch": 0, "group_pos": 0, "step": 0, "seconds": 0.0, "seed": seed, "epochs": epochs,
+             "batch_size": batch_size, "lr": lr, "target_norm": tnorm, "history": [], "device": str(dev),
+             "train_store": str(train_store), "val_store": str(val_store), "n_train": int(N),
+             "architecture": cfg.to_dict(), "threads": torch.get_num_threads()}
+    epochs = _restore(out, net, opt, state, resume, finalize, epochs)
+    run = {"net": net, "opt": opt, "cfg": cfg, "ds": ds, "inst": inst, "sky": sky, "zg": zg, "dev": dev,
+           "tnorm": state["target_norm"], "seed": seed, "batch_size": batch_size,
+           "sched": lambda s: lr * 0.5 * (1 + np.cos(np.pi * min(s, total_steps) / total_steps)) * min(1.0, (s + 1) / 200)}
+    t_leg = t_ckpt = time.time()
     groups_this_leg = 0
     while state["epoch"] < epochs:
         ep = state["epoch"]
@@ -200,44 +306,22 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
         while state["group_pos"] < n_groups:
             t0 = time.time()
             gi = int(order[state["group_pos"]])
-            lo, hi = gi * group, min(N, (gi + 1) * group)
-            cols = _read_rows(ds, lo, hi)
-            perm = np.random.default_rng([seed, ep, gi]).permutation(hi - lo)
-            cols = {k: v[perm] for k, v in cols.items()}
-            pp = preprocess(cols["flux"], cols["ivar"], inst, sky, cols.get("mask"))
-            tgt, ym, ys, inrange, aux_t = _targets(cols, zg, net, inst.wave, tnorm)
-            x = torch.from_numpy(pp.x)
-            sc = torch.from_numpy(pp.scalars)
-            for b0 in range(0, hi - lo, batch_size):
-                sl = slice(b0, min(hi - lo, b0 + batch_size))
-                masks = {k: torch.from_numpy(mc.keep_masks(seed * 1000 + ep, cols["object_id"][sl], 1, u, cfg.p_drop,
-                                                           stream=10 + i)).to(dev)
-                         for i, (k, u) in enumerate(cfg.mask_units().items())}
-                for g in opt.param_groups:
-                    g["lr"] = sched(state["step"])
-                outp = net(x[sl].to(dev), sc[sl].to(dev), masks)
-                loss, parts = _loss(outp, tgt[sl].to(dev), ym[sl].to(dev), ys[sl].to(dev), inrange[sl].to(dev),
-                                    aux_t[sl].to(dev))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-                opt.step()
-                state["step"] += 1
+            loss, parts = _train_group(run, state, gi, gi * group, min(N, (gi + 1) * group))
             state["group_pos"] += 1
             state["seconds"] += time.time() - t0
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", ce=f"{parts['ce']:.3f}", lr=f"{sched(state['step']):.1e}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", ce=f"{parts['ce']:.3f}", lr=f"{run['sched'](state['step']):.1e}")
             if time.time() - t_ckpt > checkpoint_minutes * 60:
                 _save_state(out, net, opt, state)
                 t_ckpt = time.time()
             groups_this_leg += 1
             if (max_minutes is not None and time.time() - t_leg > max_minutes * 60) or \
                     (max_groups is not None and groups_this_leg >= max_groups):
-                stopped_early = True
-                break
+                bar.close()
+                _save_state(out, net, opt, state)
+                log.info("leg ended after %.1f min; resume with --resume", (time.time() - t_leg) / 60)
+                return {"finished": False, **{k: state[k] for k in ("epoch", "step", "seconds")}}
         bar.close()
-        if stopped_early:
-            break
         state["epoch"] += 1
         state["group_pos"] = 0
         acc = quick_validate(net, vds, inst, sky, zg, n=min(n_val, 1500), dev=dev)
@@ -248,22 +332,7 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
         t_ckpt = time.time()
     if not finalize:
         _save_state(out, net, opt, state)
-    if stopped_early:
-        log.info("leg ended after %.1f min; resume with --resume", (time.time() - t_leg) / 60)
-        return {"finished": False, **{k: state[k] for k in ("epoch", "step", "seconds")}}
-    training = {k: state[k] for k in ("seed", "epochs", "batch_size", "lr", "step", "seconds", "history", "device",
-                                       "train_store", "val_store", "n_train", "threads")}
-    from .provenance import provenance
-
-    training["provenance"] = provenance()
-    net.eval()
-    calib = {"temperature": 1.0, "target_norm": tnorm, "thresholds": {}}
-    save_model(out, net, inst, sky, PREPROCESSING_VERSION, calib, training)
-    from .calibrate import calibrate_model
-
-    report = calibrate_model(out, val_store, n=n_val)
-    log.info("calibration: %s", json.dumps(report))
-    return {"finished": True, "model_dir": str(out), "calibration": report, **training}
+    return _finish_training(out, run, state, val_store, n_val)
 
 
 def warm_start(net: SpectrumNet, model_dir: str | Path) -> dict:
@@ -349,56 +418,119 @@ def train_online(out_dir: str | Path, *, steps: int, batch_size: int = 64, lr: f
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from .instrument import load_instrument
-    from .model.network import ones_masks
-    from .skymask import instrument_sky_mask
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch.device(device)
+    has_state = resume and (out / STATE_DIR / "state.json").exists()
+    run = _online_setup(out, arch=arch, seed=seed, init_from=init_from, has_state=has_state,
+                        freeze_trunk=freeze_trunk, lr=lr, dev=dev)
+    state = {"mode": "online", "freeze_trunk": run["freeze_trunk"], "step": 0, "seconds": 0.0, "seed": seed,
+             "sim_seed": sim_seed, "sim_config": sim_config or {}, "steps": steps, "batch_size": batch_size,
+             "lr": lr, "target_norm": run["tnorm"], "history": [], "device": str(dev),
+             "architecture": run["cfg"].to_dict(), "init_from": str(init_from) if init_from else None,
+             "val_n": val_n, "val_seed": val_seed, "threads": torch.get_num_threads(),
+             "preprocessing_version": PREPROCESSING_VERSION}
+    if has_state:
+        saved = _load_state(out, run["net"], run["opt"])
+        for k in ("step", "seconds", "history", "target_norm", "steps", "sim_seed", "sim_config", "seed",
+                  "batch_size", "lr", "init_from"):
+            state[k] = saved.get(k, state[k])
+        steps, batch_size, lr, seed = state["steps"], state["batch_size"], state["lr"], state["seed"]
+        sim_seed, sim_config, run["tnorm"] = state["sim_seed"], state["sim_config"], state["target_norm"]
+        log.info("resuming at step %d (%.0f s spent)", state["step"], state["seconds"])
+    validate = _online_validator(run, sim_config, val_n, val_seed, batch_size)
+    sched = lambda s: lr * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * min(1.0, (s + 1) / 100)  # noqa: E731
+    if not state["history"]:
+        state["history"].append(validate(state))
+        log.info("validation at step 0: %s", state["history"][-1])
+    t_leg = t_ckpt = time.time()
+    step0 = state["step"]
+    pool = ThreadPoolExecutor(max_workers=1)
+    fut = pool.submit(_sim_batch, state["step"], batch_size, sim_seed, sim_config)
+    stopped = False
+    _set_train(run["net"], run["freeze_trunk"])
+    try:
+        while state["step"] < steps:
+            t0 = time.time()
+            cols = fut.result()
+            if state["step"] + 1 < steps:
+                fut = pool.submit(_sim_batch, state["step"] + 1, batch_size, sim_seed, sim_config)
+            pp = preprocess(cols["flux"], cols["ivar"], run["inst"], run["sky"])
+            targets = _targets(cols, run["zg"], run["net"], run["inst"].wave, run["tnorm"])
+            masks = _dropout_masks(run["cfg"], seed, cols["object_id"], dev)
+            loss, parts = _opt_step(run["net"], run["opt"], sched(state["step"]), torch.from_numpy(pp.x),
+                                    torch.from_numpy(pp.scalars), targets, masks, dev)
+            state["step"] += 1
+            state["seconds"] += time.time() - t0
+            if state["step"] % val_every == 0 or state["step"] == steps:
+                state["history"].append({**validate(state), "loss": round(loss.item(), 4), "ce": round(parts["ce"], 4)})
+                log.info("step %d: %s", state["step"], state["history"][-1])
+                if progress:
+                    print(json.dumps(state["history"][-1]), file=sys.stderr, flush=True)
+            if time.time() - t_ckpt > checkpoint_minutes * 60:
+                _save_state(out, run["net"], run["opt"], state)
+                t_ckpt = time.time()
+            if (max_minutes is not None and time.time() - t_leg > max_minutes * 60) or \
+                    (max_steps is not None and state["step"] - step0 >= max_steps):
+                stopped = state["step"] < steps
+                break
+    finally:
+        pool.shutdown(wait=True)
+    _save_state(out, run["net"], run["opt"], state)
+    leg_s = time.time() - t_leg
+    res = {"finished": state["step"] >= steps, "step": state["step"], "seconds": state["seconds"],
+           "samples_per_s": (state["step"] - step0) * batch_size / max(leg_s, 1e-9),
+           "last_validation": state["history"][-1], "stopped_early": stopped}
+    return res
+
+
+def _online_setup(out: Path, *, arch: dict | None, seed: int, init_from, has_state: bool, freeze_trunk: bool,
+                  lr: float, dev: torch.device) -> dict:
+    """Instrument, sky mask, grid, network (template bank filled, warm-started unless a saved state follows),
+    trunk frozen if asked (the saved run decides when resuming) and optimizer of an on-the-fly run.
+
+    Returns a dict with ``inst, sky, zg, cfg, net, opt, tnorm, freeze_trunk, dev``.
+    """
+    from .instrument import load_instrument
+    from .skymask import instrument_sky_mask
+
     inst = load_instrument()
     sky = instrument_sky_mask(inst)
     zg = ZGrid()
-    cfg = NetConfig(**{**{"n_scalars": n_scalars(inst)}, **(arch or {})})
-    torch.manual_seed(seed)
-    net = SpectrumNet(cfg, inst, zg)
+    cfg, net = _new_net(inst, zg, arch, seed)
     tnorm = {"logmstar": [10.0, 0.9], "logsfr": [1.0, 0.8]}
     if cfg.xc_templates > 0:
         from .model.xcorr import default_template_spectra
 
         net.xc.fill(*default_template_spectra())
-    if init_from is not None and not (resume and (out / STATE_DIR / "state.json").exists()):
+    if init_from is not None and not has_state:
         tnorm = warm_start(net, init_from).get("target_norm", tnorm)
     net.to(dev)
-    if resume and (out / STATE_DIR / "state.json").exists():  # the saved run decides (its optimizer's groups)
+    if has_state:  # the saved run decides (its optimizer's groups)
         freeze_trunk = bool(json.loads((out / STATE_DIR / "state.json").read_text()).get("freeze_trunk", False))
     if freeze_trunk:
         for name in TRUNK_MODULES:
             getattr(net, name).requires_grad_(False)
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
-    state = {"mode": "online", "freeze_trunk": freeze_trunk, "step": 0, "seconds": 0.0, "seed": seed, "sim_seed": sim_seed,
-             "sim_config": sim_config or {}, "steps": steps, "batch_size": batch_size, "lr": lr,
-             "target_norm": tnorm, "history": [], "device": str(dev), "architecture": cfg.to_dict(),
-             "init_from": str(init_from) if init_from else None, "val_n": val_n, "val_seed": val_seed,
-             "threads": torch.get_num_threads(), "preprocessing_version": PREPROCESSING_VERSION}
-    if resume and (out / STATE_DIR / "state.json").exists():
-        saved = _load_state(out, net, opt)
-        for k in ("step", "seconds", "history", "target_norm", "steps", "sim_seed", "sim_config", "seed",
-                  "batch_size", "lr", "init_from"):
-            state[k] = saved.get(k, state[k])
-        steps, batch_size, lr, seed = state["steps"], state["batch_size"], state["lr"], state["seed"]
-        sim_seed, sim_config, tnorm = state["sim_seed"], state["sim_config"], state["target_norm"]
-        log.info("resuming at step %d (%.0f s spent)", state["step"], state["seconds"])
-    # validation sample (fixed, simulated once per leg)
+    return {"inst": inst, "sky": sky, "zg": zg, "cfg": cfg, "net": net, "opt": opt, "tnorm": tnorm,
+            "freeze_trunk": freeze_trunk, "dev": dev}
+
+
+def _online_validator(run: dict, sim_config: dict | None, val_n: int, val_seed: int, batch_size: int):
+    """The learning-curve validation of an on-the-fly run: a fixed sample (``val_n`` spectra of the survey
+    ``val_seed``, simulated once per leg) and a function ``validate(state) -> dict`` (deterministic pass;
+    |Δz| < 0.01 for all, passive and star-forming galaxies at ``state["step"]``)."""
+    from .model.network import ones_masks
     from .simulate.simulator import SimConfig, simulate_block
 
+    net, cfg, zg, dev = run["net"], run["cfg"], run["zg"], run["dev"]
     vcfg = SimConfig.from_dict(sim_config) if sim_config else SimConfig()
     vs = simulate_block(0, val_n, val_seed, vcfg)
-    vpp = preprocess(vs["flux"], vs["ivar"], inst, sky)
+    vpp = preprocess(vs["flux"], vs["ivar"], run["inst"], run["sky"])
 
-    def validate() -> dict:
+    def validate(state: dict) -> dict:
         net.eval()
         zs = []
         with torch.no_grad():
@@ -407,7 +539,7 @@ def train_online(out_dir: str | Path, *, steps: int, batch_size: int = 64, lr: f
                 sb = torch.from_numpy(vpp.scalars[b0:b0 + 64]).to(dev)
                 o = net(xb, sb, ones_masks(cfg, len(xb), 1, dev))
                 zs.append(zg.centres[o["logits_z"][:, 0].argmax(dim=1).cpu().numpy()])
-        _set_train(net, freeze_trunk)
+        _set_train(net, run["freeze_trunk"])
         ok = np.abs(np.concatenate(zs) - vs["z_true"]) < 0.01
         g = vs["kind"] == 0
         p = vs["is_passive"].astype(bool)
@@ -415,57 +547,7 @@ def train_online(out_dir: str | Path, *, steps: int, batch_size: int = 64, lr: f
                 "acc_all": float(ok[g].mean()), "acc_passive": float(ok[g & p].mean()),
                 "acc_starforming": float(ok[g & ~p].mean())}
 
-    sched = lambda s: lr * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * min(1.0, (s + 1) / 100)  # noqa: E731
-    if not state["history"]:
-        state["history"].append(validate())
-        log.info("validation at step 0: %s", state["history"][-1])
-    t_leg = t_ckpt = time.time()
-    step0 = state["step"]
-    pool = ThreadPoolExecutor(max_workers=1)
-    fut = pool.submit(_sim_batch, state["step"], batch_size, sim_seed, sim_config)
-    stopped = False
-    _set_train(net, freeze_trunk)
-    try:
-        while state["step"] < steps:
-            t0 = time.time()
-            cols = fut.result()
-            if state["step"] + 1 < steps:
-                fut = pool.submit(_sim_batch, state["step"] + 1, batch_size, sim_seed, sim_config)
-            pp = preprocess(cols["flux"], cols["ivar"], inst, sky)
-            tgt, ym, ys, inrange, aux_t = _targets(cols, zg, net, inst.wave, tnorm)
-            masks = {k: torch.from_numpy(mc.keep_masks(seed, cols["object_id"], 1, u, cfg.p_drop,
-                                                       stream=10 + i)).to(dev)
-                     for i, (k, u) in enumerate(cfg.mask_units().items())}
-            for g in opt.param_groups:
-                g["lr"] = sched(state["step"])
-            outp = net(torch.from_numpy(pp.x).to(dev), torch.from_numpy(pp.scalars).to(dev), masks)
-            loss, parts = _loss(outp, tgt.to(dev), ym.to(dev), ys.to(dev), inrange.to(dev), aux_t.to(dev))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            state["step"] += 1
-            state["seconds"] += time.time() - t0
-            if state["step"] % val_every == 0 or state["step"] == steps:
-                state["history"].append({**validate(), "loss": round(loss.item(), 4), "ce": round(parts["ce"], 4)})
-                log.info("step %d: %s", state["step"], state["history"][-1])
-                if progress:
-                    print(json.dumps(state["history"][-1]), file=sys.stderr, flush=True)
-            if time.time() - t_ckpt > checkpoint_minutes * 60:
-                _save_state(out, net, opt, state)
-                t_ckpt = time.time()
-            if (max_minutes is not None and time.time() - t_leg > max_minutes * 60) or \
-                    (max_steps is not None and state["step"] - step0 >= max_steps):
-                stopped = state["step"] < steps
-                break
-    finally:
-        pool.shutdown(wait=True)
-    _save_state(out, net, opt, state)
-    leg_s = time.time() - t_leg
-    res = {"finished": state["step"] >= steps, "step": state["step"], "seconds": state["seconds"],
-           "samples_per_s": (state["step"] - step0) * batch_size / max(leg_s, 1e-9),
-           "last_validation": state["history"][-1], "stopped_early": stopped}
-    return res
+    return validate
 
 
 def export_online(out_dir: str | Path, model_dir: str | Path) -> str:

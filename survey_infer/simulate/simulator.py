@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from types import SimpleNamespace
 
 import numpy as np
 from scipy.special import ndtri
@@ -503,20 +504,84 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     ``av`` (stellar A_V), ``sigma_v`` (gas, km/s), ``line_flux``, ``continuum``, ``halpha_pix``,
     ``delivery_factor`` (n, W) delivered flux per electron (calibration and telluric errors included),
     ``expected`` (n, W) the noiseless delivered spectrum without sky residuals, ``aperture`` (n, W),
-    ``chromatic_aperture``, ``sky_resid_in_ivar`` (n,) bool, ``quench``."""
+    ``chromatic_aperture``, ``sky_resid_in_ivar`` (n,) bool, ``quench``.
+
+    The stages run in a fixed order on the same uniform draws ``u`` (n, 96) and Gaussian noise (n, W):
+    :func:`_population` → :func:`_ssp_galaxies` → :func:`_kcorrect_galaxies` → :func:`_emission_lines`
+    → :func:`_stars` → :func:`_observe`; each column of ``u`` has one use, so the bytes of every output are
+    fixed by (seed, row, config).
+    """
     cfg = config or SimConfig()
     cfg.validate()
     inst = instrument if isinstance(instrument, Instrument) else load_instrument(instrument)
-    sky = load_sky_model(inst, airmass=cfg.airmass)
+    load_sky_model(inst, airmass=cfg.airmass)  # an instrument without a sky model fails here, before the work
     wave = inst.wave
     W = wave.size
     n = int(n)
     u, gauss = _draws(seed, start, n, W)
-    arms = inst.arms
-    slices = inst.arm_slices()
-    n_arm = len(arms)
+    p = _population(u, cfg, n, len(inst.arms))
+    model = np.zeros((n, W), np.float32)
+    logm = np.full(n, np.nan)
+    logsfr = np.full(n, np.nan)
+    age_mw = np.full(n, np.nan)
+    cont_ha = np.zeros(n)  # observed-frame continuum f_λ at observed Hα, 1e-17 units
+    _ssp_galaxies(p, u, cfg, inst, model, logm, logsfr, age_mw, cont_ha)
+    _kcorrect_galaxies(p, u, cfg, wave, model, logm, logsfr, cont_ha)
+    lf, sig_v, ew_ha = _emission_lines(p, u, cfg, logm, logsfr, cont_ha)
+    cont_model = model.copy() if extras else None
+    _add_gas_lines(p, cfg, inst, model, lf, sig_v)
+    star_index = _stars(p, u, wave, model)
+    if extras:
+        cont_model[p.star] = model[p.star]
+    ob = _obs_vectors(inst, cfg.airmass, cfg.n_spatial_pix)
+    o = _observe(p, u, gauss, cfg, inst, ob, model, extras)
+    sfr_ok = p.gal & np.isfinite(logsfr)
+    with np.errstate(invalid="ignore"):
+        passive = sfr_ok & (logsfr - logm < np.log10(0.2 / (p.t_univ * 1e9)))
+    star = p.star
+    out = {
+        "flux": o["flux"].astype(np.float32, copy=False),
+        "ivar": o["ivar"].astype(np.float32, copy=False),
+        "object_id": np.arange(start, start + n, dtype=np.int64),
+        "ra": p.ra.astype(np.float64),
+        "dec": p.dec.astype(np.float64),
+        "t_exp": p.t_exp.astype(np.float32),
+        "z_true": p.z.astype(np.float32),
+        "logmstar_true": np.where(star, np.nan, logm).astype(np.float32),
+        "logsfr_true": np.where(star, np.nan, logsfr).astype(np.float32),
+        "is_passive": passive.astype(bool),
+        "mag_h": p.mag_h.astype(np.float32),
+        "kind": p.kind,
+        "template_family": p.fam_code,
+        "sfh_kind": p.sfh,
+        "age_mw_true": np.where(star, np.nan, age_mw).astype(np.float32),
+        "ew_halpha_rest_true": ew_ha.astype(np.float32),
+        "av_true": np.where(star, np.nan, p.av).astype(np.float32),
+        # kcorrect continua keep their own R ≈ 1160 (σ ≈ 110 km/s) and are not broadened: no σ★ truth
+        "sigma_star_true": np.where(star | p.kc_rows, np.nan, p.sig_star).astype(np.float32),
+        "star_index": star_index,
+    }
+    if extras:
+        ia = ph.LINE_NAMES.index("Halpha")
+        lam_ha = ph.LINE_WAVE[ia] * (1 + p.zg)
+        jj = np.clip(np.searchsorted(wave, lam_ha), 0, W - 1)
+        sky_e = p.t_exp[:, None] * (ob["sky_line"] + ob["sky_cont"])[None, :]
+        fac = o["fac"]
+        out.update({"model": model, "sky_flux": sky_e * fac, "sky_resid": o["resid_e"] * fac,
+                    "halpha_flux": np.where(star, 0.0, lf[:, ia]), "halpha_cont": cont_ha, "av": p.av,
+                    "sigma_v": sig_v, "line_flux": lf, "continuum": cont_model, "halpha_pix": jj,
+                    "delivery_factor": fac, "aperture": o["aperture"], "expected": o["obj_e"] * fac,
+                    "chromatic_aperture": o["chrom"], "sky_resid_in_ivar": o["in_ivar"], "quench": p.quench})
+    return out
 
-    # --- population ---------------------------------------------------------------------------------------
+
+def _population(u: np.ndarray, cfg: SimConfig, n: int, n_arm: int) -> SimpleNamespace:
+    """Who the objects are: kind, redshift, m_H, exposure, sky position, family, star-formation history,
+    distances, σ★, dust and per-arm LSF scale, from the uniform draws ``u`` (n, 96).
+
+    Returns a namespace of (n,) arrays: ``kind z star gal mag_h t_exp quench ra dec fam_code sfh kc_rows zg dl
+    t_univ dist_fac sig_star smc av lsf_slope`` and ``lsf_scale`` (n, n_arm).
+    """
     mix = np.cumsum(np.asarray(cfg.interloper_mix, float) / np.sum(cfg.interloper_mix))
     inter = u[:, 0] < cfg.interloper_fraction
     v = u[:, 1]
@@ -565,22 +630,25 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     av = np.where(quench, cfg.av_max_passive * u[:, 50], cfg.av_max_sf * u[:, 50] ** 1.5)
     lsf_scale = cfg.lsf_scale_range[0] + (cfg.lsf_scale_range[1] - cfg.lsf_scale_range[0]) * u[:, 71:71 + n_arm]
     lsf_slope = cfg.lsf_slope_range[0] + (cfg.lsf_slope_range[1] - cfg.lsf_slope_range[0]) * u[:, 75]
+    return SimpleNamespace(kind=kind, z=z, star=star, gal=gal, mag_h=mag_h, t_exp=t_exp, quench=quench, ra=ra,
+                           dec=dec, fam_code=fam_code, sfh=sfh, kc_rows=kc_rows, zg=zg, dl=dl, t_univ=t_univ,
+                           dist_fac=dist_fac, sig_star=sig_star, smc=smc, av=av, lsf_scale=lsf_scale,
+                           lsf_slope=lsf_slope)
 
-    model = np.zeros((n, W), np.float32)
-    logm = np.full(n, np.nan)
-    logsfr = np.full(n, np.nan)
-    age_mw = np.full(n, np.nan)
-    cont_ha = np.zeros(n)  # observed-frame continuum f_λ at observed Hα, 1e-17 units
 
-    # --- SSP families -----------------------------------------------------------------------------------
-    tmax = np.maximum(t_univ - 0.05, 0.06)
+def _ssp_galaxies(p: SimpleNamespace, u: np.ndarray, cfg: SimConfig, inst: Instrument, model: np.ndarray,
+                  logm: np.ndarray, logsfr: np.ndarray, age_mw: np.ndarray, cont_ha: np.ndarray) -> None:
+    """Continua of the galaxies of the SSP families (every family but kcorrect): SFH ψ(t) from the drawn
+    history, SSP weights, dust, σ★ and LSF broadening, normalised to m_H; written into ``model`` and the truth
+    arrays ``logm``, ``logsfr``, ``age_mw``, ``cont_ha`` in place (rows of those families only)."""
+    tmax = np.maximum(p.t_univ - 0.05, 0.06)
     t0_sf = 0.1 + (tmax - 0.1) * u[:, 43]
     tau_sf = _logu(u[:, 44], 0.3, 10.0)
     t0_old = np.minimum(1.0 + (np.minimum(12.0, tmax) - 1.0) * u[:, 43], tmax)
     t0_old = np.where(tmax < 1.0, tmax, t0_old)
     tau_old = t0_old * (0.03 + 0.07 * u[:, 44])
-    t0 = np.where(sfh == fm.SFH_CODE["old_passive"], t0_old, t0_sf)
-    tau = np.where(sfh == fm.SFH_CODE["old_passive"], tau_old, tau_sf)
+    t0 = np.where(p.sfh == fm.SFH_CODE["old_passive"], t0_old, t0_sf)
+    tau = np.where(p.sfh == fm.SFH_CODE["old_passive"], tau_old, tau_sf)
     tb = 0.3 * u[:, 45]
     fb = 0.05 + 0.35 * u[:, 46]
     tq = np.minimum(0.1 + 1.4 * u[:, 47], 0.8 * t0)
@@ -589,62 +657,76 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     for code, name in enumerate(FAMILIES):
         if code == 0:
             continue
-        rows = np.flatnonzero(gal & (fam_code == code))
+        rows = np.flatnonzero(p.gal & (p.fam_code == code))
         if rows.size == 0:
             continue
         fam = fm.load_family(name)
-        psi = fm.sfh_psi(sfh[rows], t0[rows], tau[rows], tb[rows], fb[rows], tq[rows], lssfr_res[rows])
+        psi = fm.sfh_psi(p.sfh[rows], t0[rows], tau[rows], tb[rows], fb[rows], tq[rows], lssfr_res[rows])
         w, ms, sfr_pf, amw = fm.sfh_weights(fam, psi, logz[rows])
         sfr_pf = np.maximum(sfr_pf, 10.0 ** LOG_SSFR_FLOOR * ms)  # residual star formation floor
-        mf, cha = _ssp_continua(rows, name, w, zg, av, smc, sig_star, lsf_scale, lsf_slope, dist_fac, mag_h,
-                                inst, model)
+        mf, cha = _ssp_continua(rows, name, w, p.zg, p.av, p.smc, p.sig_star, p.lsf_scale, p.lsf_slope,
+                                p.dist_fac, p.mag_h, inst, model)
         logm[rows] = np.log10(mf * ms)
         with np.errstate(divide="ignore"):
             logsfr[rows] = np.log10(np.maximum(mf * sfr_pf, 1e-30))
         age_mw[rows] = amw
         cont_ha[rows] = cha
 
-    # --- kcorrect family (5 NMF templates, Dirichlet mixture; as simulator 1.x) --------------------------
-    krows = np.flatnonzero(kc_rows)
-    if krows.size:
-        tb_k = ph.template_basis()
-        zk, qk = zg[krows], quench[krows]
-        age_k = t_univ[krows]
-        e = -np.log(np.clip(u[krows, 9:13], 1e-12, 1.0))
-        # the oldest template (3) is down-weighted when the Universe is young, except in quenched galaxies: their
-        # residual star formation comes from the young template on top of it (template 0 alone has log sSFR −11.05,
-        # above most drawn residual sSFRs, and no young light; template 3 −12.1)
-        e[:, 2] *= np.where(qk, 1.0, np.clip((age_k - 1.5) / 4.0, 0.05, 1.0))
-        e[:, 1] = np.where(qk, 0.0, e[:, 1])
-        e[:, 3] = np.where(qk, 0.0, e[:, 3])
-        old_w = e / e.sum(axis=1, keepdims=True)
-        d_ms = cfg.ms_scatter_dex * _N(u[krows, 15])
-        # quenched: log sSFR U(−11.75, −10.75), mostly above the old templates' own (−11.05 … −12.1), so that
-        # some young light (scaled by 1/2.4) offsets old templates that are older than the Universe at z > 2
-        lssfr_q = -11.75 + 1.0 * u[krows, 14]
-        av_k = av[krows]
-        dfk = dist_fac[krows]
-        lm = np.full(krows.size, 10.3)
-        lnw0, dlnw = tb_k["lnw0"], tb_k["dlnw"]
-        for _ in range(3):  # sSFR depends on mass, mass on the normalisation to m_H
-            lssfr = np.where(qk, lssfr_q, ph.main_sequence_logsfr(lm, zk) + d_ms - lm)
-            spec, lssfr_act = _shape_per_unit_mass(tb_k, zk, lssfr, old_w, av_k, np.where(qk, 1 / 2.4, 1.0))
 
-            def _fh(ws, spec=spec):
-                return ph.sample_log_grid(spec, lnw0, dlnw, ws[None, :] / (1.0 + zk[:, None])) * dfk[:, None]
+def _kcorrect_galaxies(p: SimpleNamespace, u: np.ndarray, cfg: SimConfig, wave: np.ndarray, model: np.ndarray,
+                       logm: np.ndarray, logsfr: np.ndarray, cont_ha: np.ndarray) -> None:
+    """Continua of the kcorrect-family galaxies (5 NMF templates, Dirichlet mixture; as simulator 1.x), the mass
+    iterated with the main-sequence sSFR and the m_H normalisation; written into ``model``, ``logm``,
+    ``logsfr``, ``cont_ha`` in place."""
+    krows = np.flatnonzero(p.kc_rows)
+    if not krows.size:
+        return
+    tb_k = ph.template_basis()
+    zk, qk = p.zg[krows], p.quench[krows]
+    age_k = p.t_univ[krows]
+    e = -np.log(np.clip(u[krows, 9:13], 1e-12, 1.0))
+    # the oldest template (3) is down-weighted when the Universe is young, except in quenched galaxies: their
+    # residual star formation comes from the young template on top of it (template 0 alone has log sSFR −11.05,
+    # above most drawn residual sSFRs, and no young light; template 3 −12.1)
+    e[:, 2] *= np.where(qk, 1.0, np.clip((age_k - 1.5) / 4.0, 0.05, 1.0))
+    e[:, 1] = np.where(qk, 0.0, e[:, 1])
+    e[:, 3] = np.where(qk, 0.0, e[:, 3])
+    old_w = e / e.sum(axis=1, keepdims=True)
+    d_ms = cfg.ms_scatter_dex * _N(u[krows, 15])
+    # quenched: log sSFR U(−11.75, −10.75), mostly above the old templates' own (−11.05 … −12.1), so that
+    # some young light (scaled by 1/2.4) offsets old templates that are older than the Universe at z > 2
+    lssfr_q = -11.75 + 1.0 * u[krows, 14]
+    av_k = p.av[krows]
+    dfk = p.dist_fac[krows]
+    lm = np.full(krows.size, 10.3)
+    lnw0, dlnw = tb_k["lnw0"], tb_k["dlnw"]
+    for _ in range(3):  # sSFR depends on mass, mass on the normalisation to m_H
+        lssfr = np.where(qk, lssfr_q, ph.main_sequence_logsfr(lm, zk) + d_ms - lm)
+        spec, lssfr_act = _shape_per_unit_mass(tb_k, zk, lssfr, old_w, av_k, np.where(qk, 1 / 2.4, 1.0))
 
-            lm = (ph.ab_mag_h(_fh) - mag_h[krows]) / 2.5
-        logm[krows] = lm
-        logsfr[krows] = lssfr_act + lm
-        scale = 10.0 ** lm * dfk * 1e17
-        model[krows] = ph.sample_log_grid(spec, lnw0, dlnw, wave[None, :] / (1.0 + zk[:, None])) * scale[:, None]
-        lam_ha = ph.LINE_WAVE[ph.LINE_NAMES.index("Halpha")]
-        cont_ha[krows] = ph.sample_log_grid(spec, lnw0, dlnw, np.full((krows.size, 1), lam_ha))[:, 0] * scale
+        def _fh(ws, spec=spec):
+            return ph.sample_log_grid(spec, lnw0, dlnw, ws[None, :] / (1.0 + zk[:, None])) * dfk[:, None]
 
-    # --- emission lines -----------------------------------------------------------------------------------
+        lm = (ph.ab_mag_h(_fh) - p.mag_h[krows]) / 2.5
+    logm[krows] = lm
+    logsfr[krows] = lssfr_act + lm
+    scale = 10.0 ** lm * dfk * 1e17
+    model[krows] = ph.sample_log_grid(spec, lnw0, dlnw, wave[None, :] / (1.0 + zk[:, None])) * scale[:, None]
+    lam_ha = ph.LINE_WAVE[ph.LINE_NAMES.index("Halpha")]
+    cont_ha[krows] = ph.sample_log_grid(spec, lnw0, dlnw, np.full((krows.size, 1), lam_ha))[:, 0] * scale
+
+
+def _emission_lines(p: SimpleNamespace, u: np.ndarray, cfg: SimConfig, logm: np.ndarray, logsfr: np.ndarray,
+                    cont_ha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Emission-line fluxes from the SFR (Hα, Kennicutt & Evans 2012) with mass-dependent line ratios, line-free
+    and weak-line regimes, nebular dust and LINER-like lines in some quenched galaxies.
+
+    Returns ``(lf, sig_v, ew_ha)``: line fluxes (n, n_lines) in 1e-17 erg/s/cm² (order ``physics.LINE_NAMES``;
+    0 for stars), gas velocity dispersion (n,) km/s, rest-frame Hα EW (n,) Å (NaN for stars).
+    """
+    gal, q, zg, dl = p.gal, p.quench, p.zg, p.dl
     lm0 = np.where(gal, logm, 10.0)
     dm = lm0 - 10.0
-    q = quench
     n2 = np.where(q, 0.0 + 0.15 * _N(u[:, 18]), np.clip(-0.45 + 0.35 * dm, -1.3, -0.15) + 0.1 * _N(u[:, 18]))
     o3 = np.where(q, -0.3 + 0.2 * _N(u[:, 19]), np.clip(0.35 - 0.45 * dm, -0.8, 0.9) + 0.15 * _N(u[:, 19]))
     o2 = np.clip(-0.05 - 0.25 * dm, -0.7, 0.3) + 0.1 * _N(u[:, 20])
@@ -668,9 +750,9 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         "OIII_5007": o3_5007, "NII_6548": n2_6583 / 2.94, "Halpha": ha, "NII_6583": n2_6583,
         "SII_6716": s2_tot * 1.35 / 2.35, "SII_6731": s2_tot / 2.35,
     }
-    av_neb = av / NEB_STELLAR_AV
+    av_neb = p.av / NEB_STELLAR_AV
     lf = np.stack([rel[k] for k in ph.LINE_NAMES], axis=1)
-    k_neb = np.where(smc[:, None], (ph.LINE_WAVE[None, :] / 5510.0) ** -1.2,
+    k_neb = np.where(p.smc[:, None], (ph.LINE_WAVE[None, :] / 5510.0) ** -1.2,
                      ph.calzetti_k(ph.LINE_WAVE)[None, :] / 4.05)
     lf *= 10.0 ** (-0.4 * av_neb[:, None] * k_neb)
     # LINER-like weak lines in some quenched galaxies (not from star formation)
@@ -684,24 +766,34 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         if k == "NII_6583":
             lf[:, ph.LINE_NAMES.index("NII_6548")] += ha_l * r_ / 2.94
         lf[:, ph.LINE_NAMES.index(k)] += ha_l * r_
-    lf = np.where(star[:, None], 0.0, lf)
+    lf = np.where(p.star[:, None], 0.0, lf)
     ia_ha = ph.LINE_NAMES.index("Halpha")
     with np.errstate(divide="ignore", invalid="ignore"):
         ew_ha = np.where(gal, lf[:, ia_ha] / (cont_ha * (1 + zg)), np.nan)
-    if extras:
-        cont_model = model.copy()
-    # gas lines: intrinsic σ_v plus the arm's LSF scaled by this object's lsf_scale
-    centers = ph.LINE_WAVE[None, :] * (1 + zg[:, None])
+    return lf, sig_v, ew_ha
+
+
+def _add_gas_lines(p: SimpleNamespace, cfg: SimConfig, inst: Instrument, model: np.ndarray, lf: np.ndarray,
+                   sig_v: np.ndarray) -> None:
+    """Add the gas lines to ``model`` in place: Gaussians of intrinsic σ_v plus the arm's LSF scaled by the
+    object's ``lsf_scale`` (and its wavelength slope)."""
+    arms = inst.arms
+    n_arm = len(arms)
+    centers = ph.LINE_WAVE[None, :] * (1 + p.zg[:, None])
     arm_of = np.clip(np.searchsorted([a.wave_min for a in arms], centers, side="right") - 1, 0, n_arm - 1)
     s_lsf = np.array([ph.C_KMS / (2.3548 * a.resolution) for a in arms])[arm_of]
     lam_mid = np.array([np.sqrt(a.wave_min * a.wave_max) for a in arms])[arm_of]
-    ls = np.take_along_axis(lsf_scale, arm_of, axis=1) * (centers / lam_mid) ** -lsf_slope[:, None]
+    ls = np.take_along_axis(p.lsf_scale, arm_of, axis=1) * (centers / lam_mid) ** -p.lsf_slope[:, None]
     sv_eff = np.sqrt(np.maximum(sig_v[:, None] ** 2 + (ls**2 - 1.0) * s_lsf**2, 1.0))
-    ph.add_gaussian_lines(model, arms, slices, centers, lf, sv_eff, cfg.sigma_v_max_kms + 60.0)
+    ph.add_gaussian_lines(model, arms, inst.arm_slices(), centers, lf, sv_eff, cfg.sigma_v_max_kms + 60.0)
 
-    # --- stars: empirical spectra ---------------------------------------------------------------------------
+
+def _stars(p: SimpleNamespace, u: np.ndarray, wave: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """Empirical star spectra (Doppler-shifted, normalised to m_H) into the star rows of ``model``; returns
+    ``star_index`` (n,) int16: the library row of each star, −1 for galaxies."""
+    n = len(p.star)
     star_index = np.full(n, -1, np.int16)
-    srows = np.flatnonzero(star)
+    srows = np.flatnonzero(p.star)
     if srows.size:
         lib = load_stars()
         ns = lib["flux"].shape[0]
@@ -710,41 +802,65 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
         grid_n = np.arange(lib["flux"].shape[1])
         for j, r in enumerate(srows):
             spec = lib["flux"][sidx[j]]
-            lz = np.log1p(z[r])
+            lz = np.log1p(p.z[r])
             fHs = np.interp((np.log(ph._H_SAMPLES) - lz - lib["lnw0"]) / lib["dlnw"], grid_n, spec)
             m_unit = _mag_from_samples(fHs[None, :])[0]
-            s = 10 ** (-0.4 * (mag_h[r] - m_unit)) * 1e17
+            s = 10 ** (-0.4 * (p.mag_h[r] - m_unit)) * 1e17
             model[r] = np.interp((np.log(wave) - lz - lib["lnw0"]) / lib["dlnw"], grid_n, spec) * s
-        if extras:
-            cont_model[srows] = model[srows]
+    return star_index
 
-    # --- observation --------------------------------------------------------------------------------------
-    ob = _obs_vectors(inst, cfg.airmass, cfg.n_spatial_pix)
+
+def _aperture(p: SimpleNamespace, u: np.ndarray, cfg: SimConfig, ob: dict, n: int, W: int) -> np.ndarray:
+    """Aperture efficiency (n, W): Gaussian seeing ⊗ Gaussian galaxy (σ = r_e / 1.1774), centred at 1.2 µm and
+    offset by differential refraction, in the circular fibre: P(|X| < r) = ncx2.cdf(r²/σ², 2, d²/σ²)
+    (a constant when ``cfg.aperture_efficiency`` is set)."""
     f32 = np.float32
+    seeing = _unif(u, 59, cfg.seeing_range)
+    r_e = np.where(p.star, 0.0, _unif(u, 60, cfg.size_range))
+    x_air = _unif(u, 67, cfg.adr_airmass_range)
+    if cfg.aperture_efficiency is not None:
+        return np.full((n, W), cfg.aperture_efficiency, f32)
+    from scipy.stats import ncx2
 
-    def _unif(col: int, rng: tuple[float, float]) -> np.ndarray:
-        return rng[0] + (rng[1] - rng[0]) * u[:, col]
+    lam = ob["lam_c"][None, :]
+    fwhm = seeing[:, None] * (lam / 5000.0) ** -0.2 * x_air[:, None] ** 0.6
+    s2_ap = (fwhm / 2.3548) ** 2 + (r_e[:, None] / 1.1774) ** 2
+    d2 = refraction_arcsec(ob["lam_c"], x_air) ** 2
+    ap_c = ncx2.cdf(ob["r_fib2"] / s2_ap, 2, d2 / s2_ap).astype(f32)
+    a0 = ap_c[:, ob["ci"]]
+    return a0 + (ap_c[:, ob["ci"] + 1] - a0) * ob["cw"]
 
-    # aperture efficiency (n, W): Gaussian seeing ⊗ Gaussian galaxy (σ = r_e / 1.1774), centred at 1.2 µm and
-    # offset by differential refraction, in the circular fibre: P(|X| < r) = ncx2.cdf(r²/σ², 2, d²/σ²)
-    seeing = _unif(59, cfg.seeing_range)
-    r_e = np.where(star, 0.0, _unif(60, cfg.size_range))
-    x_air = _unif(67, cfg.adr_airmass_range)
-    if cfg.aperture_efficiency is None:
-        from scipy.stats import ncx2
 
-        lam = ob["lam_c"][None, :]
-        fwhm = seeing[:, None] * (lam / 5000.0) ** -0.2 * x_air[:, None] ** 0.6
-        s2_ap = (fwhm / 2.3548) ** 2 + (r_e[:, None] / 1.1774) ** 2
-        d2 = refraction_arcsec(ob["lam_c"], x_air) ** 2
-        ap_c = ncx2.cdf(ob["r_fib2"] / s2_ap, 2, d2 / s2_ap).astype(f32)
-        a0 = ap_c[:, ob["ci"]]
-        aperture = a0 + (ap_c[:, ob["ci"] + 1] - a0) * ob["cw"]
-    else:
-        aperture = np.full((n, W), cfg.aperture_efficiency, f32)
+def _unif(u: np.ndarray, col: int, rng: tuple[float, float]) -> np.ndarray:
+    """Column ``col`` of the uniform draws mapped onto ``rng``."""
+    return rng[0] + (rng[1] - rng[0]) * u[:, col]
+
+
+def _observe(p: SimpleNamespace, u: np.ndarray, gauss: np.ndarray, cfg: SimConfig, inst: Instrument, ob: dict,
+             model: np.ndarray, extras: bool) -> dict:
+    """Observe ``model`` (n, W) through MOONS: electrons from object (aperture, throughput, exposure), sky,
+    dark and read noise; noise misreported by a per-arm factor; imperfect per-arm sky subtraction (line scale,
+    continuum, wavelength shift; optionally in the ivar); delivered flux with flux-calibration, arm-offset and
+    telluric-correction errors.
+
+    Kept as one function (~85 lines) because the noise, the sky residual and the delivery factor are built arm
+    by arm in one loop whose order fixes the bytes of the output.
+
+    Returns
+    -------
+    dict
+        ``flux``, ``ivar`` (n, W) float32 delivered spectrum and inverse variance; ``fac`` (n, W) delivered flux
+        per electron, ``obj_e`` (n, W) object electrons, ``resid_e`` (n, W) sky residual electrons (None unless
+        ``extras``), ``aperture`` (n, W), ``chrom`` and ``in_ivar`` (n,) bool.
+    """
+    n, W = model.shape
+    slices = inst.arm_slices()
+    f32 = np.float32
+    t_exp = p.t_exp
+    aperture = _aperture(p, u, cfg, ob, n, W)
     chrom = (u[:, 79] < cfg.chromatic_aperture_fraction) & (cfg.aperture_efficiency is None)
-    thr_s = _unif(66, cfg.throughput_scale_range)
-    vfac = _unif(65, cfg.sky_sub_variance_range)
+    thr_s = _unif(u, 66, cfg.throughput_scale_range)
+    vfac = _unif(u, 65, cfg.sky_sub_variance_range)
     n_exp = np.maximum(np.round(t_exp / cfg.dit_s), 1.0)
     tt = (t_exp * thr_s)[:, None].astype(f32) * aperture  # (n, W)
     # electrons: object × transmission × throughput × area × aperture × t; background: sky + dark + read noise
@@ -760,7 +876,7 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     in_ivar = u[:, 74] < cfg.sky_resid_ivar_fraction
     nscale = np.empty((n, W), f32)  # true σ / reported σ, per object and arm
     for j, sl in enumerate(slices):
-        nscale[:, sl] = _unif(76 + j if j < 3 else 64, cfg.noise_scale_range)[:, None]
+        nscale[:, sl] = _unif(u, 76 + j if j < 3 else 64, cfg.noise_scale_range)[:, None]
     obs_e = obj_e + (sig_e * nscale) * gauss
     resid_e = np.empty((n, W), f32) if extras else None
     var_rep = var_e.copy() if in_ivar.any() else var_e
@@ -795,45 +911,8 @@ def _simulate(start: int, n: int, seed: int, config: SimConfig | None, instrumen
     ivar = np.square(fac)
     ivar *= var_rep
     np.reciprocal(ivar, out=ivar)
-
-    sfr_ok = gal & np.isfinite(logsfr)
-    with np.errstate(invalid="ignore"):
-        passive = sfr_ok & (logsfr - logm < np.log10(0.2 / (t_univ * 1e9)))
-    if extras:
-        ia = ia_ha
-        lam_ha = ph.LINE_WAVE[ia] * (1 + zg)
-        jj = np.clip(np.searchsorted(wave, lam_ha), 0, W - 1)
-        sky_e = t_exp[:, None] * (ob["sky_line"] + ob["sky_cont"])[None, :]
-        ext = {"model": model, "sky_flux": sky_e * fac, "sky_resid": resid_e * fac,
-               "halpha_flux": np.where(star, 0.0, lf[:, ia]), "halpha_cont": cont_ha, "av": av, "sigma_v": sig_v,
-               "line_flux": lf, "continuum": cont_model, "halpha_pix": jj, "delivery_factor": fac, "aperture": aperture, "expected": obj_e * fac,
-               "chromatic_aperture": chrom, "sky_resid_in_ivar": in_ivar,
-               "quench": quench}
-    out = {
-        "flux": flux.astype(np.float32, copy=False),
-        "ivar": ivar.astype(np.float32, copy=False),
-        "object_id": np.arange(start, start + n, dtype=np.int64),
-        "ra": ra.astype(np.float64),
-        "dec": dec.astype(np.float64),
-        "t_exp": t_exp.astype(np.float32),
-        "z_true": z.astype(np.float32),
-        "logmstar_true": np.where(star, np.nan, logm).astype(np.float32),
-        "logsfr_true": np.where(star, np.nan, logsfr).astype(np.float32),
-        "is_passive": passive.astype(bool),
-        "mag_h": mag_h.astype(np.float32),
-        "kind": kind,
-        "template_family": fam_code,
-        "sfh_kind": sfh,
-        "age_mw_true": np.where(star, np.nan, age_mw).astype(np.float32),
-        "ew_halpha_rest_true": ew_ha.astype(np.float32),
-        "av_true": np.where(star, np.nan, av).astype(np.float32),
-        # kcorrect continua keep their own R ≈ 1160 (σ ≈ 110 km/s) and are not broadened: no σ★ truth
-        "sigma_star_true": np.where(star | kc_rows, np.nan, sig_star).astype(np.float32),
-        "star_index": star_index,
-    }
-    if extras:
-        out.update(ext)
-    return out
+    return {"flux": flux, "ivar": ivar, "fac": fac, "obj_e": obj_e, "resid_e": resid_e, "aperture": aperture,
+            "chrom": chrom, "in_ivar": in_ivar}
 
 
 def load_stars() -> dict:
