@@ -82,7 +82,7 @@ def no_temp_dirs(folder: Path) -> bool:
 def test_ingest_all_real_spectra(tmp_path):
     files = real_files()
     store = tmp_path / "real.zarr"
-    rep = ingest(files, store, instrument="sdss_like", workers=1)
+    rep = ingest(files, store, instrument="sdss_like")
     assert rep.ok and rep.created
     assert len(rep.companions) == 2  # the two redrock files
     assert rep.n_spectra == len(files) - 2
@@ -277,14 +277,78 @@ def test_moons1d_outputs_land_exactly_on_the_moons_grid(tmp_path):
     assert rec["row_start"].tolist() == [0, 0, 0, 1, 1, 1]
 
 
-def test_parallel_equals_serial(tmp_path):
+@pytest.fixture(scope="module")
+def dask_client():
+    """A real two-process local cluster, started like ``run`` starts one."""
+    from survey_infer.pipeline.clusters import start_client
+
+    client, owned = start_client("local", 2, dashboard=False)
+    yield client
+    client.close()
+    owned.close()
+
+
+def _mixed_inputs(tmp_path: Path) -> list[Path]:
     files = [generic_fits(tmp_path / f"p{i}.fits", seed=i, lo=6000, hi=17000, n=3000) for i in range(6)]
-    s1, s2 = tmp_path / "serial.zarr", tmp_path / "parallel.zarr"
-    ingest(files, s1, workers=1, chunk_objects=4)
-    ingest(files, s2, workers=2, chunk_objects=4)
+    return files[:3] + moons1d_like(tmp_path, "g0", z=1.1, seed=1) + files[3:]
+
+
+def test_dask_client_equals_in_process(tmp_path, dask_client):
+    """Reading on a Dask client's workers (the machinery of ``run``) writes the same store as reading in
+    process: same rows in the same order, moons1d arms grouped, same file record."""
+    files = _mixed_inputs(tmp_path)
+    s1, s2 = tmp_path / "serial.zarr", tmp_path / "dask.zarr"
+    r1 = ingest(files, s1, chunk_objects=4)
+    r2 = ingest(files, s2, chunk_objects=4, client=dask_client)
+    assert r1.n_spectra == r2.n_spectra == 7 and r2.by_reader == {"generic": 6, "moons1d": 3}
     a, b = open_survey(s1).load(), open_survey(s2).load()
-    for v in ("flux", "ivar", "mask", "object_id", "target_id"):
-        assert np.array_equal(a[v].values, b[v].values), v
+    for v in ("flux", "ivar", "mask", "object_id", "target_id", "z_true"):
+        assert np.array_equal(a[v].values, b[v].values, equal_nan=True), v
+    assert ingested_files(s1)["path"].tolist() == ingested_files(s2)["path"].tolist()
+
+
+def test_dask_client_bad_file_named_and_nothing_committed(tmp_path, dask_client):
+    files = _mixed_inputs(tmp_path)
+    bad = tmp_path / "bad.fits"
+    bad.write_bytes(files[0].read_bytes()[:4000])
+    store = tmp_path / "s.zarr"
+    with pytest.raises(IngestError, match=r"bad\.fits: truncated FITS file"):
+        ingest([*files, bad], store, client=dask_client)
+    assert not store.exists() and no_temp_dirs(tmp_path)
+    rep = ingest([*files, bad], store, client=dask_client, skip_bad=True)
+    assert [p for p, _ in rep.bad_files] == [str(bad)] and rep.n_spectra == 7 and not rep.ok
+
+
+def test_cli_cluster_address_and_scheduler_file(tmp_path, dask_client, capsys):
+    """``ingest --cluster`` takes what ``run --cluster`` takes: a scheduler address or a scheduler file."""
+    import json
+
+    files = [generic_fits(tmp_path / f"c{i}.fits", seed=i) for i in range(3)]
+    addr = dask_client.scheduler.address
+    assert cli_main(["ingest", *map(str, files), "--out", str(tmp_path / "a.zarr"), "--cluster", addr,
+                     "--no-progress", "--report", str(tmp_path / "a.json")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["n_spectra"] == 3
+    sched = tmp_path / "scheduler.json"
+    sched.write_text(json.dumps({"type": "Scheduler", "address": addr}))  # as `dask scheduler --scheduler-file`
+    assert cli_main(["ingest", *map(str, files), "--out", str(tmp_path / "f.zarr"), "--cluster", str(sched),
+                     "--no-progress"]) == 0
+    assert n_objects(tmp_path / "a.zarr") == n_objects(tmp_path / "f.zarr") == 3
+    assert dask_client.status == "running"  # an external scheduler is left running
+    assert cli_main(["ingest", str(files[0]), "--out", str(tmp_path / "x.zarr"), "--cluster",
+                     str(tmp_path / "none.json"), "--cluster-wait", "0", "--no-progress"]) == 2
+    assert "none.json: the scheduler file does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_cli_default_cluster_choice():
+    from survey_infer.cli.ingest import AUTO_CLUSTER_FILES, ClientOnDemand
+
+    assert ClientOnDemand(None, None, {}).kind_for(AUTO_CLUSTER_FILES - 1) is None
+    assert ClientOnDemand(None, None, {}).kind_for(AUTO_CLUSTER_FILES) == "local"
+    assert ClientOnDemand(None, 1, {}).kind_for(10_000) is None
+    assert ClientOnDemand(None, 3, {}).kind_for(2) == "local"
+    assert ClientOnDemand("inprocess", 4, {}).kind_for(10_000) is None
+    assert ClientOnDemand("slurm", 4, {}).kind_for(1) == "slurm"
 
 
 # ------------------------------------------------------------------------------------------ tools/make_moons1d_set.py
