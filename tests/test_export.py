@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -373,3 +375,12 @@ def test_one_open_catalog_refuses_what_is_not_a_catalog(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has no 'object' dimension" in err and len(err.splitlines()) == 1
     assert not list(tmp_path.glob("*.fits")) and not list(tmp_path.glob(".x.fits*"))
+
+
+@pytest.mark.skipif(shutil.which("fitsverify") is None, reason="HEASARC fitsverify is not installed")
+def test_fitsverify_passes_the_file_clean(catalog, tmp_path):
+    """fitsverify (HEASARC) finds no error and no warning: checksums, BINTABLE keywords, and the OGIP long-string
+    convention declared (LONGSTRN) for the JSON provenance values."""
+    out = export_catalog(catalog, tmp_path / "v.fits", with_pz=True)
+    res = subprocess.run(["fitsverify", "-q", str(out)], capture_output=True, text=True, check=False)
+    assert res.stdout.startswith("verification OK"), res.stdout + res.stderr  # a warning reads "FAILED"

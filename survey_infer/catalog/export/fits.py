@@ -12,7 +12,8 @@ Layout
   fill value -1 for rows not computed (no ``TNULL``); float columns hold NaN; unsigned integers use ``TZERO``.
 * HDU 2 ``Z_GRID`` (1-D float64 image): the redshift bin centres, the axis of the ``pz`` vector column.
 
-Every HDU carries ``CHECKSUM``/``DATASUM`` (``fits.open(path, checksum=True)`` verifies them).
+Every HDU carries ``CHECKSUM``/``DATASUM`` (``fits.open(path, checksum=True)`` verifies them); the long JSON
+values use the OGIP long-string convention, declared by ``LONGSTRN`` (``fitsverify`` passes the file clean).
 
 How it is written, all with astropy: the column layout and the serialized-column block come from writing a
 0-row :class:`astropy.table.Table` with the columns' dtypes and descriptions; the table header, with the final
@@ -100,19 +101,20 @@ def _fits_values(c: Column, v: np.ndarray) -> np.ndarray:
     return np.asarray(v).astype(dt, copy=False)
 
 
-def _table_bytes(table) -> tuple[object, bytes]:
-    """``table`` written by astropy as a FITS file in memory: (its BINTABLE header, its data bytes unpadded)."""
+def _table_bytes(table) -> tuple[object, memoryview]:
+    """``table`` written by astropy as a FITS file in memory: (its BINTABLE header, a view of its data bytes,
+    unpadded)."""
     from astropy.io import fits
 
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # units astropy cannot spell in FITS: TUNIT is set by _table_header
         table.write(buf, format="fits")
-    raw = buf.getvalue()
-    with fits.open(io.BytesIO(raw)) as hdul:
-        hdr = hdul[1].header.copy()
-        start = hdul.fileinfo(1)["datLoc"]
-    return hdr, raw[start : start + hdr["NAXIS1"] * hdr["NAXIS2"]]
+    buf.seek(0)
+    fits.Header.fromfile(buf)  # the primary header (no data)
+    hdr = fits.Header.fromfile(buf)  # the table's; leaves buf at the start of its data
+    start = buf.tell()
+    return hdr, buf.getbuffer()[start : start + hdr["NAXIS1"] * hdr["NAXIS2"]]
 
 
 def _table_header(cols: list[Column], n: int, extra: list[Card]):
@@ -191,7 +193,8 @@ def write_fits(ds, cols: list[Column], path: Path, chunk_rows: int, attrs: dict)
         *_CHECKSUM_PLACEHOLDERS])
     primary.writeto(path)
 
-    extra = [("NOBJECT", n, "rows (objects) in the catalog"), *prov, *grid_keywords(zg),
+    extra = [("NOBJECT", n, "rows (objects) in the catalog"),
+             ("LONGSTRN", "OGIP 1.0", "long strings (JSON values) use CONTINUE cards"), *prov, *grid_keywords(zg),
              *zwarn_header_cards(bit_table_of(attrs))]
     thdr = _table_header(cols, n, extra)
     with fits.StreamingHDU(path, thdr) as stream:
