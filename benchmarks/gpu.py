@@ -36,7 +36,17 @@ import time
 
 import numpy as np
 
-from . import BenchConfig, benchmark_model, cli_run, log, median, parallel_timed, row, simulated_store, standalone
+from . import (
+    BenchConfig,
+    benchmark_model,
+    cli_run,
+    log,
+    median,
+    parallel_timed,
+    row,
+    simulated_store,
+    standalone,
+)
 
 TARGET = 50_000
 SUSTAIN_S = 120.0
@@ -265,18 +275,23 @@ def main(argv=None) -> int:
 
         res = cpu_compare(out=RESULTS / "gpu-cpu-compare.json")
         print(json.dumps({k: res[k] for k in ("core_ms_per_spectrum", "window_outputs_bit_identical",
-                                              "foreign_cpu_cores_median")}, indent=1))
+                                              "screening_outputs_bit_identical", "foreign_cpu_cores_median",
+                                              "loadavg_1_5_15_samples")}, indent=1))
         return 0
     return standalone(run, __doc__.split("\n\n")[0], argv, _args)
 
 
 
 # ================================================================================================ device check
-#: seconds for the whole check (the device command limit is 10 min; the issue asks for 8)
+#: seconds for the stages (gpu_check.sh passes what is left of its 8 minutes after installing: ≤ 470 s)
 CHECK_BUDGET_S = 460.0
-#: stage name → time box (s) on a GPU; the dry run uses the same boxes (it finishes far inside them)
-STAGES: dict[str, float] = {"env": 25, "pytest": 100, "store": 90, "decode": 30, "preprocess": 30, "network": 60,
-                            "end_to_end": 120}
+#: stage name → time box (s) on a GPU, in the order they run: the headline figure (end to end) right after the
+#: store it needs, then the ceilings, the GPU tests last (a cut-short try still has the most important figures).
+#: Sum 405 s; the dry run uses the same boxes (it finishes far inside them).
+STAGES: dict[str, float] = {"env": 25, "store": 60, "end_to_end": 110, "network": 50, "screening": 35,
+                            "preprocess": 25, "decode": 20, "pytest": 80}
+#: a stage is not started with less than this many seconds of the budget left
+MIN_STAGE_S = 5.0
 
 
 def _write_json(path, obj) -> None:
@@ -363,7 +378,6 @@ def check_main(argv) -> int:
     stage's figures) and ``<out>/gpu.json`` (all stages so far, the ceilings, which binds, the target) after
     each stage. Returns 0 when every stage that ran is ok.
     """
-    import subprocess
     import sys
 
     a = _check_args(argv)
@@ -380,25 +394,23 @@ def check_main(argv) -> int:
         out_json = a.out / f"stage-{name}.json"
         if name == "pytest" and not a.device.startswith("cuda") and not a.with_pytest:
             rec = {"status": "skipped", "why": "dry run (--device cpu): the gpu tests skip without a GPU"}
-        elif left < 5:
+        elif left < MIN_STAGE_S:
             rec = {"status": "skipped", "why": f"check budget {a.budget_s:.0f} s spent"}
         else:
             limit = min(box, left)
             t0 = time.time()
             log(f"stage {name} (box {limit:.0f} s)")
-            try:
-                p = subprocess.run([sys.executable, "-m", "benchmarks.gpu", *base, "--stage", name,
-                                    "--stage-box", f"{limit:.1f}"],
-                                   capture_output=True, text=True, timeout=limit)
-                rec = _read_json(out_json) or {"status": "failed", "why": "the stage wrote no result"}
-                if p.returncode != 0 and rec.get("status") == "ok":
-                    rec["status"] = "failed"
-                if p.returncode != 0:
-                    rec.setdefault("why", (p.stderr or p.stdout)[-1500:])
-                    rec["stderr_tail"] = (p.stderr or "")[-1500:]
-            except subprocess.TimeoutExpired as exc:
-                rec = {**_read_json(out_json), "status": "timeout", "why": f"stage ran past its {limit:.0f} s box",
-                       "stderr_tail": str(exc.stderr or "")[-800:]}
+            code, stdout, stderr, timed_out = _run_in_group(
+                [sys.executable, "-m", "benchmarks.gpu", *base, "--stage", name, "--stage-box", f"{limit:.1f}"],
+                limit)
+            rec = _read_json(out_json) or {"status": "failed", "why": "the stage wrote no result"}
+            if timed_out:
+                rec.update(status="timeout", why=f"stage ran past its {limit:.0f} s box (killed with its children)")
+            elif code != 0 and rec.get("status") in ("ok", "running"):
+                rec["status"] = "failed"
+            if code != 0:
+                rec.setdefault("why", (stderr or stdout)[-1500:])
+                rec["stderr_tail"] = (stderr or "")[-1500:]
             rec["seconds"] = round(time.time() - t0, 2)
         if rec.get("status") not in ("ok", "skipped"):
             rc = 1
@@ -407,7 +419,9 @@ def check_main(argv) -> int:
         summary.update(_ceilings(summary["stages"]))
         summary["elapsed_s"] = round(time.time() - t_start, 1)
         _write_json(a.out / "gpu.json", summary)
-        log(f"  {name}: {rec.get('status')} in {rec.get('seconds', 0):.1f} s")
+        why_lines = str(rec.get("why") or "").strip().splitlines()
+        why = f": {why_lines[-1][:200]}" if rec.get("status") != "ok" and why_lines else ""
+        log(f"gpu-check stage {name}: {str(rec.get('status')).upper()} in {rec.get('seconds', 0):.1f} s{why}")
     if a.results:
         from . import RESULTS
 
@@ -415,6 +429,38 @@ def check_main(argv) -> int:
     print(json.dumps({k: summary.get(k) for k in ("ceilings", "limiting_ceiling", "sustained_spectra_per_s",
                                                     "elapsed_s")}, default=str))
     return rc
+
+
+def _run_in_group(cmd: list[str], limit_s: float) -> tuple[int | None, str, str, bool]:
+    """Run ``cmd`` in its own process group for at most ``limit_s``; on time-out kill the whole group (the
+    stage's Dask workers, pytest, pool processes too: a plain ``subprocess.run`` timeout kills only the child
+    and then waits for grandchildren that still hold its pipes). Returns (exit code, stdout, stderr, timed out).
+    """
+    import os
+    import signal
+    import subprocess
+
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=max(0.1, limit_s))
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            out, err = p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:  # a process left the group and holds the pipes: stop waiting
+            out, err = "", ""
+    if p.returncode is None or p.poll() is None:  # pragma: no cover - defensive
+        p.kill()
+    try:  # the stage's own children outlive a normal exit only by mistake: do not let them run on
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return p.returncode, out or "", err or "", timed_out
 
 
 def _ceilings(stages: dict) -> dict:
@@ -431,11 +477,21 @@ def _ceilings(stages: dict) -> dict:
     net = stages.get("network", {})
     if net.get("hotpath_spectra_per_s"):
         c[f"network hot path (B={net.get('micro_batch')})"] = net["hotpath_spectra_per_s"]
+    scr = stages.get("screening", {})
+    if scr.get("device_spectra_per_s"):
+        c["screening, torch on the device"] = scr["device_spectra_per_s"]
     out: dict = {"ceilings": c, "limiting_ceiling": min(c, key=c.get) if c else None}
+    if scr.get("window_spectra_per_s"):
+        out["device_window_one_thread_spectra_per_s"] = scr["window_spectra_per_s"]
     e2e = stages.get("end_to_end", {})
     if e2e.get("sustained_spectra_per_s"):
-        out["sustained_spectra_per_s"] = e2e["sustained_spectra_per_s"]
-        out["meets_target"] = e2e["sustained_spectra_per_s"] >= TARGET
+        sus = e2e["sustained_spectra_per_s"]
+        out["sustained_spectra_per_s"] = sus
+        out["meets_target"] = sus >= TARGET
+        busy = (net.get("hotpath_busy") or {}).get("kernel_s")
+        if busy and net.get("n"):
+            # kernel seconds per spectrum (profiler, network stage) × spectra/s sustained = GPU kernel-busy share
+            out["gpu_kernel_busy_fraction_est"] = busy / net["n"] * sus
     return out
 
 
@@ -489,15 +545,22 @@ def _stage_env(a, save) -> None:
 
 def _stage_pytest(a, save) -> None:
     """``pytest -m gpu``: every GPU-marked test of the suite (``tests/test_gpu.py``)."""
-    import subprocess
     import sys
+    from pathlib import Path
 
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"],
-                       capture_output=True, text=True)
-    tail = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
-    save(returncode=p.returncode, summary=tail, output_tail=p.stdout[-3000:])
-    if p.returncode != 0:
-        raise RuntimeError(f"pytest: {tail}")
+    # only the files that hold gpu-marked tests: collecting the whole suite costs ~20 s of the box
+    files = sorted(str(f) for f in Path("tests").glob("test_*.py") if "mark.gpu" in f.read_text())
+    limit = (a.stage_box or 600.0) - 5.0
+    code, out, err, timed_out = _run_in_group([sys.executable, "-m", "pytest", "-q", "-rfEs", "-m", "gpu", "-p",
+                                               "no:cacheprovider", "-o", "addopts=", *files], limit)
+    lines = out.strip().splitlines()
+    tail = lines[-1] if lines else ""
+    save(returncode=code, files=files, summary=tail, output_tail=out[-3000:], stderr_tail=err[-1000:],
+         passed_lines=[ln for ln in lines if ln.startswith(("PASSED", "FAILED", "ERROR", "SKIPPED"))][-40:])
+    if timed_out:
+        raise RuntimeError(f"pytest -m gpu ran past {limit:.0f} s (killed); last line: {tail}")
+    if code != 0:
+        raise RuntimeError(f"pytest -m gpu: {tail}")
 
 
 def _tile_part(args) -> int:
@@ -712,11 +775,92 @@ def _stage_network(a, save) -> None:
         save(tf32_vs_ieee_max_abs_dlogit=float(d.max()), tf32_vs_ieee_median_abs_dlogit=float(d.median()))
 
 
+def _stage_screening(a, save) -> None:
+    """Screening on the device (:mod:`survey_infer.model.torch_screening`) beside the numpy screening (one host
+    core) on the same PDFs — the network's, from the store's spectra — with their agreement; then whole windows
+    on the device (:func:`survey_infer.model.hotpath.infer_window_device`: bad-input fractions, preprocessing,
+    network, screening, one copy back) on one thread."""
+    import torch
+    import zarr
+
+    from survey_infer.model.checkpoint import load_model
+    from survey_infer.model.device import configure_numerics
+    from survey_infer.model.hotpath import (
+        infer_window_device,
+        run_network_device,
+        window_rows,
+    )
+    from survey_infer.model.inference import finish_rows as finish_numpy
+    from survey_infer.model.torch_preprocess import preprocess_torch
+    from survey_infer.model.torch_screening import finish_rows as finish_torch
+
+    dev = a.device
+    gpu = dev.startswith("cuda")
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    configure_numerics(dev, "ieee")
+    model = load_model(_model_dir(a), device=dev)
+    th = model.calibration.get("thresholds", {})
+    zg = model.zgrid
+    win = window_rows(dev)
+    n = min(a.n, 4 * win if gpu else 64)
+    g = zarr.open_group(str(_store_path(a)), mode="r", zarr_format=3)
+    flux, ivar, oid = g["flux"][:n], g["ivar"][:n], g["object_id"][:n]
+    rows = np.arange(n)
+    with torch.inference_mode():
+        pp = preprocess_torch(torch.from_numpy(flux).to(dev), torch.from_numpy(ivar).to(dev), model.instrument,
+                              model.sky_mask, None, device=dev)
+        net = run_network_device(model, pp["x"], pp["scalars"], oid, rows, a.T, 0, dev, keep_on_device=True)
+        pz = net.pop("pz")
+        bad = torch.zeros(n, dtype=torch.float64, device=dev)
+        ng = pp["n_good"].to(torch.int64)
+        zc = torch.from_numpy(np.asarray(zg.centres, np.float64)).to(dev)
+
+        def screen():
+            with torch.inference_mode():
+                return finish_torch(pz, net, pp["snr"], pp["masked_fraction"], ng, bad, zc, zg.dz,
+                                    (zg.z_min, zg.z_max), th, True)
+
+        got = screen()
+        sync()
+        reps, t0 = 0, time.perf_counter()
+        while reps < 3 or (time.perf_counter() - t0 < (2.0 if gpu else 0.2) and reps < 100):
+            screen()
+            reps += 1
+        sync()
+        dt = (time.perf_counter() - t0) / reps
+    save(n=n, T=a.T, device_spectra_per_s=n / dt, device_s_per_call=dt, busy=_kernel_busy(screen, dev))
+    host = {k: v.cpu().numpy() for k, v in got.items()}
+    net_h = {k: v.cpu().numpy() for k, v in net.items()}
+    pz_h = pz.cpu().numpy()
+    t0 = time.perf_counter()
+    ref = finish_numpy(model, pz_h.copy(), net_h, pp["snr"].cpu().numpy(), pp["masked_fraction"].cpu().numpy(),
+                       ng.cpu().numpy(), bad.cpu().numpy(), th, True)
+    numpy_s = time.perf_counter() - t0
+    diffs = {k: float(np.nanmax(np.abs(host[k].astype(np.float64) - ref[k]))) if ref[k].dtype.kind == "f"
+             and np.isfinite(ref[k]).any() else None for k in ref if k != "pz"}
+    save(numpy_one_core_spectra_per_s=n / numpy_s,
+         agreement={"bit_identical": all(np.array_equal(host[k], ref[k], equal_nan=True) for k in ref),
+                    "zwarn_equal_fraction": float(np.mean(host["zwarn"] == ref["zwarn"])),
+                    "npeaks_equal_fraction": float(np.mean(host["pz_npeaks"] == ref["pz_npeaks"])),
+                    "nan_rows_equal": bool(np.array_equal(np.isnan(host["z"]), np.isnan(ref["z"]))),
+                    "max_abs_diff": diffs},
+         note="agreement: the same PDFs screened on the device vs numpy on the host (bit-identical on a CPU)")
+    # whole windows on the device, one thread: what one worker thread can feed per second
+    if gpu:  # warm-up (kernel selection at the window's shapes); the CPU dry run skips it
+        infer_window_device(model, flux[:win], ivar[:win], None, oid[:win], rows[:win], a.T, 0, dev, thresholds=th)
+        sync()
+    t0 = time.perf_counter()
+    for s0 in range(0, n, win):
+        infer_window_device(model, flux[s0:s0 + win], ivar[s0:s0 + win], None, oid[s0:s0 + win],
+                            rows[s0:s0 + win], a.T, 0, dev, thresholds=th)
+    save(window_spectra_per_s=n / (time.perf_counter() - t0), window_rows=win,
+         window_note="infer_window_device from host flux/ivar: preprocessing, network, screening, one copy back")
+
+
 def _one_run(store, cat, model: str, T: int, extra: tuple, limit_s: float) -> dict:
     """One ``survey-infer run`` into a fresh catalog, stopped after ``limit_s``: a run cut short still gives the
     rate of the blocks it finished (from their done-markers)."""
     import shutil
-    import subprocess
     import sys
 
     from . import read_markers
@@ -725,18 +869,12 @@ def _one_run(store, cat, model: str, T: int, extra: tuple, limit_s: float) -> di
     cmd = [sys.executable, "-m", "survey_infer", "run", "--input", str(store), "--output", str(cat), "--model",
            str(model), "--workers", "1", "--mc-samples", str(T), "--no-progress", "--json", *extra]
     t0 = time.time()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = p.communicate(timeout=max(1.0, limit_s))
-        complete = p.returncode == 0
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        complete = False
+    code, out, err, timed_out = _run_in_group(cmd, max(1.0, limit_s))  # a killed run takes its workers along
+    complete = code == 0 and not timed_out
     wall = time.time() - t0
     marks = read_markers(cat) if cat.exists() else []
     done = int(sum(int(m["hi"]) - int(m["lo"]) for m in marks))
-    rec = {"wall_s": wall, "complete": complete, "returncode": p.returncode, "spectra_done": done, "cmd": " ".join(cmd)}
+    rec = {"wall_s": wall, "complete": complete, "returncode": code, "spectra_done": done, "cmd": " ".join(cmd)}
     if marks:
         t_last = max(float(m["time"]) for m in marks)
         rec["rate_to_last_block"] = done / max(1e-9, t_last - t0)
@@ -774,15 +912,24 @@ def _stage_end_to_end(a, save) -> None:
     shutil.rmtree(cat, ignore_errors=True)
     if not any(x["complete"] for x in runs) and not runs[-1]["spectra_done"]:
         raise RuntimeError("survey-infer run finished no block: " + runs[-1].get("stderr_tail", "")[-500:])
-    net = _read_json(a.out / "stage-network.json")
-    busy = (net.get("hotpath_busy") or {}).get("kernel_s")
-    if busy and net.get("n"):
-        # kernel seconds per spectrum (profiler, network stage) × spectra/s sustained = GPU kernel-busy fraction
-        sus = sum(x["spectra_done"] for x in runs) / sum(x["wall_s"] for x in runs)
-        save(gpu_kernel_busy_fraction_est=busy / net["n"] * sus)
 
 
 # ================================================================================================ CPU comparison
+def _peaked_pdfs(zc: np.ndarray, n: int, rng) -> np.ndarray:
+    """Network-like PDFs for the screening timings: a Gaussian peak 1–6 bins wide, a secondary peak in a third of
+    the rows, a small floor; a few broad rows (the intervals' bin-resolution fallback)."""
+    dz = zc[1] - zc[0]
+    z0 = rng.uniform(zc[0], zc[-1], (n, 1))
+    s = rng.uniform(1, 6, (n, 1)) * dz
+    pz = np.exp(-0.5 * ((zc[None, :] - z0) / s) ** 2)
+    sec = rng.random((n, 1)) < 0.33
+    z1 = rng.uniform(zc[0], zc[-1], (n, 1))
+    pz += sec * rng.uniform(0.05, 0.6, (n, 1)) * np.exp(-0.5 * ((zc[None, :] - z1) / (2 * dz)) ** 2)
+    pz += rng.uniform(1e-6, 1e-3, (n, 1))
+    pz[: max(1, n // 20)] += 0.02  # broad
+    return pz / pz.sum(1, keepdims=True)
+
+
 def cpu_compare(model_dir: str | None = None, n: int = 64, T: int = 50, repeats: int = 5, out=None) -> dict:
     """Issue 15 point 7: the torch hot path beside today's numpy path, one thread, same inputs, same run.
 
@@ -790,18 +937,29 @@ def cpu_compare(model_dir: str | None = None, n: int = 64, T: int = 50, repeats:
     preprocessing (:func:`survey_infer.preprocess.preprocess` vs :func:`.torch_preprocess.preprocess_torch`),
     dropout masks (:func:`survey_infer.model.mc.keep_masks` vs :func:`survey_infer.model.torch_masks.keep_masks`,
     all four families), the network window with MC statistics (``inference.run_network`` vs
-    ``hotpath.run_network_device``, B = 32: bit-identical outputs, checked), and the cheap PDF statistics
-    (numpy ``refine_mode`` + moments + peaks vs :func:`survey_infer.model.hotpath.pdf_moments_torch`).
-    Other processes' CPU use is sampled during the run (the machine is shared): the figures are indicative.
+    ``hotpath.run_network_device``, B = 32: bit-identical outputs, checked), the screening (statistics, HPD
+    intervals, flags, NODATA rows: ``inference.finish_rows`` vs ``torch_screening.finish_rows`` on 1,024
+    network-like PDFs: bit-identical, checked) and the whole window (``inference.infer_block`` on the numpy path
+    vs ``hotpath.infer_window_device``: preprocessing, network, screening, one packed copy). Other processes'
+    CPU use (``foreign_cpu``) and the load average (``uptime``) are sampled during the run: the machine is shared.
     """
+    import os
+
     import torch
 
     from survey_infer.model import mc
     from survey_infer.model import torch_masks as tm
+    from survey_infer.model import torch_screening as ts
     from survey_infer.model.checkpoint import load_model
-    from survey_infer.model.hotpath import pdf_moments_torch, run_network_device
-    from survey_infer.model.inference import STREAMS, run_network
-    from survey_infer.screening import count_peaks, refine_mode, z_error
+    from survey_infer.model.hotpath import infer_window_device, run_network_device
+    from survey_infer.model.inference import (
+        STREAMS,
+        finish_rows,
+        infer_block,
+        run_network,
+    )
+    from survey_infer.model.torch_preprocess import preprocess_torch
+    from survey_infer.preprocess import preprocess
 
     from . import foreign_cpu, hardware
 
@@ -815,10 +973,26 @@ def cpu_compare(model_dir: str | None = None, n: int = 64, T: int = 50, repeats:
     oid = np.arange(n, dtype=np.int64) + 12345
     rows = np.arange(n)
     toid = torch.from_numpy(oid)
-    zc, dz = model.zgrid.centres, model.zgrid.dz
-    pz = rng.random((max(n, 1024), model.zgrid.n)) ** 8
-    pz /= pz.sum(1, keepdims=True)
-    tpz, tzc = torch.from_numpy(pz), torch.from_numpy(zc)
+    zg = model.zgrid
+    th = model.calibration.get("thresholds", {})
+    m_pdf = 1024
+    pz = _peaked_pdfs(zg.centres, m_pdf, rng)
+    net = {k: rng.uniform(0, 0.05, m_pdf) for k in ("p_outside", "z_mc_std", "logmstar", "logmstar_err",
+                                                    "logmstar_err_mc", "logsfr", "logsfr_err", "logsfr_err_mc")}
+    snr = rng.uniform(0, 20, m_pdf).astype(np.float32)
+    mfr = rng.uniform(0, 0.5, m_pdf).astype(np.float32)
+    ng = rng.integers(0, 3, m_pdf) * 5000
+    bad = rng.uniform(0, 0.1, m_pdf)
+    t_in = {"pz": torch.from_numpy(pz), "net": {k: torch.from_numpy(v) for k, v in net.items()},
+            "snr": torch.from_numpy(snr), "mfr": torch.from_numpy(mfr), "ng": torch.from_numpy(ng),
+            "bad": torch.from_numpy(bad), "zc": torch.from_numpy(zg.centres)}
+
+    def screen_np():
+        return finish_rows(model, pz.copy(), dict(net), snr, mfr, ng, bad, th)
+
+    def screen_t():
+        return ts.finish_rows(t_in["pz"], t_in["net"], t_in["snr"], t_in["mfr"], t_in["ng"], t_in["bad"],
+                              t_in["zc"], zg.dz, (zg.z_min, zg.z_max), th)
 
     def masks_np():
         for k, u in cfg.mask_units().items():
@@ -828,32 +1002,25 @@ def cpu_compare(model_dir: str | None = None, n: int = 64, T: int = 50, repeats:
         for k, u in cfg.mask_units().items():
             tm.keep_masks(0, toid, T, u, cfg.p_drop, STREAMS[k])
 
-    def stats_np():
-        i, z = refine_mode(pz, zc, dz)
-        (pz * zc[None, :]).sum(axis=1), z_error(pz, zc, dz, z), count_peaks(pz, 0.05)
-        with np.errstate(all="ignore"):
-            -(np.where(pz > 0, pz * np.log(np.where(pz > 0, pz, 1.0)), 0.0)).sum(axis=1)
-
-    def stats_t():
-        pdf_moments_torch(tpz, tzc, dz)
-
-    from survey_infer.model.torch_preprocess import preprocess_torch
-    from survey_infer.preprocess import preprocess
-
     cont = 2.0 + np.sin(model.instrument.wave / 700.0)
     flux = (rng.uniform(0.1, 20, n)[:, None] * cont[None, :] + rng.normal(0, 1, (n, W))).astype(np.float32)
     ivar = rng.uniform(0.5, 2.0, (n, W)).astype(np.float32)
     ref = run_network(model, x, sc, oid, rows, T, 0, "cpu")
     got = run_network_device(model, x, sc, oid, rows, T, 0, "cpu")
     identical = all(np.array_equal(ref[k], got[k], equal_nan=True) for k in ref)
+    s_ref, s_got = screen_np(), screen_t()
+    screen_identical = all(np.array_equal(s_ref[k], s_got[k].numpy(), equal_nan=True) for k in s_ref)
     pairs = {"preprocessing": (lambda: preprocess(flux, ivar, model.instrument, model.sky_mask),
                                lambda: preprocess_torch(flux, ivar, model.instrument, model.sky_mask), n),
-             "masks": (masks_np, masks_t, n), "network window + MC statistics": (
-        lambda: run_network(model, x, sc, oid, rows, T, 0, "cpu"),
-        lambda: run_network_device(model, x, sc, oid, rows, T, 0, "cpu"), n),
-        "PDF moments (mode, mean, z_err, peaks, entropy)": (stats_np, stats_t, len(pz))}
+             "masks": (masks_np, masks_t, n),
+             "network window + MC statistics": (lambda: run_network(model, x, sc, oid, rows, T, 0, "cpu"),
+                                                lambda: run_network_device(model, x, sc, oid, rows, T, 0, "cpu"), n),
+             "screening (statistics, HPD intervals, flags)": (screen_np, screen_t, m_pdf),
+             "whole window (preprocess + network + screening + copy)": (
+                 lambda: infer_block(model, flux, ivar, oid, 0, mc_samples=T, seed=0),
+                 lambda: infer_window_device(model, flux, ivar, None, oid, rows, T, 0, "cpu", thresholds=th), n)}
     times: dict = {k: {"numpy": [], "torch": []} for k in pairs}
-    load = []
+    load, loadavg = [], [os.getloadavg()]
     for _ in range(repeats):
         for k, (fa, fb, m) in pairs.items():
             for name, f in (("numpy", fa), ("torch", fb)):
@@ -861,11 +1028,14 @@ def cpu_compare(model_dir: str | None = None, n: int = 64, T: int = 50, repeats:
                 f()
                 times[k][name].append((time.perf_counter() - t0) / m * 1e3)
         load.append(foreign_cpu(0.3))
-    res = {"n": n, "T": T, "repeats": repeats, "threads": 1, "model": str(model.path),
-           "window_outputs_bit_identical": bool(identical), "foreign_cpu_cores_median": median(load),
-           "note": "one shared 2-core machine with other engineers' jobs running: medians are indicative only",
+        loadavg.append(os.getloadavg())
+    res = {"n": n, "T": T, "repeats": repeats, "threads": 1, "model": str(model.path), "screening_pdfs": m_pdf,
+           "window_outputs_bit_identical": bool(identical), "screening_outputs_bit_identical": bool(screen_identical),
+           "foreign_cpu_cores_median": median(load), "foreign_cpu_cores_samples": load,
+           "loadavg_1_5_15_samples": [list(v) for v in loadavg],
+           "note": "one shared 2-core machine with other engineers' jobs running: compare within a row only",
            "core_ms_per_spectrum": {k: {p: median(v[p]) for p in v} for k, v in times.items()},
-           "hardware": hardware()}
+           "core_ms_per_spectrum_all_runs": times, "hardware": hardware()}
     for k, v in res["core_ms_per_spectrum"].items():
         v["torch_over_numpy"] = v["torch"] / v["numpy"] if v["numpy"] else None
     if out:

@@ -51,7 +51,8 @@ def test_gpu_check_dry_run_writes_every_stage(small_survey, tiny_model, tmp_path
     assert r.returncode == 0, r.stdout + r.stderr
     out = tmp_path / "out"
     summary = json.loads((out / "gpu.json").read_text())
-    assert list(summary["stages"]) == ["env", "pytest", "store", "decode", "preprocess", "network", "end_to_end"]
+    assert list(summary["stages"]) == ["env", "store", "end_to_end", "network", "screening", "preprocess", "decode",
+                                       "pytest"]
     for name, rec in summary["stages"].items():
         assert rec == json.loads((out / f"stage-{name}.json").read_text()), name
         assert rec["status"] == ("skipped" if name == "pytest" else "ok"), (name, rec)
@@ -60,9 +61,16 @@ def test_gpu_check_dry_run_writes_every_stage(small_survey, tiny_model, tmp_path
     assert st["store"]["n"] == 64 and st["store"]["simulated"] == 0
     assert st["network"]["repeat_bit_identical"] is True and st["network"]["micro_batch"] == 32
     assert st["end_to_end"]["n_per_run"] == 64 and st["end_to_end"]["sustained_spectra_per_s"] > 0
-    assert summary["limiting_ceiling"] in summary["ceilings"] and len(summary["ceilings"]) == 3
-    assert summary["target_spectra_per_s"] == 50_000 and summary["elapsed_s"] < 460
+    scr = st["screening"]  # torch screening vs numpy on the same PDFs: on the CPU the same bits
+    assert scr["agreement"]["bit_identical"] is True and scr["agreement"]["zwarn_equal_fraction"] == 1.0
+    assert scr["device_spectra_per_s"] > 0 and scr["numpy_one_core_spectra_per_s"] > 0
+    assert scr["window_spectra_per_s"] > 0 and scr["window_rows"] == 256
+    assert summary["limiting_ceiling"] in summary["ceilings"] and len(summary["ceilings"]) == 4
+    assert "screening, torch on the device" in summary["ceilings"]
+    assert summary["target_spectra_per_s"] == 50_000 and summary["elapsed_s"] < 470
     assert (out / "image.txt").read_text().startswith("torch ")
+    assert json.loads((out / "install.json").read_text())["status"] == "nothing to install"
+    assert "gpu-check stage end_to_end: OK" in r.stderr
 
 
 def test_gpu_check_time_box_is_recorded_and_the_rest_skipped(tmp_path):
@@ -73,6 +81,21 @@ def test_gpu_check_time_box_is_recorded_and_the_rest_skipped(tmp_path):
     assert summary["stages"]["env"]["status"] == "timeout"
     assert "0 s box" in summary["stages"]["env"]["why"]
     assert {summary["stages"][s]["status"] for s in ("store", "network", "end_to_end")} == {"skipped"}
+    assert "gpu-check stage env: TIMEOUT" in r.stderr
+
+
+def test_gpu_check_time_box_kills_the_stage_with_its_children():
+    """A time-boxed stage is killed with its whole process group: a child that keeps the output pipes open (a
+    Dask worker, a pytest run) neither outlives the box nor makes the check wait for it."""
+    import time
+
+    from benchmarks.gpu import _run_in_group
+
+    t0 = time.time()
+    code, out, err, timed_out = _run_in_group(["bash", "-c", "echo started; sleep 60 & sleep 60"], 1.0)
+    assert timed_out and time.time() - t0 < 15
+    code, out, err, timed_out = _run_in_group(["bash", "-c", "echo hi; echo oops >&2; exit 3"], 30)
+    assert (code, out, err, timed_out) == (3, "hi\n", "oops\n", False)
 
 
 # ---------------------------------------------------------------------------------------------- on the GPU
@@ -147,6 +170,44 @@ def test_hot_path_on_gpu_is_close_to_cpu_and_repeatable(tmp_path):
         assert np.array_equal(a[k], b[k], equal_nan=True), k
         np.testing.assert_allclose(a[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
     assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+
+
+@pytest.mark.gpu
+def test_screening_on_the_gpu_is_close_to_numpy_and_repeatable():
+    """Torch screening on the GPU vs numpy on the host, same PDFs: zwarn and peak counts equal, statistics and
+    intervals within 1e-12 (CUDA log ≤ 1 ulp, scan order of cumsum), repeatable bit for bit, row-independent."""
+    import torch
+
+    from survey_infer.model import torch_screening as ts
+    from survey_infer.model.zgrid import ZGrid
+    from survey_infer.screening import pdf_statistics
+
+    zg = ZGrid()
+    rng = np.random.default_rng(4)
+    pz = rng.random((3000, zg.n)) ** rng.uniform(1, 400, (3000, 1))
+    pz /= pz.sum(1, keepdims=True)
+    zc = torch.from_numpy(zg.centres).cuda()
+    ref = pdf_statistics(pz, zg.centres, zg.dz, {})
+    a = ts.pdf_statistics(torch.from_numpy(pz).cuda(), zc, zg.dz, {})
+    b = ts.pdf_statistics(torch.from_numpy(pz[1000:]).cuda(), zc, zg.dz, {})
+    for k in ref:
+        got = a[k].cpu().numpy()
+        assert np.array_equal(got[1000:], b[k].cpu().numpy()), k  # the other rows change nothing
+        if ref[k].dtype.kind == "f":
+            np.testing.assert_allclose(got, ref[k], rtol=1e-12, atol=1e-14, err_msg=k)
+        else:
+            assert np.array_equal(got, ref[k]), k
+
+
+@pytest.mark.gpu
+def test_gpu_fingerprint_on_the_gpu():
+    import torch
+
+    from survey_infer.model.device import GPU_FINGERPRINT_KEYS, gpu_fingerprint
+
+    fp = gpu_fingerprint("cuda")
+    assert tuple(fp) == GPU_FINGERPRINT_KEYS and fp["gpu"] == torch.cuda.get_device_name(0)
+    assert fp["fp32_precision"] == "ieee" and fp["sm_count"] > 0 and fp["micro_batch"] == 1024
 
 
 def test_slurm_gpu_jobs_get_cores_memory_and_run_the_model_on_the_gpu():
