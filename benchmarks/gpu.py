@@ -271,12 +271,32 @@ def main(argv=None) -> int:
     if "--check" in argv or "--stage" in argv:
         return check_main(argv)
     if "--cpu-compare" in argv:  # issue 15 point 7
+        import os
+
         from . import RESULTS
 
-        res = cpu_compare(out=RESULTS / "gpu-cpu-compare.json")
+        runs = []
+        for i in range(3):  # three separate runs (each a median of 5 interleaved repeats); their median reported
+            up0 = os.getloadavg()
+            r = cpu_compare()
+            r["uptime_load_before_after"] = [list(up0), list(os.getloadavg())]
+            runs.append(r)
+            log(f"  cpu-compare run {i + 1}/3 done (load {up0[0]:.1f})")
+        res = dict(runs[-1])
+        res["runs"] = [{k: r[k] for k in ("core_ms_per_spectrum", "foreign_cpu_cores_median",
+                                          "uptime_load_before_after")} for r in runs]
+        res["core_ms_per_spectrum"] = {
+            k: {p: median([r["core_ms_per_spectrum"][k][p] for r in runs]) for p in ("numpy", "torch")}
+            for k in runs[0]["core_ms_per_spectrum"]}
+        for v in res["core_ms_per_spectrum"].values():
+            v["torch_over_numpy"] = v["torch"] / v["numpy"]
+        res["window_outputs_bit_identical"] = all(r["window_outputs_bit_identical"] for r in runs)
+        res["screening_outputs_bit_identical"] = all(r["screening_outputs_bit_identical"] for r in runs)
+        res["statistic"] = "median over 3 runs of each run's median of 5 interleaved repeats"
+        res.pop("core_ms_per_spectrum_all_runs", None)
+        _write_json(RESULTS / "gpu-cpu-compare.json", res)
         print(json.dumps({k: res[k] for k in ("core_ms_per_spectrum", "window_outputs_bit_identical",
-                                              "screening_outputs_bit_identical", "foreign_cpu_cores_median",
-                                              "loadavg_1_5_15_samples")}, indent=1))
+                                              "screening_outputs_bit_identical", "runs")}, indent=1))
         return 0
     return standalone(run, __doc__.split("\n\n")[0], argv, _args)
 
