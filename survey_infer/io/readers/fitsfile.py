@@ -200,9 +200,10 @@ def _native(a: np.ndarray) -> np.ndarray:
 def fits_table(path: str | os.PathLike, info: FitsHDUInfo, columns: Sequence[str] | None = None) -> dict:
     """Columns of a binary-table HDU as numpy arrays, keyed by upper-case column name.
 
-    Read with :func:`astropy_table`: ``TSCALn``/``TZEROn`` applied (unsigned and signed-byte columns included),
-    logicals as bool, strings decoded and stripped, ``TNULLn`` cells masked (a column with null cells is a
-    :class:`numpy.ma.MaskedArray`; NaN in float columns stays NaN). Array cells keep their shape
+    Read by astropy (``FITS_rec`` fields): ``TSCALn``/``TZEROn`` applied (unsigned and signed-byte columns
+    included), logicals as bool; strings are decoded and stripped; cells equal to the column's ``TNULLn`` are
+    masked (a column with null cells is a :class:`numpy.ma.MaskedArray`), the rule of
+    :meth:`astropy.table.Table.read`; NaN in float columns stays NaN. Array cells keep their shape
     ``(nrows, repeat)``.
 
     Parameters
@@ -223,26 +224,59 @@ def fits_table(path: str | os.PathLike, info: FitsHDUInfo, columns: Sequence[str
     ReaderError
         When the HDU is not a table or its data cannot be read.
     """
+    return fits_tables(path, [(info, columns)])[0]
+
+
+def fits_tables(path: str | os.PathLike,
+                requests: Sequence[tuple[FitsHDUInfo, Sequence[str] | None]]) -> list[dict]:
+    """:func:`fits_table` for several HDUs of one file, opened once (astropy's header parsing is the larger part
+    of reading a small file).
+
+    Parameters
+    ----------
+    path : path
+        The file.
+    requests : sequence of (FitsHDUInfo, sequence of str or None)
+        HDU and wanted columns (None: all), as for :func:`fits_table`.
+
+    Returns
+    -------
+    list of dict
+        One per request, in order.
+
+    Raises
+    ------
+    ReaderError
+        When an HDU is not a table or its data cannot be read.
+    """
     p = Path(path)
-    if info.type != "table":
-        raise ReaderError(p, f"HDU {info.index} ({info.name or info.type}) is not a binary table")
-    want = None if columns is None else {c.upper() for c in columns}
+    for info, _ in requests:
+        if info.type != "table":
+            raise ReaderError(p, f"HDU {info.index} ({info.name or info.type}) is not a binary table")
     with open_fits(p) as hdul:
         try:
-            t = astropy_table(hdul[info.index])
+            return [_table_columns(hdul[info.index], columns) for info, columns in requests]
+        except ReaderError:
+            raise
         except Exception as exc:  # noqa: BLE001
-            raise ReaderError(p, f"cannot read the table of HDU {info.index} ({type(exc).__name__}: {exc})") from exc
+            idx = ", ".join(str(info.index) for info, _ in requests)
+            raise ReaderError(p, f"cannot read the table of HDU {idx} ({type(exc).__name__}: {exc})") from exc
+
+
+def _table_columns(hdu, columns: Sequence[str] | None) -> dict:
+    want = None if columns is None else {c.upper() for c in columns}
+    data = hdu.data
     out: dict = {}
-    for c in t.colnames:
-        name = c.upper()
+    for col in hdu.columns:
+        name = col.name.upper()
         if (want is not None and name not in want) or name in out:
             continue
-        col = t[c]
-        masked = getattr(col, "mask", None) is not None and bool(np.any(col.mask))
-        a = np.ma.asarray(col) if masked else np.asarray(col)
+        a = np.asarray(data[col.name])  # scaled by astropy (TSCAL/TZERO, unsigned, logicals)
+        null = (a == col.null) if col.null is not None and a.dtype.kind in "iu" else None
         if a.dtype.kind in "SU":
             a = np.char.strip(a.astype(str))
-        out[name] = np.ma.masked_array(_native(a.data), mask=a.mask) if masked else _native(a)
+        a = _native(a)
+        out[name] = np.ma.masked_array(a, mask=null) if null is not None and null.any() else a
     return out
 
 

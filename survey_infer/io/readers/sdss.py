@@ -27,7 +27,7 @@ from .base import (
     SpectrumReader,
     as_int_id,
     build_arms,
-    fits_table,
+    fits_tables,
     flux_factor,
     header_float,
     log,
@@ -56,18 +56,18 @@ class SDSSReader(SpectrumReader):
             raise ReaderError(path, "SDSS spec file without a COADD HDU")
         hdr0 = probe.header(0)
         try:
-            d = fits_table(path, coadd, ["flux", "loglam", "ivar", "and_mask"])
+            so = probe.hdu("SPECOBJ") or probe.hdu("SPALL")
+            requests = [(coadd, ["flux", "loglam", "ivar", "and_mask"])]
+            if so is not None and int(so.header.get("NAXIS2", 0)) > 0:
+                requests.append((so, ["Z", "Z_ERR", "ZWARNING", "CLASS", "PLUG_RA", "PLUG_DEC", "BESTOBJID",
+                                      "TARGETOBJID", "SPECOBJID", "PLATE", "MJD", "FIBERID"]))
+            d, *rest = fits_tables(path, requests)  # one open of the file
             loglam = d["LOGLAM"].astype(np.float64)
             flux = d["FLUX"].astype(np.float64)
             ivar = d["IVAR"].astype(np.float64)
             mask = d.get("AND_MASK")
-            so = probe.hdu("SPECOBJ") or probe.hdu("SPALL")
-            meta_row = {}
-            if so is not None and int(so.header.get("NAXIS2", 0)) > 0:
-                cols = fits_table(path, so, ["Z", "Z_ERR", "ZWARNING", "CLASS", "PLUG_RA", "PLUG_DEC", "BESTOBJID",
-                                             "TARGETOBJID", "SPECOBJID", "PLATE", "MJD", "FIBERID"])
-                # masked cells (FITS TNULLn) are unknown values
-                meta_row = {k: v[0] for k, v in cols.items() if not np.ma.is_masked(v[0])}
+            # masked cells (FITS TNULLn) are unknown values
+            meta_row = {k: v[0] for k, v in rest[0].items() if not np.ma.is_masked(v[0])} if rest else {}
         except (ReaderError, KeyError) as exc:
             raise ReaderError(path, f"cannot read SDSS spec file: {exc}") from exc
         except Exception as exc:  # noqa: BLE001
