@@ -319,6 +319,18 @@ def test_dask_client_bad_file_named_and_nothing_committed(tmp_path, dask_client)
     assert [p for p, _ in rep.bad_files] == [str(bad)] and rep.n_spectra == 7 and not rep.ok
 
 
+def test_dask_task_failing_as_a_whole_reports_each_file(tmp_path, dask_client):
+    """A task that fails outside the per-file guard (here: settings a worker cannot use; in production a worker
+    that dies) yields one error per file, each naming its file: nothing is dropped."""
+    from survey_infer.io.ingest.read import ReadSettings, iter_results
+
+    files = [str(generic_fits(tmp_path / f"w{i}.fits", seed=i)) for i in range(3)]
+    units = [(i, (f,), None) for i, f in enumerate(files)]
+    res = list(iter_results(units, ReadSettings("{not json", 0.5), dask_client))
+    assert [r["status"] for r in res] == ["error"] * 3
+    assert [r["error"].split(": not read: the Dask task reading it failed")[0] for r in res] == files
+
+
 def test_cli_cluster_address_and_scheduler_file(tmp_path, dask_client, capsys):
     """``ingest --cluster`` takes what ``run --cluster`` takes: a scheduler address or a scheduler file."""
     import json
