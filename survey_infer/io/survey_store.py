@@ -151,6 +151,8 @@ class SurveyWriter:
 
     @property
     def group(self) -> zarr.Group:
+        """The Zarr group being written (the temporary store of a new store, else the store itself), opened
+        without consolidated metadata."""
         return zarr.open_group(str(self.work_path), mode="r+", use_consolidated=False)
 
     def write(self, offset: int, data: Mapping[str, np.ndarray], group: zarr.Group | None = None) -> dict:

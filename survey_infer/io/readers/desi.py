@@ -86,9 +86,11 @@ class DESIReader(SpectrumReader):
         return arms
 
     def can_read_probe(self, probe: FileProbe) -> bool:
+        """Content test on an already sniffed file (see :meth:`.SpectrumReader.can_read_probe`)."""
         return probe.kind == "fits" and "FIBERMAP" in probe.hdu_names() and bool(self._arms(probe))
 
     def is_companion(self, probe: FileProbe) -> bool:
+        """True for a companion file holding no spectrum (see :meth:`.SpectrumReader.is_companion`)."""
         if probe.kind != "fits":
             return False
         names = probe.hdu_names()
@@ -97,6 +99,7 @@ class DESIReader(SpectrumReader):
         return has_z and not self._arms(probe)
 
     def read(self, path: str | os.PathLike) -> list[Spectrum]:
+        """Every spectrum in ``path`` (see :meth:`.SpectrumReader.read`; raises :class:`ReaderError`)."""
         path = Path(path)
         try:
             with open_fits(path) as hdul:

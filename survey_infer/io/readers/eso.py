@@ -78,6 +78,7 @@ class ESOPhase3Reader(SpectrumReader):
         return t[0] if t else None
 
     def can_read_probe(self, probe: FileProbe) -> bool:
+        """Content test on an already sniffed file (see :meth:`.SpectrumReader.can_read_probe`)."""
         if probe.kind != "fits":
             return False
         i = self._table_hdu(probe)

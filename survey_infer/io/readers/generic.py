@@ -222,6 +222,7 @@ class GenericTableReader(SpectrumReader):
         return groups[0] if groups else None
 
     def can_read_probe(self, probe: FileProbe) -> bool:
+        """Content test on an already sniffed file (see :meth:`.SpectrumReader.can_read_probe`)."""
         if probe.kind == "fits":
             return self._fits_layout(probe) is not None
         if probe.kind == "hdf5":
@@ -230,6 +231,7 @@ class GenericTableReader(SpectrumReader):
 
     # ----------------------------------------------------------------- reading
     def read(self, path: str | os.PathLike) -> list[Spectrum]:
+        """Every spectrum in ``path`` (see :meth:`.SpectrumReader.read`; raises :class:`ReaderError`)."""
         from .base import probe_file
 
         path = Path(path)

@@ -48,6 +48,7 @@ class MsaexpReader(SpectrumReader):
     priority = 10
 
     def can_read_probe(self, probe: FileProbe) -> bool:
+        """Content test on an already sniffed file (see :meth:`.SpectrumReader.can_read_probe`)."""
         if probe.kind != "fits" or "SPEC1D" not in probe.hdu_names():
             return False
         cols = {c.lower() for c in probe.table_columns("SPEC1D")}

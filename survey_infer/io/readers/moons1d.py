@@ -74,6 +74,7 @@ class Moons1dReader(SpectrumReader):
         self.apply_sky_mask = bool(apply_sky_mask)
 
     def can_read_probe(self, probe: FileProbe) -> bool:
+        """Content test on an already sniffed file (see :meth:`.SpectrumReader.can_read_probe`)."""
         if probe.kind != "fits" or len(probe.hdus) < 3:
             return False
         h0 = probe.header(0)
@@ -82,6 +83,7 @@ class Moons1dReader(SpectrumReader):
                 and "CRVAL1" in h1 and "CDELT1" in h1)
 
     def group_key(self, path: str | os.PathLike) -> str:
+        """Key shared by the files of one object (see :meth:`.SpectrumReader.group_key`)."""
         p = Path(path).resolve()
         band = _band_of(p, probe_file(p).header(0))
         stem = p.stem
@@ -128,9 +130,11 @@ class Moons1dReader(SpectrumReader):
         return band, arm, {"header": hdr0, "sky_mask": sky}
 
     def read(self, path: str | os.PathLike) -> list[Spectrum]:
+        """Every spectrum in ``path`` (see :meth:`.SpectrumReader.read`; raises :class:`ReaderError`)."""
         return self.read_group([path])
 
     def read_group(self, paths: Sequence[str | os.PathLike]) -> list[Spectrum]:
+        """One object spread over several files (see :meth:`.SpectrumReader.read_group`)."""
         paths = [Path(p) for p in paths]
         arms: dict[str, tuple[SpectrumArm, dict, Path]] = {}
         for p in paths:

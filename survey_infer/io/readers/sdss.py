@@ -43,12 +43,14 @@ class SDSSReader(SpectrumReader):
     priority = 10
 
     def can_read_probe(self, probe: FileProbe) -> bool:
+        """Content test on an already sniffed file (see :meth:`.SpectrumReader.can_read_probe`)."""
         if probe.kind != "fits" or "COADD" not in probe.hdu_names():
             return False
         cols = {c.lower() for c in probe.table_columns("COADD")}
         return {"flux", "loglam", "ivar"} <= cols
 
     def read(self, path: str | os.PathLike) -> list[Spectrum]:
+        """Every spectrum in ``path`` (see :meth:`.SpectrumReader.read`; raises :class:`ReaderError`)."""
         path = Path(path)
         probe = probe_file(path)
         coadd = probe.hdu("COADD")
