@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.survey_store import SurveyStoreError, open_survey
 from .model.checkpoint import load_model, update_meta
 from .model.inference import infer_block
 from .screening import calibrate_thresholds
-from .errors import CalibrationError  # noqa: F401  (defined in survey_infer.errors)
+from .errors import CalibrationError, SurveyStoreError
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +69,13 @@ def _group_coverage(ds, n: int, cat: dict, zt: np.ndarray, inr: np.ndarray) -> d
     return out
 
 
-def _read_validation(val_store: str | Path, n: int):
-    """The first ``n`` objects of the validation store: ``(ds, n, flux, ivar, object_id, z_true, in_range)``.
+def _read_validation(ds, n: int):
+    """The first ``n`` objects of the validation survey: ``(n, flux, ivar, object_id, z_true, in_range)``.
 
     Raises :class:`SurveyStoreError` if truth columns are missing, :class:`CalibrationError` with fewer than
     :data:`MIN_GALAXIES` galaxies in range; warns below :data:`FEW_GALAXIES`.
     """
-    ds = open_survey(val_store)
+    val_store = ds.encoding.get("source", "the validation survey")
     missing = [k for k in ("z_true", "kind", "logmstar_true", "logsfr_true") if k not in ds]
     if missing:
         raise SurveyStoreError(f"{val_store}: calibration needs truth columns; missing {', '.join(missing)} "
@@ -93,7 +92,7 @@ def _read_validation(val_store: str | Path, n: int):
     if inr.sum() < FEW_GALAXIES:
         log.warning("calibrating on %d galaxies: the screening threshold's sampling error is large "
                     "(use ≥ %d, e.g. `survey-infer simulate --n 5000`)", int(inr.sum()), FEW_GALAXIES)
-    return ds, n, flux, ivar, oid, zt, inr
+    return n, flux, ivar, oid, zt, inr
 
 
 def _coverage_loss(c68: float, c95: float) -> float:
@@ -184,7 +183,7 @@ def _err_scales(ds, n: int, cat: dict, inr: np.ndarray) -> dict[str, float]:
     return err_scale
 
 
-def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000, mc_samples: int = 50,
+def calibrate_model(model_dir: str | Path, val, n: int = 5000, mc_samples: int = 50,
                     seed: int = 12345, target_accuracy: float = 0.99, max_set_aside: float = 0.12,
                     margin_sigmas: float = 2.0) -> dict:
     """Fit the temperature, the screening threshold and the error scales; write them into ``model.json``.
@@ -193,8 +192,9 @@ def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000,
     ----------
     model_dir : path
         Model directory (``model.json`` + ``model.safetensors``); its ``model.json`` is rewritten.
-    val_store : path
-        Survey store with truth columns (``z_true``, ``kind``, ``logmstar_true``, ``logsfr_true``).
+    val : xarray.Dataset
+        The validation survey, opened (:func:`survey_infer.io.survey_store.open_survey`: the science layer
+        takes data, not files), with truth columns (``z_true``, ``kind``, ``logmstar_true``, ``logsfr_true``).
     n : int
         Validation objects used (the first ``n``; held in memory, ~0.1 GB per 1,000).
     mc_samples, seed : int
@@ -217,13 +217,14 @@ def calibrate_model(model_dir: str | Path, val_store: str | Path, n: int = 5000,
     CalibrationError
         Settings out of range, or too few galaxies in range.
     SurveyStoreError
-        The store lacks truth columns (or cannot be opened).
+        The survey lacks truth columns.
     CheckpointError
         The model cannot be loaded.
     """
     _check_settings(n, mc_samples, target_accuracy, max_set_aside, margin_sigmas)
     model = load_model(model_dir)
-    ds, n, flux, ivar, oid, zt, inr = _read_validation(val_store, n)
+    ds = val
+    n, flux, ivar, oid, zt, inr = _read_validation(ds, n)
     # calibrate from the raw network: a previous calibration's error scale must not compound with the new one
     model.calibration.pop("err_scale", None)
     best, c68, c95, cat = _fit_temperature(model, flux, ivar, oid, zt, inr, mc_samples, seed)

@@ -75,6 +75,7 @@ def _human(n: int) -> str:
 
 def run_demo(out: str | Path = "survey-infer-demo", n: int = 3000, seed: int = 2026, workers: int = 2,
              mc_samples: int = 50, model: str = "default", progress: bool = True) -> int:
+    from .catalog.store import open_catalog
     from .evaluate import evaluate_catalog, format_report
     from .pipeline.summary import print_summary
     from .pipeline.runner import run_catalog
@@ -90,7 +91,7 @@ def run_demo(out: str | Path = "survey-infer-demo", n: int = 3000, seed: int = 2
     else:
         print(f"[1/3] using the simulated survey already in {store}")
     print(f"[2/3] running the shipped model on a local cluster ({workers} workers, T={mc_samples}) -> {catalog}")
-    from .pipeline.resume import FingerprintMismatch
+    from .errors import FingerprintMismatch
 
     try:
         s = run_catalog(store, catalog, model=model, cluster="local", workers=workers, mc_samples=mc_samples,
@@ -102,7 +103,7 @@ def run_demo(out: str | Path = "survey-infer-demo", n: int = 3000, seed: int = 2
                         f"({str(exc).splitlines()[1].strip()}); use --out NEW_FOLDER or delete {out}") from exc
     print_summary(s, out=sys.stdout)  # today's stdout (the default is bound when the module is imported)
     print(f"[3/3] accuracy against the simulation's truth -> {png}")
-    m = evaluate_catalog(catalog)
+    m = evaluate_catalog(open_catalog(catalog))
     print(format_report(m))
     demo_figure(catalog, png)
     sizes = ", ".join(f"{p.name} {_human(_size(p))}" for p in (store, catalog, png))

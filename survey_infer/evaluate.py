@@ -81,31 +81,97 @@ def _prop(pred, err, true, sel) -> dict:
 TRUTH_EXTRA = ("template_family", "ew_halpha_rest_true", "sfh_kind", "is_passive", "mag_h", "t_exp", "kind")
 
 
-def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None, truth: str | Path | None = None) -> dict:
-    """Metrics dict (see the module docstring); PNGs into ``plots`` when given.
+def _join_truth(cat, truth):
+    """The catalog with the truth columns it lacks (``TRUTH_EXTRA``) taken from the input survey, row by row.
 
-    ``truth``: the survey store the catalog was run on; truth columns the catalog does not carry
-    (``template_family``, ``ew_halpha_rest_true``, …) are read from it, row by row (the object ids must match).
+    Raises :class:`~survey_infer.errors.UserError` when the survey's objects are not the catalog's rows.
     """
-    from .catalog.store import open_catalog
-
-    cat = open_catalog(catalog)
-    if truth is not None:
-        from .io.survey_store import open_survey
-
-        src = open_survey(truth)
-        if src.sizes["object"] != cat.sizes["object"] or not np.array_equal(src["object_id"].values,
-                                                                             cat["object_id"].values):
-            from .errors import UserError
-
-            raise UserError(f"evaluate --truth {truth}: its objects are not the catalog's rows (object_id differs)")
-        extra = {c: ("object", src[c].values, dict(src[c].attrs)) for c in TRUTH_EXTRA if c in src and c not in cat}
-        cat = cat.assign(**extra)
-    need = [c for c in ("z_true",) if c not in cat]
-    if need:
+    if truth.sizes["object"] != cat.sizes["object"] or not np.array_equal(truth["object_id"].values,
+                                                                          cat["object_id"].values):
         from .errors import UserError
 
-        raise UserError(f"catalog {catalog} has no truth column(s) {', '.join(need)}: evaluate needs a simulated "
+        raise UserError(f"evaluate --truth {_source(truth)}: its objects are not the catalog's rows "
+                        "(object_id differs)")
+    extra = {c: ("object", truth[c].values, dict(truth[c].attrs)) for c in TRUTH_EXTRA if c in truth and c not in cat}
+    return cat.assign(**extra)
+
+
+def _source(ds) -> str:
+    """The store a dataset was opened from (xarray's ``encoding["source"]``), for messages."""
+    return str(ds.encoding.get("source", "<dataset>"))
+
+
+def _pit_hist(cat, zt: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """PIT values of the selected galaxies inside the grid (CDF of ``pz`` at the truth, linear within the bin)
+    and their histogram in 10 bins (fractions)."""
+    pz = cat["pz"].values.astype(np.float64)
+    zg = cat["z_grid"].values
+    dz = float(zg[1] - zg[0])
+    cdf = np.cumsum(pz, axis=1)
+    idx = np.clip(np.floor((zt - (zg[0] - dz / 2)) / dz).astype(int), 0, len(zg) - 1)
+    frac = np.clip((zt - (zg[idx] - dz / 2)) / dz, 0, 1)
+    rows = np.arange(len(zt))
+    prev = np.where(idx > 0, cdf[rows, np.maximum(idx - 1, 0)], 0.0)
+    pit = prev + frac * pz[rows, idx]
+    pit = pit[g & (zt >= zg[0] - dz / 2) & (zt <= zg[-1] + dz / 2)]
+    hist, _ = np.histogram(pit, bins=10, range=(0, 1))
+    return pit, (hist / max(1, hist.sum())).round(4).tolist()
+
+
+def _redshift_groups(out: dict, cat, z, zt, rel, gal, iv: dict, texp, mag) -> None:
+    """Accuracy blocks (:func:`_zblock`) per group into ``out``: type, EW, family, exposure, m_H and crosses."""
+    for gname, sels in _group_masks(cat, len(z)).items():
+        out[gname] = {k: _zblock(z, zt, rel, gal & m, iv) for k, m in sels.items()}
+    out["by_exposure_h"] = {f"{h:g}": _zblock(z, zt, rel, gal & np.isclose(texp, h * 3600.0), iv) for h in (2, 4, 8)}
+    out["by_mag_h"] = {f"{a:g}-{b:g}": _zblock(z, zt, rel, gal & (mag >= a) & (mag < b), iv) for a, b in MAG_BINS}
+    if "by_type" in out:
+        out["by_type_mag_h"] = {f"{t}/{a:g}-{b:g}": _zblock(z, zt, rel, gal & m & (mag >= a) & (mag < b), iv)
+                                for t, m in _group_masks(cat, len(z))["by_type"].items() for a, b in MAG_BINS}
+    out["by_exposure_h_mag"] = {f"{h:g}h/{a:g}-{b:g}": _zblock(z, zt, rel, gal & np.isclose(texp, h * 3600.0) &
+                                                               (mag >= a) & (mag < b))
+                                for h in (2, 4, 8) for a, b in MAG_BINS}
+
+
+def evaluate_catalog(catalog, plots: str | Path | None = None, truth=None) -> dict:
+    """Metrics of a catalog against its truth columns (see the module docstring); PNGs into ``plots``.
+
+    The science layer takes data, not files: the caller opens the stores
+    (:func:`survey_infer.catalog.store.open_catalog`, :func:`survey_infer.io.survey_store.open_survey`), as
+    ``survey-infer evaluate`` and the demo do.
+
+    Parameters
+    ----------
+    catalog : xarray.Dataset
+        An opened catalog (``object`` rows) with ``z_true`` (a simulated input); ``kind``, ``pz``, ``t_exp``,
+        ``mag_h`` and the property truths are used when present.
+    plots : path, optional
+        Folder for ``evaluate*.png``.
+    truth : xarray.Dataset, optional
+        The survey the catalog was run on: truth columns the catalog does not carry (``template_family``,
+        ``ew_halpha_rest_true``, …) are read from it, row by row (the object ids must match).
+
+    Returns
+    -------
+    dict
+        ``catalog`` (its source path), counts, ``redshift`` (:func:`_zblock` of all galaxies in range), the same
+        per group (``by_type``, ``by_ew_halpha``, ``by_family``, ``by_exposure_h``, ``by_mag_h``, crosses),
+        ``nmad_dz_1pz``, ``outlier_frac_0.05``, ``coverage68``/``95``, interloper rates, ``pit_hist``, property
+        metrics (``logmstar``, ``logsfr``, ``logsfr_starforming``) and ``plots_written``.
+
+    Raises
+    ------
+    UserError
+        Not a catalog (no ``z``/``z_reliable``), no ``z_true``, or ``truth``'s objects are not the catalog's rows.
+    """
+    cat = catalog if truth is None else _join_truth(catalog, truth)
+    if "z" not in cat or "z_reliable" not in cat:
+        from .errors import UserError
+
+        raise UserError(f"{_source(catalog)} has no z / z_reliable column: not a catalog made by survey-infer run")
+    if "z_true" not in cat:
+        from .errors import UserError
+
+        raise UserError(f"catalog {_source(catalog)} has no truth column(s) z_true: evaluate needs a simulated "
                         f"input")
     v = {k: cat[k].values for k in ("z", "z_true", "z_reliable", "kind", "z_lo68", "z_hi68", "z_lo95", "z_hi95",
                                    "logmstar", "logmstar_err", "logsfr", "logsfr_err", "quality") if k in cat}
@@ -119,20 +185,11 @@ def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None, truth
     has = np.isfinite(z)
     texp = cat["t_exp"].values if "t_exp" in cat else np.full(len(z), np.nan)
     mag = cat["mag_h"].values if "mag_h" in cat else np.full(len(z), np.nan)
-    out: dict = {"catalog": str(catalog), "n_objects": int(len(z)), "n_galaxies_in_range": int(gal.sum()),
+    out: dict = {"catalog": _source(catalog), "n_objects": int(len(z)), "n_galaxies_in_range": int(gal.sum()),
                  "n_interlopers": int((~gal).sum()), "n_nodata": int((~has).sum())}
     iv = {k: v[k].astype(np.float64) for k in ("z_lo68", "z_hi68", "z_lo95", "z_hi95") if k in v}
     out["redshift"] = _zblock(z, zt, rel, gal, iv)
-    for gname, sels in _group_masks(cat, len(z)).items():
-        out[gname] = {k: _zblock(z, zt, rel, gal & m, iv) for k, m in sels.items()}
-    out["by_exposure_h"] = {f"{h:g}": _zblock(z, zt, rel, gal & np.isclose(texp, h * 3600.0), iv) for h in (2, 4, 8)}
-    out["by_mag_h"] = {f"{a:g}-{b:g}": _zblock(z, zt, rel, gal & (mag >= a) & (mag < b), iv) for a, b in MAG_BINS}
-    if "by_type" in out:
-        out["by_type_mag_h"] = {f"{t}/{a:g}-{b:g}": _zblock(z, zt, rel, gal & m & (mag >= a) & (mag < b), iv)
-                                for t, m in _group_masks(cat, len(z))["by_type"].items() for a, b in MAG_BINS}
-    out["by_exposure_h_mag"] = {f"{h:g}h/{a:g}-{b:g}": _zblock(z, zt, rel, gal & np.isclose(texp, h * 3600.0) &
-                                                               (mag >= a) & (mag < b))
-                                for h in (2, 4, 8) for a, b in MAG_BINS}
+    _redshift_groups(out, cat, z, zt, rel, gal, iv, texp, mag)
     dzn = (z - zt) / (1 + zt)
     g = gal & has
     out["nmad_dz_1pz"] = _nmad(dzn[g])
@@ -145,18 +202,7 @@ def evaluate_catalog(catalog: str | Path, plots: str | Path | None = None, truth
                                   ((1, "star"), (2, "below_range"), (3, "above_range")) if (kind == k).any()}
     pit = None
     if "pz" in cat:
-        pz = cat["pz"].values.astype(np.float64)
-        zg = cat["z_grid"].values
-        dz = float(zg[1] - zg[0])
-        cdf = np.cumsum(pz, axis=1)
-        idx = np.clip(np.floor((zt - (zg[0] - dz / 2)) / dz).astype(int), 0, len(zg) - 1)
-        frac = np.clip((zt - (zg[idx] - dz / 2)) / dz, 0, 1)
-        rows = np.arange(len(zt))
-        prev = np.where(idx > 0, cdf[rows, np.maximum(idx - 1, 0)], 0.0)
-        pit = prev + frac * pz[rows, idx]
-        pit = pit[g & (zt >= zg[0] - dz / 2) & (zt <= zg[-1] + dz / 2)]
-        hist, _ = np.histogram(pit, bins=10, range=(0, 1))
-        out["pit_hist"] = (hist / max(1, hist.sum())).round(4).tolist()
+        pit, out["pit_hist"] = _pit_hist(cat, zt, g)
     out["logmstar"] = _prop(v["logmstar"], v["logmstar_err"], cat["logmstar_true"].values, gal) if "logmstar_true" in cat else {}
     out["logsfr"] = _prop(v["logsfr"], v["logsfr_err"], cat["logsfr_true"].values, gal) if "logsfr_true" in cat else {}
     if "by_type" in out and "logsfr_true" in cat:  # SFR matters for star-forming galaxies

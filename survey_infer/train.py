@@ -22,7 +22,6 @@ import torch
 from torch.nn import functional as F
 
 from .atomic import atomic_path, atomic_write_text
-from .io.survey_store import open_survey, store_instrument
 from .model import mc
 from .model.checkpoint import save_model
 from .model.network import EMISSION_FOR_AUX, NetConfig, SpectrumNet
@@ -157,21 +156,22 @@ def _opt_step(net: SpectrumNet, opt, lr_now: float, x, sc, targets: tuple, masks
     return loss, parts
 
 
-def _open_training_stores(train_store, val_store):
-    """Open the training and validation stores; the training store must have the truth columns.
+def _training_inputs(ds) -> tuple:
+    """Instrument and sky mask of the training survey (as recorded in its attrs); it must have the truth columns.
 
-    Returns ``(ds, vds, inst, sky)``; raises :class:`~survey_infer.errors.UserError` naming a missing column.
+    Returns ``(inst, sky)``; raises :class:`~survey_infer.errors.UserError` naming a missing column.
     """
-    ds = open_survey(train_store)
-    inst = store_instrument(train_store)
-    vds = open_survey(val_store)
+    from .instrument import load_instrument
+
+    train_store = ds.encoding.get("source", "(dataset)")
+    inst = load_instrument(ds.attrs.get("instrument_config") or ds.attrs.get("instrument"))
     for need in ("z_true", "logmstar_true", "logsfr_true", "kind"):
         if need not in ds:
             from .errors import UserError
 
             raise UserError(f"training store {train_store} has no truth column {need!r} (simulate it with survey-infer simulate)")
     sky = ds["sky_mask"].values.astype(np.uint8) if "sky_mask" in ds else np.zeros(inst.n_wave, np.uint8)
-    return ds, vds, inst, sky
+    return inst, sky
 
 
 def _restore(out: Path, net, opt, state: dict, resume: bool, finalize: bool, epochs: int) -> int:
@@ -216,8 +216,8 @@ def _train_group(run: dict, state: dict, gi: int, lo: int, hi: int):
     return loss, parts
 
 
-def _finish_training(out: Path, run: dict, state: dict, val_store, n_val: int) -> dict:
-    """Save the trained model (temperature 1) with its training record, then calibrate it on ``val_store``."""
+def _finish_training(out: Path, run: dict, state: dict, val, n_val: int) -> dict:
+    """Save the trained model (temperature 1) with its training record, then calibrate it on ``val``."""
     training = {k: state[k] for k in ("seed", "epochs", "batch_size", "lr", "step", "seconds", "history", "device",
                                        "train_store", "val_store", "n_train", "threads")}
     from .provenance import provenance
@@ -228,12 +228,12 @@ def _finish_training(out: Path, run: dict, state: dict, val_store, n_val: int) -
     save_model(out, run["net"], run["inst"], run["sky"], PREPROCESSING_VERSION, calib, training)
     from .calibrate import calibrate_model
 
-    report = calibrate_model(out, val_store, n=n_val)
+    report = calibrate_model(out, val, n=n_val)
     log.info("calibration: %s", json.dumps(report))
     return {"finished": True, "model_dir": str(out), "calibration": report, **training}
 
 
-def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | Path, *, epochs: int = 6,
+def train_model(train, val, out_dir: str | Path, *, epochs: int = 6,
                 batch_size: int = 64, lr: float = 2e-3, seed: int = 0, resume: bool = False,
                 threads: int | None = None, device: str = "cpu", arch: dict | None = None,
                 max_minutes: float | None = None, checkpoint_minutes: float = 10.0, n_val: int = 5000,
@@ -247,8 +247,10 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
 
     Parameters
     ----------
-    train_store, val_store : path
-        Survey stores with truth columns (``z_true``, ``logmstar_true``, ``logsfr_true``, ``kind``).
+    train, val : xarray.Dataset
+        Training and validation surveys, opened (:func:`survey_infer.io.survey_store.open_survey`: the science
+        layer takes data, not files), with truth columns (``z_true``, ``logmstar_true``, ``logsfr_true``,
+        ``kind``); the training record keeps the stores' paths (``encoding["source"]``).
     out_dir : path
         Model directory to write; the resumable state goes to ``out_dir/train_state``.
     resume, finalize : bool
@@ -274,7 +276,8 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch.device(device)
-    ds, vds, inst, sky = _open_training_stores(train_store, val_store)
+    ds, vds = train, val
+    inst, sky = _training_inputs(ds)
     zg = ZGrid()
     cfg, net = _new_net(inst, zg, arch, seed)
     net = net.to(dev)
@@ -289,7 +292,8 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
     total_steps = epochs * sum(-(-min(group, N - g * group) // batch_size) for g in range(n_groups))
     state = {"epoch": 0, "group_pos": 0, "step": 0, "seconds": 0.0, "seed": seed, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "target_norm": tnorm, "history": [], "device": str(dev),
-             "train_store": str(train_store), "val_store": str(val_store), "n_train": int(N),
+             "train_store": str(ds.encoding.get("source", "")), "val_store": str(vds.encoding.get("source", "")),
+             "n_train": int(N),
              "architecture": cfg.to_dict(), "threads": torch.get_num_threads()}
     epochs = _restore(out, net, opt, state, resume, finalize, epochs)
     run = {"net": net, "opt": opt, "cfg": cfg, "ds": ds, "inst": inst, "sky": sky, "zg": zg, "dev": dev,
@@ -332,7 +336,7 @@ def train_model(train_store: str | Path, val_store: str | Path, out_dir: str | P
         t_ckpt = time.time()
     if not finalize:
         _save_state(out, net, opt, state)
-    return _finish_training(out, run, state, val_store, n_val)
+    return _finish_training(out, run, state, vds, n_val)
 
 
 def warm_start(net: SpectrumNet, model_dir: str | Path) -> dict:

@@ -63,7 +63,7 @@ def test_demo_rerun_resumes(demo, capsys):
 
 def test_evaluate_metrics_and_plots(demo, tmp_path):
     out, _ = demo
-    m = evaluate_catalog(out / "catalog.zarr", plots=tmp_path / "plots")
+    m = evaluate_catalog(open_catalog(out / "catalog.zarr"), plots=tmp_path / "plots")
     cat = open_catalog(out / "catalog.zarr")
     gal = cat["kind"].values == 0
     ok = np.abs(cat["z"].values - cat["z_true"].values) < 0.01

@@ -194,8 +194,10 @@ def test_calibrate_thresholds_reaches_target_or_caps():
 def test_training_resumes_exactly(small_survey, tmp_path):
     from safetensors.torch import load_file
 
+    from survey_infer.io.survey_store import open_survey
     from survey_infer.train import STATE_DIR, train_model
 
+    small_survey = open_survey(small_survey)  # the science layer takes data, not files
     kw = dict(epochs=1, batch_size=32, lr=1e-3, seed=5, threads=1, arch=TINY_ARCH, n_val=64, progress=False,
               group_rows=128)
     straight = train_model(small_survey, small_survey, tmp_path / "a", **kw)

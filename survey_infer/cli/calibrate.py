@@ -43,11 +43,13 @@ def run(args: argparse.Namespace) -> int:
     Raises
     ------
     CalibrationError, SurveyStoreError, CheckpointError
-        As :func:`survey_infer.calibrate.calibrate_model` (all :class:`~survey_infer.errors.UserError`).
+        ``--val`` cannot be opened, or as :func:`survey_infer.calibrate.calibrate_model` (all
+        :class:`~survey_infer.errors.UserError`).
     """
     from ..calibrate import calibrate_model
+    from ..io.survey_store import open_survey
 
-    report = calibrate_model(args.model_dir, args.val, n=args.n, mc_samples=args.mc_samples,
+    report = calibrate_model(args.model_dir, open_survey(args.val), n=args.n, mc_samples=args.mc_samples,
                              target_accuracy=args.target_accuracy, max_set_aside=args.max_set_aside,
                              margin_sigmas=args.margin_sigmas)
     print(f"calibrated {args.model_dir}: temperature {report['temperature']:.4g} (validation coverage 68% "

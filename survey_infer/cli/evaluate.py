@@ -31,11 +31,16 @@ def run(args: argparse.Namespace) -> int:
     Raises
     ------
     CatalogError, SurveyStoreError
-        As :func:`survey_infer.evaluate.evaluate_catalog` (all :class:`~survey_infer.errors.UserError`).
+        The catalog or the ``--truth`` store cannot be opened (all :class:`~survey_infer.errors.UserError`).
+    UserError
+        As :func:`survey_infer.evaluate.evaluate_catalog`.
     """
+    from ..catalog.store import open_catalog
     from ..evaluate import evaluate_catalog, format_report
+    from ..io.survey_store import open_survey
 
-    m = evaluate_catalog(args.catalog, args.plots, args.truth)
+    truth = open_survey(args.truth) if args.truth is not None else None
+    m = evaluate_catalog(open_catalog(args.catalog), args.plots, truth)
     print(json.dumps(m, indent=1) if args.json else format_report(m))
     if m.get("plots_written") and not args.json:
         print("plots written: " + ", ".join(m["plots_written"]))

@@ -51,8 +51,9 @@ def _calibrate_if_val(args: argparse.Namespace, res: dict) -> None:
     _train.export_online(args.out, args.out)
     if args.val:
         from ..calibrate import calibrate_model
+        from ..io.survey_store import open_survey
 
-        res["calibration"] = calibrate_model(args.out, args.val, n=args.n_val)
+        res["calibration"] = calibrate_model(args.out, open_survey(args.val), n=args.n_val)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,10 +94,12 @@ def run(args: argparse.Namespace) -> int:
         return 0 if res["finished"] else 3
     if not args.train or not args.val:
         raise UserError("train: --train and --val are required (or use --online-steps for on-the-fly spectra)")
-    res = _train.train_model(args.train, args.val, args.out, epochs=args.epochs, batch_size=args.batch_size,
-                             lr=args.lr, seed=args.seed, resume=args.resume, threads=args.threads,
-                             device=args.device, arch=json.loads(args.arch) if args.arch else None,
-                             max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
-                             n_val=args.n_val, finalize=args.finalize)
+    from ..io.survey_store import open_survey
+
+    res = _train.train_model(open_survey(args.train), open_survey(args.val), args.out, epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
+                             threads=args.threads, device=args.device,
+                             arch=json.loads(args.arch) if args.arch else None, max_minutes=args.max_minutes,
+                             checkpoint_minutes=args.checkpoint_minutes, n_val=args.n_val, finalize=args.finalize)
     print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=1, default=str))
     return 0 if res.get("finished") else 3
