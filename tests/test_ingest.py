@@ -349,6 +349,8 @@ def test_cli_cluster_address_and_scheduler_file(tmp_path, dask_client, capsys):
     assert cli_main(["ingest", str(files[0]), "--out", str(tmp_path / "x.zarr"), "--cluster",
                      str(tmp_path / "none.json"), "--cluster-wait", "0", "--no-progress"]) == 2
     assert "none.json: the scheduler file does not exist" in capsys.readouterr().err
+    assert cli_main(["ingest", str(files[0]), "--out", str(tmp_path / "a.zarr"), "--cluster", "bogus"]) == 2
+    assert "unknown --cluster 'bogus'" in capsys.readouterr().err
     assert not (tmp_path / "x.zarr").exists()
 
 

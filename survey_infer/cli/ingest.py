@@ -156,6 +156,13 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("give input FILEs and/or --from-list FILE")
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.cluster not in (None, "inprocess"):
+        from ..pipeline.clusters import check_cluster_kind
+
+        try:
+            check_cluster_kind(args.cluster)  # refused before any file is read, even when nothing is new
+        except ClusterError as exc:
+            raise UserError(str(exc)) from exc
     on_demand = ClientOnDemand(args.cluster, args.workers,
                                slurm_options_from_args(args) if args.cluster == "slurm" else {}, args.cluster_wait)
     try:
