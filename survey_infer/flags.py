@@ -33,9 +33,23 @@ import numpy as np
 
 __all__ = ["Bit", "ZWarn", "ZWARN_BITS", "BAD_MASK", "INFO_MASK", "USER_MASK", "USER_BITS", "REDROCK_BITS",
            "NBITS", "LAYOUT", "z_reliable", "describe", "bit_table", "flag_counts", "cf_flag_attrs",
-           "layout_mismatch"]
+           "layout_mismatch", "DEFAULT_THRESHOLDS"]
 
 LAYOUT = "redrock-1"  # recorded in the catalog attrs (``zwarn_layout``); change with any bit move
+
+DEFAULT_THRESHOLDS = {
+    "quality": 0.5,  # SCREENED below this (calibrated)
+    "p_outside": 0.5,  # OUT_OF_RANGE above this
+    "low_confidence": 0.2,  # LOW_CONFIDENCE when pz_conf below
+    "mc_unstable": 0.02,  # MC_UNSTABLE when z_mc_std above
+    "broad_pdf": 0.05,  # BROAD_PDF when the 68% interval is wider
+    "low_snr": 0.5,  # LOW_SNR when median continuum S/N per pixel below
+    "little_coverage": 0.3,  # LITTLE_COVERAGE when usable fraction below
+    "bad_input": 0.05,  # POORDATA when the fraction of invalid input pixels is above
+    "peak_mass": 0.05,  # a secondary peak counts when it holds at least this mass (±3 bins)
+    "conf_window": 0.01,  # pz_conf window half-width in z
+    "z_edge": 0.01,  # Z_FITLIMIT when the mode is this close to the edge of the redshift grid
+}  # the thresholds of the flag bits (screening applies them; a model's calibrated ones override these)
 
 
 @dataclass(frozen=True)
@@ -47,7 +61,7 @@ class Bit:
     name : Redrock's name for bits 0–11, survey-infer's for its own bits.
     bit : position (value ``1 << bit``).
     bad : whether the bit is in :data:`BAD_MASK` (makes ``z_reliable`` False).
-    description : text; ``{name}`` fields are thresholds of :data:`survey_infer.screening.DEFAULT_THRESHOLDS`
+    description : text; ``{name}`` fields are thresholds of :data:`DEFAULT_THRESHOLDS`
         (or the model's), filled by :func:`bit_table`.
     used : False for Redrock bits survey-infer never sets.
     aliases : other names of the bit (names it had before the Redrock layout); :class:`ZWarn` and
@@ -67,8 +81,6 @@ class Bit:
 
     def describe(self, thresholds: dict | None = None) -> str:
         """The description with the thresholds filled in (the defaults for any not given)."""
-        from .screening import DEFAULT_THRESHOLDS
-
         th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
         fields = [f for _, f, _, _ in string.Formatter().parse(self.description) if f]
         return self.description.format(**{f: _fmt(th[f.split(":")[0]]) for f in fields}) if fields \
@@ -169,7 +181,7 @@ def bit_table(thresholds: dict | None = None, *, unused: bool = True) -> list[di
     Parameters
     ----------
     thresholds : the model's ``calibration["thresholds"]``; descriptions state these values (defaults from
-        :data:`survey_infer.screening.DEFAULT_THRESHOLDS` for any not given).
+        :data:`DEFAULT_THRESHOLDS` for any not given).
     unused : include Redrock's bits that survey-infer never sets.
 
     Returns

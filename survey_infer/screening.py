@@ -11,25 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .flags import ZWarn, z_reliable
+from .flags import DEFAULT_THRESHOLDS, ZWarn, z_reliable
 
 SCREENING_VERSION = "sc-3"  # part of the catalog's numerics fingerprint: change it whenever a statistic changes
 # (sc-2: intervals resolved below the bin width; sc-3: zwarn at Redrock's bit positions, z_err about the mode
 # with the within-bin spread)
-
-DEFAULT_THRESHOLDS = {
-    "quality": 0.5,  # SCREENED below this (calibrated)
-    "p_outside": 0.5,  # OUT_OF_RANGE above this
-    "low_confidence": 0.2,  # LOW_CONFIDENCE when pz_conf below
-    "mc_unstable": 0.02,  # MC_UNSTABLE when z_mc_std above
-    "broad_pdf": 0.05,  # BROAD_PDF when the 68% interval is wider
-    "low_snr": 0.5,  # LOW_SNR when median continuum S/N per pixel below
-    "little_coverage": 0.3,  # LITTLE_COVERAGE when usable fraction below
-    "bad_input": 0.05,  # POORDATA when the fraction of invalid input pixels is above
-    "peak_mass": 0.05,  # a secondary peak counts when it holds at least this mass (±3 bins)
-    "conf_window": 0.01,  # pz_conf window half-width in z
-    "z_edge": 0.01,  # Z_FITLIMIT when the mode is this close to the edge of the redshift grid
-}
+# DEFAULT_THRESHOLDS (the thresholds of the flag bits) is defined in survey_infer.flags, imported above
 
 
 def refine_mode(pz: np.ndarray, zc: np.ndarray, dz: float) -> tuple[np.ndarray, np.ndarray]:
