@@ -23,19 +23,25 @@ TOTAL="${GPU_CHECK_TOTAL_S:-470}"
 export OUT="${OUT:-$PWD/gpu-check-out}"
 mkdir -p "$OUT"
 say() { echo "gpu-check: $*" >&2; }
-# dask-cuda pins dask/distributed through rapids-dask-dependency (which also wants bokeh: skipped, --no-deps)
+# dask-cuda pins dask/distributed through rapids-dask-dependency (which also wants bokeh: skipped, --no-deps);
+# zarr, numcodecs, astropy: the versions CI runs here
 DASK_CUDA="dask-cuda==26.10.*"
 RAPIDS_DASK="rapids-dask-dependency==26.10.*"
 DASK_PINS="dask==2026.7.1 distributed==2026.7.1"
-CARRIED="$DASK_PINS zarr numcodecs astropy"
+CARRIED="$DASK_PINS zarr==3.1.6 numcodecs==0.16.6 astropy==8.0.2"
+# the GPU machine's python3 (KINDS.md: Python 3.12.3 in /opt/torch/.venv, x86-64): wheels for it, not for here
+TARGET_PY="${GPU_CHECK_PYTHON_VERSION:-3.12}"
+PLATFORMS="--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_27_x86_64
+           --platform manylinux_2_28_x86_64 --platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64"
 
 if [ "${1:-}" = "--fetch-wheels" ]; then
     dest="${2:-benchmarks/results/cache/wheels}"
     mkdir -p "$dest"
-    python3 -m pip download -q --only-binary=:all: --dest "$dest" $CARRIED \
-        && python3 -m pip download -q --no-deps --only-binary=:all: --dest "$dest" "$DASK_CUDA" "$RAPIDS_DASK" \
+    target="--only-binary=:all: --python-version $TARGET_PY --implementation cp $PLATFORMS"
+    python3 -m pip download -q $target --dest "$dest" $CARRIED \
+        && python3 -m pip download -q --no-deps $target --dest "$dest" "$DASK_CUDA" "$RAPIDS_DASK" \
         || { say "pip download into $dest failed"; exit 2; }
-    rm -f "$dest"/numpy-*.whl  # the image has numpy
+    rm -f "$dest"/numpy-*.whl  # the image has numpy (2.5 there): never replace it under torch
     ls "$dest"
     du -sh "$dest"
     exit 0
@@ -64,19 +70,26 @@ if [ -n "$need" ]; then
     else
         say "installing from $WHEELS_FOUND:$need"
         plain="$(echo "$need" | sed 's/ dask-cuda//')"
-        ok=1
-        if [ -n "${plain// }" ]; then
-            timeout -k 5 120 python3 -m pip install -q --no-index --find-links "$WHEELS_FOUND" $plain \
-                >"$OUT/pip.log" 2>&1 || ok=0
+        : >"$OUT/pip.log"
+        if [ -n "${plain// }" ]; then  # pip keeps what the image has when it satisfies the requirements
+            timeout -k 5 120 python3 -m pip install -q --root-user-action=ignore --disable-pip-version-check --no-index --find-links "$WHEELS_FOUND" $plain \
+                >>"$OUT/pip.log" 2>&1
         fi
         case "$need" in *dask-cuda*)
-            timeout -k 5 60 python3 -m pip install -q --no-index --no-deps "$WHEELS_FOUND"/dask_cuda-*.whl \
-                "$WHEELS_FOUND"/rapids_dask_dependency-*.whl >>"$OUT/pip.log" 2>&1 || ok=0;;
+            timeout -k 5 60 python3 -m pip install -q --root-user-action=ignore --disable-pip-version-check --no-index --no-deps "$WHEELS_FOUND"/dask_cuda-*.whl \
+                "$WHEELS_FOUND"/rapids_dask_dependency-*.whl >>"$OUT/pip.log" 2>&1;;
         esac
         still="$(missing)"
-        if [ $ok = 1 ] && [ -z "$still" ]; then install_status="installed:$need"; else
-            install_status="install failed (still missing:${still:- none}; see pip.log)"
-            say "$install_status: $(tail -n 1 "$OUT/pip.log" 2>/dev/null)"
+        if [ -n "$still" ]; then  # e.g. a read-only environment: every carried wheel into a folder of our own
+            say "install into $(python3 -c 'import sys; print(sys.prefix)') failed ($(grep -v "^WARNING" "$OUT/pip.log" | tail -n 1 \
+                2>/dev/null)); trying --target /tmp/gpu-check-site"
+            timeout -k 5 120 python3 -m pip install -q --root-user-action=ignore --disable-pip-version-check --no-index --no-deps --no-compile --target /tmp/gpu-check-site \
+                "$WHEELS_FOUND"/*.whl >>"$OUT/pip.log" 2>&1 && export PYTHONPATH="/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}"
+            still="$(missing)"
+        fi
+        if [ -z "$still" ]; then install_status="installed:$need"; else
+            install_status="install failed (still missing:$still; see pip.log)"
+            say "$install_status: $(grep -v "^WARNING" "$OUT/pip.log" | tail -n 1 2>/dev/null)"
         fi
     fi
 fi
