@@ -42,7 +42,7 @@ CORES_PER_NODE = 16
 
 
 def block_objects(n: int, workers: int) -> int:
-    from survey_infer.pipeline.runner import default_block_objects
+    from survey_infer.pipeline.plan import default_block_objects
 
     return default_block_objects(n, workers)
 

@@ -23,6 +23,22 @@ def dependency_versions() -> dict[str, str]:
     return out
 
 
+def software_versions() -> dict[str, str]:
+    """Versions that must match between the driver and its workers (a worker with other versions is refused).
+
+    Returns
+    -------
+    dict
+        ``survey_infer``, ``torch``, ``numpy`` and ``zarr`` versions.
+    """
+    import numpy
+    import torch
+    import zarr
+
+    return {"survey_infer": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "zarr": zarr.__version__}
+
+
 def hardware(device: str = "cpu") -> dict:
     """The hardware class a result's bits depend on (bit identity holds per CPU instruction set / GPU model).
 

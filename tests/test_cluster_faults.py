@@ -149,7 +149,7 @@ def test_two_runs_on_one_shared_scheduler_both_complete(survey_pair, tiny_model,
 def test_success_without_its_own_marker_is_not_done(small_survey, tiny_model, tmp_path, monkeypatch):
     """A task result alone proves nothing: a block whose task says ok but whose marker is not in the catalog is a
     failure naming the block, and the run is not ok (before: counted computed, exit 0, status complete)."""
-    import survey_infer.pipeline.runner as runner
+    import survey_infer.pipeline.execute as runner
 
     real = runner.process_block
 

@@ -18,7 +18,9 @@ from conftest import assert_catalogs_identical, cli
 from survey_infer.pipeline import worker as worker_mod
 from survey_infer.pipeline.faults import FAULT_ENV, FAULT_STATE_ENV, fault_hits, fault_point
 from survey_infer.pipeline.lock import LOCK, LOCK_DIR, lock_record
-from survey_infer.pipeline.runner import TRANSIENT_RETRIES, _chunk_rows, run_catalog, software_versions
+from survey_infer.pipeline.resume import input_chunk_rows
+from survey_infer.pipeline.runner import TRANSIENT_RETRIES, run_catalog
+from survey_infer.provenance import software_versions
 from survey_infer.pipeline.status import catalog_status
 from survey_infer.pipeline.worker import RunContext, process_block
 from survey_infer.provenance import hardware, hardware_label
@@ -126,7 +128,7 @@ def _ctx(cat: Path, store: Path, model: Path, **kw) -> RunContext:
                         if k in zarr.open_group(str(store), mode="r"))
     return RunContext(catalog=str(cat), input_store=str(store), job="main", epoch=kw.pop("epoch"), run_id=0,
                       fingerprint=attrs["fingerprint"], model_dir=str(model), model_sha256=m.sha256, mc_samples=T,
-                      seed=0, keep_pz=True, passthrough=passthrough, chunk_rows=_chunk_rows(store), **kw)
+                      seed=0, keep_pz=True, passthrough=passthrough, chunk_rows=input_chunk_rows(store), **kw)
 
 
 def test_late_worker_with_other_software_writes_nothing(reference, small_survey, tiny_model, tmp_path):

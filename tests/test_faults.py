@@ -17,7 +17,8 @@ import zarr
 
 from conftest import assert_catalogs_identical, cli, copy_store
 from survey_infer.catalog.store import open_catalog
-from survey_infer.pipeline.runner import _chunk_rows, run_catalog
+from survey_infer.pipeline.resume import input_chunk_rows
+from survey_infer.pipeline.runner import run_catalog
 from survey_infer.pipeline.status import catalog_status
 from survey_infer.pipeline.worker import RunContext, process_block
 
@@ -172,7 +173,7 @@ def test_orphaned_task_of_an_older_epoch_cannot_write(reference, small_survey, t
     ctx = RunContext(catalog=str(cat), input_store=str(small_survey), job="main", epoch=old_epoch, run_id=0,
                      fingerprint=attrs["fingerprint"], model_dir=str(tiny_model_b), model_sha256=mb.sha256,
                      mc_samples=T, seed=0, keep_pz=True, passthrough=passthrough,
-                     chunk_rows=_chunk_rows(small_survey))
+                     chunk_rows=input_chunk_rows(small_survey))
     rec = process_block(3, 96, 128, ctx)
     assert not rec["ok"] and rec["stale"], rec
     assert "StaleEpochError" in rec["reason"] and f"epoch {old_epoch + 1} now owns" in rec["reason"]

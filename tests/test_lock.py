@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from survey_infer.pipeline.liveness import boot_id, pid_ns, process_liveness
 from survey_infer.pipeline.lock import (LOCK, LOCK_DIR, KEEP_TICKETS, LeaseLock, LockHeldError, StaleEpochError,
-                                        _boot_id, _pid_ns, check_epoch, lock_record, process_liveness)
+                                        check_epoch, lock_record)
 
 # A contender: waits for a common start time, tries to take the lock once (no waiting), reports, holds the lock a
 # moment (alive, beating) so that slower contenders see a live holder, then releases it.
@@ -51,8 +52,8 @@ def write_dead_holder(cat: Path, epoch: int = 5, claim_age_s: float | None = 60.
     design, as a run killed while changing the lock left it."""
     cat.mkdir(parents=True, exist_ok=True)
     rec = {"owner": f"{socket.gethostname()}:1:deadbeef", "epoch": epoch, "heartbeat": time.time(), "lease_s": 600,
-           "released": False, "identity": {"host": socket.gethostname(), "pid": dead_pid(), "boot_id": _boot_id(),
-                                           "pid_ns": _pid_ns(), "start": time.time() - 100}}
+           "released": False, "identity": {"host": socket.gethostname(), "pid": dead_pid(), "boot_id": boot_id(),
+                                           "pid_ns": pid_ns(), "start": time.time() - 100}}
     (cat / LOCK).write_text(json.dumps(rec))
     if claim_age_s is not None:
         claim = cat / (LOCK + ".claim")

@@ -152,3 +152,52 @@ def test_corrupt_chunk_fails_only_its_block(small_survey, tiny_model, tmp_path):
     z = cat["z"].values
     assert np.isfinite(z[:128]).all() and np.isfinite(z[192:]).all()
     assert np.isnan(z[128:192]).all()
+
+
+#: the keys of a CPU catalog's fingerprint (issue 15 adds GPU keys on cuda runs only: CPU catalogs must resume)
+CPU_FINGERPRINT_KEYS = {"model_sha256", "preprocessing_version", "screening_version", "sky_mask_hash", "mc_samples",
+                        "seed", "z_grid", "dtypes", "torch", "device_class", "micro_batch"}
+
+
+def test_cpu_fingerprint_keeps_its_keys(reference):
+    fp = open_catalog(reference).attrs["fingerprint"]
+    assert set(fp) == CPU_FINGERPRINT_KEYS and fp["device_class"] == "cpu"
+
+
+def test_status_shows_the_gpu_of_a_gpu_catalog(reference, tmp_path):
+    """A GPU catalog's fingerprint holds its workers' GPU (issue 15): ``status`` names it on a line of its own."""
+    from survey_infer.pipeline.status import catalog_status, format_status
+
+    cat = tmp_path / "gpu.zarr"
+    shutil.copytree(reference, cat)
+    g = zarr.open_group(str(cat), mode="r+")
+    gpu = {"micro_batch": 1024, "fp32_precision": "ieee", "gpu": "NVIDIA H200", "compute_capability": "9.0",
+           "sm_count": 132, "cuda": "12.8", "cudnn": 91002}
+    g.attrs["fingerprint"] = {**dict(g.attrs["fingerprint"]), "device_class": "cuda", **gpu}
+    text = format_status(catalog_status(cat))
+    assert ("GPU: NVIDIA H200 (compute capability 9.0, 132 SMs), CUDA 12.8, cuDNN 91002, micro-batch 1024, fp32 ieee"
+            in text), text
+    assert "GPU:" not in format_status(catalog_status(reference))  # a CPU catalog has none
+    res = cli("status", str(cat))
+    assert res.returncode == 0 and "GPU: NVIDIA H200" in res.stdout
+
+
+@pytest.mark.gpu
+def test_gpu_run_takes_the_fingerprint_from_its_workers(small_survey, tiny_model, tmp_path):
+    """--cluster cuda: the GPU fields of the fingerprint come from the workers (model.device.gpu_fingerprint on
+    each) and are stored in the catalog; status shows them."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    pytest.importorskip("dask_cuda")
+    from survey_infer.pipeline.status import catalog_status, format_status
+
+    cat = tmp_path / "gpu.zarr"
+    s = run_catalog(small_survey, cat, model=tiny_model, cluster="cuda", mc_samples=8, seed=3, progress=False,
+                    print_fn=lambda *a: None)
+    assert s.ok
+    fp = open_catalog(cat).attrs["fingerprint"]
+    assert fp["device_class"] == "cuda" and fp["gpu"] == torch.cuda.get_device_name(0)
+    for key in ("compute_capability", "sm_count", "cuda", "cudnn", "micro_batch", "fp32_precision"):
+        assert fp.get(key) is not None, key
+    assert f"GPU: {fp['gpu']}" in format_status(catalog_status(cat))

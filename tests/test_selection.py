@@ -6,7 +6,8 @@ import pytest
 
 from conftest import cli
 from survey_infer.catalog.store import open_catalog
-from survey_infer.pipeline.runner import RunError, job_rows, run_catalog
+from survey_infer.pipeline.plan import job_rows
+from survey_infer.pipeline.runner import RunError, run_catalog
 from survey_infer.selection import SelectionError, select, select_rows
 
 COLS = {"z": np.array([1.0, 2.0, np.nan, 1.5]), "zwarn": np.array([0, 512, 4, 2048 | 2], np.int32),

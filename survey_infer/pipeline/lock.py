@@ -38,7 +38,9 @@ import time
 import uuid
 from pathlib import Path
 
+from ..atomic import atomic_write_json, temporary_name
 from .faults import fault_point, storage_message
+from .liveness import boot_id, holder_is_dead, holder_liveness, pid_ns, proc_start  # noqa: F401  (holder_is_dead: resume)
 from ..errors import LockHeldError, StaleEpochError  # noqa: F401  (defined in survey_infer.errors)
 
 LOCK = "_lock.json"
@@ -49,7 +51,7 @@ CLOCK_SKEW_S = 30.0
 KEEP_TICKETS = 4
 
 
-# ---- small file helpers (self-contained: resume.py imports this module) -------------------------------------
+# ---- small file helpers (resume.py imports this module; atomic writes: survey_infer.atomic) ------------------
 def _read(path: Path) -> dict | None:
     try:
         return json.loads(Path(path).read_text())
@@ -57,11 +59,8 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def _tmp_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def _write_tmp(tmp: Path, obj: dict) -> None:
+    """Write ``obj`` as JSON to the temporary file ``tmp`` and flush it to disk (removed again on any error)."""
     try:
         with open(tmp, "w") as f:
             json.dump(obj, f, sort_keys=True)
@@ -70,15 +69,6 @@ def _write_tmp(tmp: Path, obj: dict) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # never leave an empty or torn file behind (a full disk)
         raise
-
-
-def _replace(path: Path, obj: dict) -> None:
-    tmp = _tmp_for(path)
-    _write_tmp(tmp, obj)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def create_exclusive(path: Path, obj: dict) -> bool:
@@ -95,7 +85,7 @@ def create_exclusive(path: Path, obj: dict) -> bool:
         Any error other than "exists" (e.g. ENOSPC), after removing the temporary file.
     """
     path = Path(path)
-    tmp = _tmp_for(path)
+    tmp = temporary_name(path)
     _write_tmp(tmp, obj)
     try:
         os.link(tmp, path)
@@ -111,74 +101,6 @@ def create_exclusive(path: Path, obj: dict) -> bool:
         raise
     finally:
         tmp.unlink(missing_ok=True)
-
-
-# ---- liveness ---------------------------------------------------------------------------------------------
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _pid_ns() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
-def _proc_start(pid: int) -> float | None:
-    """Start time (Unix s) of process ``pid``; None when it cannot be seen (psutil missing, access denied)."""
-    try:
-        import psutil
-
-        return float(psutil.Process(pid).create_time())
-    except Exception:  # noqa: BLE001 - psutil missing, no such process, access denied
-        return None
-
-
-def process_liveness(pid: int, start: float | None) -> str:
-    """``"dead"``, ``"alive"`` or ``"unknown"`` for process ``pid`` that started at ``start`` (Unix s), on this
-    host and in this PID namespace.
-
-    ``dead`` is returned only on proof: ``kill(pid, 0)`` says no such process, or the PID now belongs to a
-    process that started at another time (reused). A process that exists but whose start time cannot be read
-    (psutil missing, hidden ``/proc``) is ``unknown``.
-    """
-    if pid <= 0:
-        return "unknown"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "dead"
-    except PermissionError:
-        pass  # exists, another user's
-    except OSError:
-        return "unknown"
-    now_start = _proc_start(pid)
-    if now_start is None or not start:
-        return "unknown"
-    return "alive" if abs(now_start - float(start)) <= 1.0 else "dead"
-
-
-def holder_liveness(rec: dict) -> str:
-    """Liveness of a lock record's holder: ``dead`` / ``alive`` / ``unknown`` on this host, ``elsewhere`` for a
-    holder on another host, boot or PID namespace (judged by its heartbeat)."""
-    ident = rec.get("identity") or {}
-    if not ident or not ident.get("boot_id") or ident.get("host") != socket.gethostname() \
-            or ident.get("boot_id") != _boot_id() or ident.get("pid_ns") != _pid_ns():
-        return "elsewhere"
-    try:
-        pid = int(ident.get("pid", -1))
-    except (TypeError, ValueError):
-        return "unknown"
-    return process_liveness(pid, ident.get("start"))
-
-
-def holder_is_dead(rec: dict) -> bool:
-    """True only when the lock's holder provably no longer exists (see :func:`process_liveness`)."""
-    return holder_liveness(rec) == "dead"
 
 
 # ---- tickets ----------------------------------------------------------------------------------------------
@@ -282,8 +204,8 @@ class LeaseLock:
         self.dir = self.catalog / LOCK_DIR
         self.lease_s = float(lease_s)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.identity = {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": _boot_id(),
-                         "pid_ns": _pid_ns(), "start": _proc_start(os.getpid()) or 0.0}
+        self.identity = {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": boot_id(),
+                         "pid_ns": pid_ns(), "start": proc_start(os.getpid()) or 0.0}
         self.epoch = -1
         self.record: dict | None = None
         self.taken_over_from: dict | None = None
@@ -389,7 +311,7 @@ class LeaseLock:
             old = _read(self.path)
             if old and int(old.get("epoch", 0)) > int(rec["epoch"]):
                 return
-            _replace(self.path, rec)
+            atomic_write_json(self.path, rec)
         except OSError:
             pass
 
@@ -404,7 +326,7 @@ class LeaseLock:
             if not self.still_owner():
                 return False
             self.record = {**self.record, **changes}
-            _replace(ticket_path(self.catalog, self.epoch), self.record)
+            atomic_write_json(ticket_path(self.catalog, self.epoch), self.record)
             self._mirror(self.record)
             return True
 

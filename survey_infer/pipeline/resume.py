@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..catalog.store import output_hash, read_block
+
 from .lock import (CLOCK_SKEW_S, LOCK, LOCK_DIR, LeaseLock, LockHeldError, StaleEpochError,  # noqa: F401 - re-exported
                    check_epoch, current_epoch, holder_is_dead, lock_record)
 from ..atomic import atomic_write_json  # noqa: F401  (used by the runner and the worker)
@@ -38,6 +40,7 @@ from ..errors import FingerprintMismatch, DamagedBlockError  # noqa: F401  (defi
 
 MARKERS = "_markers"
 FAILURES = "_failures"
+SUB_ROWS = 1024  # rows read and processed at once inside a block (the input hash is taken in these groups)
 
 
 def read_json(path: Path) -> dict | None:
@@ -196,3 +199,79 @@ def hash_parts(arrs: dict, sel: np.ndarray | None = None) -> list[np.ndarray]:
     if sel is not None and len(sel) != len(arrs["object_id"]):
         out = [a[sel] for a in out]
     return out
+
+
+# ---- is a block done? --------------------------------------------------------------------------------------------
+def block_is_done(cat_path: Path, job: str, block: int, lo: int, hi: int, fingerprint: dict, input_store: Path,
+                  chunk_rows: dict, verify_output: bool = True, *, rows: np.ndarray | None = None,
+                  run_id: int | None = None, markers: dict | None = None,
+                  run_ids: np.ndarray | None = None) -> tuple[bool, str]:
+    """Whether ``job``'s marker proves block ``block`` complete (see :mod:`survey_infer.pipeline.resume`).
+
+    Parameters
+    ----------
+    rows : the job's rows in this block (a reprocessing selection); None = the whole block.
+    run_id : the job's run id; rows carrying an older run id were rewritten since (by an older job's later run).
+    markers : :func:`~survey_infer.pipeline.resume.load_markers` of the catalog (read here when None).
+    run_ids : the catalog's ``run_id`` column (read here when None and needed).
+
+    Returns
+    -------
+    (done, reason) — the reason says why a block must be (re)computed.
+    """
+    markers = load_markers(cat_path) if markers is None else markers
+    m = markers.get(job, {}).get(block)
+    if not m:
+        return False, "no marker"
+    if m.get("lo") != lo or m.get("hi") != hi:
+        return False, "block bounds changed (input appended)"
+    if m.get("fingerprint") != fingerprint:
+        return False, "fingerprint differs"
+    if rows_hash(rows) != m.get("rows_hash") and not (rows is None and "rows_hash" not in m):
+        return False, "selection differs"
+    todo = np.arange(lo, hi) if rows is None else np.asarray(rows, np.int64)
+    if m.get("input_stamp") != input_stamp(input_store, lo, hi, chunk_rows):
+        # files touched (copied, restored, appended to): compare the content hash before recomputing
+        import zarr
+
+        try:
+            g = zarr.open_group(str(input_store), mode="r", zarr_format=3, use_consolidated=False)
+            parts = []
+            for _r, _a, _b, sel, arrs in iter_input_rows(g, todo, SUB_ROWS):
+                parts += hash_parts(arrs, sel)
+            same = input_hash(parts) == m.get("input_hash")
+        except Exception:  # noqa: BLE001 - unreadable input: recompute (and fail there with the reason)
+            same = False
+        if not same:
+            return False, "input changed"
+    if verify_output:
+        latest = latest_marker(cat_path, block, markers) or m
+        names = latest.get("output_names")
+        try:
+            stored = read_block(cat_path, lo, hi, sorted(names) if names else None)
+        except Exception as exc:  # noqa: BLE001 - truncated or corrupt chunk
+            return False, f"stored block unreadable ({type(exc).__name__}): torn chunk"
+        stored.pop("z_grid", None)
+        if output_hash(stored) != latest.get("output_hash"):
+            return False, (f"stored block does not match its latest marker (job {latest.get('job')}, epoch "
+                           f"{latest.get('epoch')}): torn, missing or overwritten chunk")
+    if run_id is not None:
+        if run_ids is None:
+            import zarr
+
+            rid = zarr.open_group(str(cat_path), mode="r", zarr_format=3,
+                                  use_consolidated=False)["run_id"][lo:hi][todo - lo]
+        else:
+            rid = run_ids[todo]
+        if (rid < run_id).any():
+            return False, "rows were rewritten since by an older job"
+    return True, "done"
+
+
+def input_chunk_rows(input_store: Path) -> dict[str, int]:
+    """Rows per chunk file (shard when sharded) of the input arrays a block reads (``flux``, ``ivar``, ``mask``,
+    ``object_id``): the arrays and granularity of :func:`input_stamp`."""
+    import zarr
+
+    g = zarr.open_group(str(input_store), mode="r", zarr_format=3, use_consolidated=False)
+    return {k: int((g[k].shards or g[k].chunks)[0]) for k in ("flux", "ivar", "mask", "object_id") if k in g}

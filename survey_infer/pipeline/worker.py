@@ -10,18 +10,17 @@ from __future__ import annotations
 import errno
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..catalog.store import output_hash, read_block, write_block
 from .faults import TransientIOError, fault_point, storage_message, transient_oserror
-from .resume import (DamagedBlockError, StaleEpochError, atomic_write_json, check_epoch, failure_path, hash_parts,
-                     crc_update, input_stamp, intent_path, iter_input_rows, latest_marker, marker_path, read_json,
-                     rows_hash)
+from .resume import (SUB_ROWS, DamagedBlockError, StaleEpochError, atomic_write_json, check_epoch, crc_update,
+                     failure_path, hash_parts, input_stamp, intent_path, iter_input_rows, latest_marker, marker_path,
+                     read_json, rows_hash)
 
-SUB_ROWS = 1024  # rows read and processed at once inside a block
 TRANSIENT_BACKOFF_S = float(os.environ.get("SURVEY_INFER_TRANSIENT_BACKOFF", "1.0"))  # wait before a retry (s)
 PLUGIN_NAME = "survey-infer-model"
 _LOCAL_MODELS: dict[str, object] = {}
@@ -83,7 +82,7 @@ class ModelPlugin(WorkerPlugin):
 
     def setup(self, worker=None):
         from ..model.checkpoint import load_model
-        from .runner import software_versions
+        from ..provenance import software_versions
 
         mine = software_versions()
         diff = {k: (v, mine.get(k)) for k, v in self.versions.items() if mine.get(k) != v}
@@ -144,7 +143,7 @@ def check_versions(expected: dict) -> None:
     if not expected:
         return
     if _MY_VERSIONS is None:
-        from .runner import software_versions
+        from ..provenance import software_versions
 
         _MY_VERSIONS = software_versions()
     diff = {k: (v, _MY_VERSIONS.get(k)) for k, v in expected.items() if _MY_VERSIONS.get(k) != v}
@@ -178,99 +177,130 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
     that lost the catalog to a newer run (an orphan of a killed driver) writes nothing. Failures are returned
     (and recorded under ``_failures/``), never raised: the run goes on with the other blocks.
     """
-    import torch
-    import zarr
-
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     try:
         check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
         check_versions(ctx.versions)
         model = _get_model(ctx)
-        g = zarr.open_group(ctx.input_store, mode="r", zarr_format=3, use_consolidated=False)
         todo = np.arange(lo, hi) if rows is None else np.asarray(rows, np.int64)
         if len(todo) == 0 or todo[0] < lo or todo[-1] >= hi:
             raise ValueError(f"rows to process are outside block {block} [{lo}, {hi})")
-        cols: dict[str, list] = {}
-        in_crc = 0  # running CRC32 of the input bytes read (streamed: the block's input is never held whole)
-        reader = iter_input_rows(g, todo, SUB_ROWS)
-        n_read = 0
-        while True:
-            t0 = time.perf_counter()
-            try:
-                if n_read == 0:
-                    fault_point("read", ctx.input_store, block)  # once per attempt, before the block's first read
-                r, a, b, sel, arrs = next(reader)
-            except StopIteration:
-                break
-            except Exception as exc:  # noqa: BLE001 - name the rows and the block in the error
-                r0 = todo[todo // SUB_ROWS == todo[n_read] // SUB_ROWS]
-                raise RuntimeError(f"cannot read input rows {int(r0[0])}..{int(r0[-1]) + 1} (block {block}) of "
-                                   f"{ctx.input_store}: {type(exc).__name__}: {exc}") from exc
-            n_read += len(r)
-            in_crc = crc_update(in_crc, hash_parts(arrs, sel))
-            timings["read"] = timings.get("read", 0.0) + time.perf_counter() - t0
-            with torch.inference_mode():
-                out = _infer(model, arrs, r, a, ctx, timings)
-            out["object_id"] = arrs["object_id"][sel]
-            for c in ("ra", "dec", *ctx.passthrough):
-                if c in g:
-                    out[c] = g[c][a:b][sel]
-            out["run_id"] = np.full(len(r), ctx.run_id, np.int32)
-            for k, v in out.items():
-                cols.setdefault(k, []).append(v)
-        values = {k: np.concatenate(v) for k, v in cols.items()}
-        names = sorted(values)
-        t0 = time.perf_counter()
-        check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
-        if rows is None:
-            fault_point("write", ctx.catalog, block)
-            write_block(ctx.catalog, lo, hi, values)
-        else:
-            _merge_and_write(block, lo, hi, todo, values, ctx)
-        fault_point("after-write", None, block)
-        # the output hash is of the block as stored (read back): what a resume will compare against
-        stored = read_block(ctx.catalog, lo, hi, names)
-        out_hash = output_hash(stored)
-        timings["write"] = time.perf_counter() - t0
-        marker = {
-            "block": block, "lo": lo, "hi": hi, "job": ctx.job, "run_id": ctx.run_id, "epoch": ctx.epoch,
-            "fingerprint": ctx.fingerprint, "input_hash": f"{in_crc:08x}",
-            "input_stamp": input_stamp(Path(ctx.input_store), lo, hi, ctx.chunk_rows),
-            "output_names": names, "output_hash": out_hash, "whole": rows is None, "rows_hash": rows_hash(rows),
-            "n_rows": int(len(todo)), "time": time.time(), "timings": timings, "host": os.uname().nodename,
-            "pid": os.getpid(), "hardware": _hardware(ctx.device),
-        }
-        check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
-        fault_point("marker", marker_path(Path(ctx.catalog), ctx.job, block), block)
-        atomic_write_json(marker_path(Path(ctx.catalog), ctx.job, block), marker)
-        fault_point("after-marker", None, block)
-        for p in (failure_path(Path(ctx.catalog), ctx.job, block), intent_path(Path(ctx.catalog), ctx.job, block)):
-            if p.exists():
-                p.unlink()
+        values, in_crc = _compute_rows(block, todo, model, ctx, timings)
+        _write_and_mark(block, lo, hi, rows, todo, values, in_crc, ctx, timings)
         return {"block": block, "ok": True, "n": int(len(todo)), "seconds": time.perf_counter() - t_start,
                 "timings": timings, "n_reliable": int(np.count_nonzero(values["z_reliable"])),
                 "zwarn": zwarn_bit_counts(values["zwarn"]), "max_rss_mb": _max_rss_mb()}
     except Exception as exc:  # noqa: BLE001 - reported per block, the run goes on
-        transient = transient_oserror(exc)
-        # no block number in these reasons: the summary groups consecutive blocks failing for one reason
-        reason = storage_message(exc, "", ctx.catalog) or f"{type(exc).__name__}: {exc}"
-        if transient is not None and not isinstance(exc, StaleEpochError):
-            reason = (f"transient I/O error ({errno.errorcode.get(transient.errno, '?')}: "
-                      f"{transient.strerror or transient}, {transient.filename or 'no path'})")
-        rec = {"block": block, "ok": False, "lo": lo, "hi": hi, "reason": reason,
-               "seconds": time.perf_counter() - t_start, "stale": isinstance(exc, StaleEpochError),
-               "epoch": ctx.epoch, "job": ctx.job}
-        if not rec["stale"]:
-            try:
-                check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
-                atomic_write_json(failure_path(Path(ctx.catalog), ctx.job, block), {**rec, "time": time.time()})
-            except (OSError, StaleEpochError):
-                pass
-        if transient is not None and not rec["stale"]:
-            time.sleep(TRANSIENT_BACKOFF_S)  # let the hiccup pass, then Dask retries the task (bounded)
-            raise TransientIOError(reason) from exc
-        return rec
+        return _failed(block, lo, hi, ctx, exc, t_start)
+
+
+def _compute_rows(block: int, todo: np.ndarray, model, ctx: RunContext,
+                  timings: dict[str, float]) -> tuple[dict[str, np.ndarray], int]:
+    """Read the rows ``todo`` of the input in groups of :data:`SUB_ROWS` and infer them; returns the catalog
+    columns of those rows and the CRC32 of the input bytes read (streamed: the block's input is never held whole).
+
+    Raises
+    ------
+    RuntimeError
+        An input read failed (naming the rows, the block and the store).
+    """
+    import torch
+    import zarr
+
+    g = zarr.open_group(ctx.input_store, mode="r", zarr_format=3, use_consolidated=False)
+    cols: dict[str, list] = {}
+    in_crc = 0
+    reader = iter_input_rows(g, todo, SUB_ROWS)
+    n_read = 0
+    while True:
+        t0 = time.perf_counter()
+        try:
+            if n_read == 0:
+                fault_point("read", ctx.input_store, block)  # once per attempt, before the block's first read
+            r, a, b, sel, arrs = next(reader)
+        except StopIteration:
+            break
+        except Exception as exc:  # noqa: BLE001 - name the rows and the block in the error
+            r0 = todo[todo // SUB_ROWS == todo[n_read] // SUB_ROWS]
+            raise RuntimeError(f"cannot read input rows {int(r0[0])}..{int(r0[-1]) + 1} (block {block}) of "
+                               f"{ctx.input_store}: {type(exc).__name__}: {exc}") from exc
+        n_read += len(r)
+        in_crc = crc_update(in_crc, hash_parts(arrs, sel))
+        timings["read"] = timings.get("read", 0.0) + time.perf_counter() - t0
+        with torch.inference_mode():
+            out = _infer(model, arrs, r, a, ctx, timings)
+        out["object_id"] = arrs["object_id"][sel]
+        for c in ("ra", "dec", *ctx.passthrough):
+            if c in g:
+                out[c] = g[c][a:b][sel]
+        out["run_id"] = np.full(len(r), ctx.run_id, np.int32)
+        for k, v in out.items():
+            cols.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in cols.items()}, in_crc
+
+
+def _write_and_mark(block: int, lo: int, hi: int, rows: np.ndarray | None, todo: np.ndarray,
+                    values: dict[str, np.ndarray], in_crc: int, ctx: RunContext, timings: dict[str, float]) -> None:
+    """Write the block's region of the catalog (whole, or merged with the rows kept), hash it as stored, then
+    write its done-marker and clear its failure record and merge intent; the epoch is checked before each write."""
+    names = sorted(values)
+    t0 = time.perf_counter()
+    check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
+    if rows is None:
+        fault_point("write", ctx.catalog, block)
+        write_block(ctx.catalog, lo, hi, values)
+    else:
+        _merge_and_write(block, lo, hi, todo, values, ctx)
+    fault_point("after-write", None, block)
+    # the output hash is of the block as stored (read back): what a resume will compare against
+    stored = read_block(ctx.catalog, lo, hi, names)
+    out_hash = output_hash(stored)
+    timings["write"] = time.perf_counter() - t0
+    marker = {
+        "block": block, "lo": lo, "hi": hi, "job": ctx.job, "run_id": ctx.run_id, "epoch": ctx.epoch,
+        "fingerprint": ctx.fingerprint, "input_hash": f"{in_crc:08x}",
+        "input_stamp": input_stamp(Path(ctx.input_store), lo, hi, ctx.chunk_rows),
+        "output_names": names, "output_hash": out_hash, "whole": rows is None, "rows_hash": rows_hash(rows),
+        "n_rows": int(len(todo)), "time": time.time(), "timings": timings, "host": os.uname().nodename,
+        "pid": os.getpid(), "hardware": _hardware(ctx.device),
+    }
+    check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
+    fault_point("marker", marker_path(Path(ctx.catalog), ctx.job, block), block)
+    atomic_write_json(marker_path(Path(ctx.catalog), ctx.job, block), marker)
+    fault_point("after-marker", None, block)
+    for p in (failure_path(Path(ctx.catalog), ctx.job, block), intent_path(Path(ctx.catalog), ctx.job, block)):
+        if p.exists():
+            p.unlink()
+
+
+def _failed(block: int, lo: int, hi: int, ctx: RunContext, exc: Exception, t_start: float) -> dict:
+    """The status record of a failed block (recorded under ``_failures/`` unless the run lost the catalog).
+
+    Raises
+    ------
+    TransientIOError
+        A transient OSError (an NFS hiccup), after a short back-off, so that Dask retries the task (bounded).
+    """
+    transient = transient_oserror(exc)
+    # no block number in these reasons: the summary groups consecutive blocks failing for one reason
+    reason = storage_message(exc, "", ctx.catalog) or f"{type(exc).__name__}: {exc}"
+    if transient is not None and not isinstance(exc, StaleEpochError):
+        reason = (f"transient I/O error ({errno.errorcode.get(transient.errno, '?')}: "
+                  f"{transient.strerror or transient}, {transient.filename or 'no path'})")
+    rec = {"block": block, "ok": False, "lo": lo, "hi": hi, "reason": reason,
+           "seconds": time.perf_counter() - t_start, "stale": isinstance(exc, StaleEpochError),
+           "epoch": ctx.epoch, "job": ctx.job}
+    if not rec["stale"]:
+        try:
+            check_epoch(ctx.catalog, ctx.epoch, ctx.lock_owner)
+            atomic_write_json(failure_path(Path(ctx.catalog), ctx.job, block), {**rec, "time": time.time()})
+        except (OSError, StaleEpochError):
+            pass
+    if transient is not None and not rec["stale"]:
+        time.sleep(TRANSIENT_BACKOFF_S)  # let the hiccup pass, then Dask retries the task (bounded)
+        raise TransientIOError(reason) from exc
+    return rec
 
 
 def zwarn_bit_counts(zwarn: np.ndarray, nbits: int = 31) -> list[int]:
@@ -373,6 +403,3 @@ def _max_rss_mb() -> float:
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
-
-def context_dict(ctx: RunContext) -> dict:
-    return asdict(ctx)

@@ -3,7 +3,8 @@
 :data:`SLURM_OPTIONS` names every option a single time: its keyword (``make_slurm_cluster(cores=...)``), its key in
 ``dask.config`` under ``survey-infer.slurm`` (the keyword with dashes), its ``--slurm-*`` command-line flag and
 help (``survey_infer.cli.run`` builds the argument group from it), and, for the options that pass straight
-into a job script, the ``dask_jobqueue.SLURMCluster`` keyword it becomes (:func:`survey_infer.pipeline.clusters.slurm.cluster_kwargs`).
+into a job script, the ``dask_jobqueue.SLURMCluster`` keyword it becomes
+(:func:`survey_infer.pipeline.clusters.slurm.cluster_kwargs`).
 
 Defaults live in ``survey_infer/slurm.yaml`` and are merged into ``dask.config`` under ``survey-infer.slurm``
 (the dask-jobqueue convention), so that a site configures them once in a YAML file that dask reads (for example
