@@ -108,3 +108,10 @@ def test_command_line_lives_in_cli():
         assert not hasattr(mod, "register") and "argparse" not in pyinspect.getsource(mod)
     assert callable(cli_inspect.register) and callable(cli_inspect.run)
     assert callable(cli_export.register) and callable(cli_export.run)
+
+
+def test_inspect_input_that_is_not_a_survey_store(files, tmp_path):
+    """--input must be a survey store: a catalog given instead is named in one line (what it lacks)."""
+    with pytest.raises(UserError, match=r"survey store .*catalog\.zarr lacks variable\(s\) flux, ivar, wave"):
+        inspect_object(files["catalog"], 1001, tmp_path / "x.png", input_store=files["catalog"])
+    assert not (tmp_path / "x.png").exists()

@@ -95,11 +95,34 @@ def _resolve_store(catalog: Path, input_store, attrs: dict) -> Path:
     raise UserError(f"the input store recorded in catalog {catalog} ({rec}) is not there; pass --input STORE")
 
 
-def _load_spectrum(store: Path, object_id: int, hint: int | None) -> dict:
-    from ..io.survey_store import open_survey
+_SPECTRUM_VARS = ("flux", "ivar", "wave", "object_id")
 
-    ds = open_survey(store)
-    row = find_row(ds["object_id"].data, object_id, hint)
+
+def _open_store(store: Path):
+    """The survey store's committed rows, read with xarray from its documented Zarr layout (DESIGN §2).
+
+    The output room may not import the input room (layer contracts in ``pyproject.toml``), so the figure reads
+    the few variables it draws directly; a store that lacks one is named in one line.
+    """
+    import warnings
+
+    import xarray as xr
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = xr.open_zarr(str(store), consolidated=False, zarr_format=3, chunks=None)
+    except Exception as exc:  # noqa: BLE001 - name the store whatever zarr/xarray says
+        raise UserError(f"{store} is not a readable survey store: {exc}") from exc
+    if missing := [v for v in _SPECTRUM_VARS if v not in ds.variables]:
+        raise UserError(f"survey store {store} lacks variable(s) {', '.join(missing)}")
+    n = int(ds.attrs.get("n_objects", ds.sizes.get("object", 0)))
+    return ds.isel(object=slice(0, n)) if ds.sizes.get("object", 0) != n else ds
+
+
+def _load_spectrum(store: Path, object_id: int, hint: int | None) -> dict:
+    ds = _open_store(store)
+    row = find_row(ds["object_id"].variable, object_id, hint)
     if row is None:
         raise UserError(f"object {object_id} is in the catalog but not in the input store {store}")
     sel = ds.isel(object=row)

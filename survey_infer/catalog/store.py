@@ -88,7 +88,7 @@ def create_catalog(path: str | Path, n_objects: int, z_centres: np.ndarray, bloc
 
             a.update(cf_flag_attrs())  # CF 1.11 §3.5 flags
         data_vars[name] = (("object",), da.full((N,), fill_value(dt), dtype=dt, chunks=block_objects), a)
-    from ..io.survey_store import COLUMN_ATTRS
+    from ..columns import COLUMN_ATTRS
 
     for name, dt in (passthrough or {}).items():
         dt = np.dtype(dt)

@@ -62,34 +62,7 @@ MASK_BAD_SOURCE = 1
 #: ``mask`` bit value: the input had non-finite flux or NaN/inf/negative ivar in this channel (zeroed)
 MASK_INVALID_INPUT = 2
 REQUIRED_VARS = ("flux", "ivar", "wave", "arm", "object_id")
-ROW_COLUMN_DTYPES: dict[str, str] = {
-    "object_id": "int64",
-    "target_id": "int64",
-    "ra": "float64",
-    "dec": "float64",
-    "t_exp": "float32",
-    "z_true": "float32",
-    "logmstar_true": "float32",
-    "logsfr_true": "float32",
-    "is_passive": "bool",
-    "mag_h": "float32",
-    "kind": "uint8",
-    "z_catalog": "float32",
-}
-COLUMN_ATTRS: dict[str, dict] = {
-    "object_id": {"description": "unique row identifier (one row = one spectrum)"},
-    "target_id": {"description": "target identifier; repeat observations share it"},
-    "ra": {"units": "deg", "description": "right ascension (ICRS)"},
-    "dec": {"units": "deg", "description": "declination (ICRS)"},
-    "t_exp": {"units": "s", "description": "exposure time"},
-    "z_true": {"description": "true redshift (simulation)"},
-    "logmstar_true": {"units": "dex(solMass)", "description": "true log10 stellar mass, Chabrier IMF (simulation)"},
-    "logsfr_true": {"units": "dex(solMass / yr)", "description": "true log10 SFR, Chabrier IMF (simulation)"},
-    "is_passive": {"description": "quiescent galaxy (simulation)"},
-    "mag_h": {"units": "mag(AB)", "description": "AB magnitude in the H filter (simulation)"},
-    "kind": {"description": "0 galaxy in range, 1 star, 2 galaxy below range, 3 galaxy above range"},
-    "z_catalog": {"description": "catalog redshift carried from the source files (ingest)"},
-}
+from ..columns import COLUMN_ATTRS, ROW_COLUMN_DTYPES  # noqa: E402,F401  (the row-column contract; re-exported)
 
 
 def spectrum_codec() -> list:

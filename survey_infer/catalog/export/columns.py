@@ -148,7 +148,7 @@ def catalog_columns(ds, with_pz: bool = False) -> list[Column]:
 
 
 def _store_column_attrs(name: str) -> dict:
-    from ...io.survey_store import COLUMN_ATTRS
+    from ...columns import COLUMN_ATTRS
 
     return dict(COLUMN_ATTRS.get(name, {}))
 

@@ -69,7 +69,7 @@ def columns_markdown() -> str:
         One row per schema column, passthrough column, ``pz`` and ``z_grid``: dtype, unit, FITS ``TUNIT`` and
         description; ends in a newline.
     """
-    from ...io.survey_store import COLUMN_ATTRS, ROW_COLUMN_DTYPES
+    from ...columns import COLUMN_ATTRS, ROW_COLUMN_DTYPES
 
     lines = ["| column | dtype | unit | FITS TUNIT | description |", "|---|---|---|---|---|"]
 
