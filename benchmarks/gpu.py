@@ -364,6 +364,7 @@ def _check_args(argv):
     gpu = a.device.startswith("cuda")
     a.n = a.n or (65_536 if gpu else 64)
     a.n_base = min(a.n, a.n_base or (8192 if gpu else 64))
+    a.n_requested, a.n_base_requested = a.n, a.n_base
     a.procs = a.procs or (16 if gpu else 1)
     a.sustain_s = 80.0 if a.sustain_s is None and gpu else (a.sustain_s or 0.0)
     a.boxes = dict(STAGES)
@@ -382,7 +383,16 @@ def _check_args(argv):
 
 
 def _store_path(a):
-    return a.cache / f"check-store-n{a.n}-b{a.n_base}.zarr"
+    return a.cache / f"check-store-n{a.n_requested}-b{a.n_base_requested}.zarr"
+
+
+def _store_rows(a) -> int | None:
+    """Rows the check's store really holds (``n_objects``: the store stage may stop tiling early), or None."""
+    try:
+        with open(_store_path(a) / "zarr.json") as fh:
+            return int(json.load(fh)["attributes"]["n_objects"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _model_dir(a) -> str:
@@ -525,6 +535,9 @@ def _run_stage(a) -> int:
         rec.update(kw)
         _write_json(out_json, rec)
 
+    if a.stage not in ("env", "store") and _store_rows(a):  # the rows the store stage managed to tile
+        a.n = min(a.n, _store_rows(a))
+
     try:
         globals()[f"_stage_{a.stage}"](a, save)
         rec["status"] = "ok"
@@ -616,9 +629,10 @@ def _stage_store(a, save) -> None:
 
     from survey_infer.io.survey_store import create_survey, store_instrument
 
+    t_stage = time.time()
     dst = _store_path(a)
     if (dst / "zarr.json").exists():
-        save(store=str(dst), reused=True, n=a.n)
+        save(store=str(dst), reused=True, n=_store_rows(a))
         return
     base = Path(a.base) if a.base else a.cache / f"check-base-n{a.n_base}.zarr"
     chunk = 1024 if a.device.startswith("cuda") else 32
@@ -636,12 +650,28 @@ def _stage_store(a, save) -> None:
             and gb[k].metadata.dimension_names and gb[k].metadata.dimension_names[0] == "object"}
     shutil.rmtree(dst, ignore_errors=True)
     w = create_survey(dst, a.n, store_instrument(base), chunk_objects=chunk, columns=cols, with_mask="mask" in gb)
-    edges = list(range(0, a.n, chunk * max(1, -(-a.n // chunk) // a.procs))) + [a.n]
-    parts = [(str(base), str(w.work_path), lo, hi, a.n_base) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+    # tiled in up to 8 rounds; when the next round would not end inside the stage's box (a slow disk: 65,536
+    # MOONS spectra are ~16 GB before compression), stop and commit the rows tiled so far (n_objects = those)
+    deadline = t_stage + (a.stage_box or 1e9) - 15.0
+    per_round = chunk * a.procs
+    step = per_round * max(1, -(-a.n // (8 * per_round)))
+    done = 0
     with ProcessPoolExecutor(a.procs) as ex:
-        done = sum(ex.map(_tile_part, parts))
+        for r0 in range(0, a.n, step):
+            r1 = min(a.n, r0 + step)
+            t_r = time.time()
+            edges = [*range(r0, r1, chunk * max(1, -(-(r1 - r0) // chunk) // a.procs)), r1]
+            parts = [(str(base), str(w.work_path), lo, hi, a.n_base) for lo, hi in zip(edges[:-1], edges[1:])
+                     if hi > lo]
+            done += sum(ex.map(_tile_part, parts))
+            save(tiled=done, tile_s=round(time.time() - t1, 2))
+            if r1 < a.n and time.time() + 1.3 * (time.time() - t_r) > deadline:
+                break
+    if done < a.n:
+        w.n_rows = done  # commit raises n_objects to the rows written; readers ignore the rest
     w.commit(counts={})
-    save(store=str(dst), n=done, chunk_objects=chunk, tile_s=round(time.time() - t1, 2),
+    save(store=str(dst), n=done, n_requested=a.n, stopped_early=done < a.n, chunk_objects=chunk,
+         tile_s=round(time.time() - t1, 2),
          gbytes=round(sum(f.stat().st_size for f in dst.rglob("*") if f.is_file()) / 1e9, 3))
 
 

@@ -84,6 +84,25 @@ def test_gpu_check_time_box_is_recorded_and_the_rest_skipped(tmp_path):
     assert "gpu-check stage env: TIMEOUT" in r.stderr
 
 
+def test_gpu_check_store_stops_tiling_inside_its_box_and_later_stages_use_what_it_tiled(small_survey, tmp_path):
+    """On a slow disk the store stage commits the rounds it tiled (n_objects = those rows) instead of running
+    past its box and leaving no store; the stages after it size themselves to the rows the store holds."""
+    import sys
+
+    args = [sys.executable, "-m", "benchmarks.gpu", "--device", "cpu", "--n", "64", "--base", str(small_survey),
+            "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    r = subprocess.run([*args, "--stage", "store", "--stage-box", "15"], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rec = json.loads((tmp_path / "out" / "stage-store.json").read_text())
+    assert rec["status"] == "ok" and rec["stopped_early"] is True and rec["n"] == 32 and rec["n_requested"] == 64
+    store = tmp_path / "cache" / "check-store-n64-b64.zarr"
+    assert json.loads((store / "zarr.json").read_text())["attributes"]["n_objects"] == 32
+    r = subprocess.run([*args, "--stage", "decode"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((tmp_path / "out" / "stage-decode.json").read_text())["n"] == 32
+
+
 def test_gpu_check_time_box_kills_the_stage_with_its_children():
     """A time-boxed stage is killed with its whole process group: a child that keeps the output pipes open (a
     Dask worker, a pytest run) neither outlives the box nor makes the check wait for it."""
