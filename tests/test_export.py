@@ -334,6 +334,8 @@ def test_unusual_dtypes_and_format_from_suffix(tmp_path):
         "count_u32": ("object", np.arange(9, dtype=np.uint32) * 400_000_000),
         "small_i8": ("object", np.arange(-4, 5, dtype=np.int8)),
         "weight_f64": ("object", np.linspace(0, 1, 9)),
+        "name": ("object", np.array(["a", "bé", "ccc", "", "z±1", "x", "y", "w", "v"], dtype="<U4")),
+        "tag": ("object", np.array([b"ab", b"c", b"", b"d", b"e", b"f", b"g", b"h", b"i"], dtype="S2")),
     })
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -342,9 +344,13 @@ def test_unusual_dtypes_and_format_from_suffix(tmp_path):
     p = export_catalog(cat, tmp_path / "c.parquet", chunk_rows=4)  # format from the suffix
     assert f.read_bytes()[:6] == b"SIMPLE" and p.read_bytes()[:4] == b"PAR1"
     t, df = Table.read(f, hdu=1), pd.read_parquet(p)
-    for name in extra.data_vars:
+    for name in ("flag_u16", "count_u32", "small_i8", "weight_f64"):
         _assert_equal(t[name], extra[name].values, name)
         _assert_equal(df[name].to_numpy(), extra[name].values, name)
+    # text: FITS "A" columns hold ASCII (symbols spelled out, others "?"), Parquet keeps UTF-8
+    assert t["name"].tolist() == ["a", "b?", "ccc", "", "z+-1", "x", "y", "w", "v"]
+    assert df["name"].tolist() == extra["name"].values.tolist()
+    assert t["tag"].tolist() == df["tag"].tolist() == ["ab", "c", "", "d", "e", "f", "g", "h", "i"]
     assert t["flag_u16"].dtype.kind == "u" and t["count_u32"].dtype.kind == "u"
 
 
