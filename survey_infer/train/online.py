@@ -80,6 +80,8 @@ def train_online(out_dir: str | Path, *, steps: int, batch_size: int = 64, lr: f
     resumed from ``OUT/train_state`` continues exactly. Every ``val_every`` steps a deterministic pass on a
     fixed validation sample (``val_n`` spectra of the survey ``val_seed``) records |Δz| < 0.01 for all, passive
     and star-forming galaxies in ``state["history"]`` (the learning curve), with samples seen and seconds.
+    The body (~75 lines) keeps the step loop in one piece (prefetch, step, validation, checkpoint, early end of
+    a leg in the order they happen); set-up is :func:`_online_setup`, validation :func:`_online_validator`.
 
     Parameters
     ----------

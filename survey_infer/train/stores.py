@@ -107,6 +107,8 @@ def train_model(train, val, out_dir: str | Path, *, epochs: int = 6,
     Rows are read in groups of ``group_rows`` (whole store chunks), groups visited in an order drawn from
     (seed, epoch) and rows shuffled within a group; cosine learning-rate schedule over all epochs with a
     200-step warm-up. After each epoch a deterministic pass on the validation store is logged and the state saved.
+    The body (~75 lines) keeps the epoch/group loop in one piece: checkpointing, the early end of a leg and the
+    per-epoch validation read in the order they happen (the work per group is :func:`_train_group`).
 
     Parameters
     ----------
