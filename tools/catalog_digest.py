@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,10 @@ def catalog_digest(path: str | Path, ignore: frozenset[str] = RUNTIME_KEYS) -> d
         raise FileNotFoundError(f"{path}: no such catalog store")
     group = zarr.open_group(str(path), mode="r")
     out: dict[str, str] = {}
-    for name, arr in sorted(group.arrays(), key=lambda kv: kv[0]):
+    with warnings.catch_warnings():  # the run's bookkeeping files (_lock.json) are not Zarr nodes: expected
+        warnings.simplefilter("ignore")
+        arrays = sorted(group.arrays(), key=lambda kv: kv[0])
+    for name, arr in arrays:
         if not name.startswith("_"):
             out[name] = array_digest(name, arr, ignore)
     out["@attrs"] = hashlib.sha256(_canonical_json(strip_runtime(dict(group.attrs), ignore))).hexdigest()
