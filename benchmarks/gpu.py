@@ -22,7 +22,7 @@ Run: ``python -m benchmarks.gpu`` (on the GPU machine), ``python -m benchmarks.g
 
 **The device check** (``benchmarks/gpu_check.sh`` = ``python -m benchmarks.gpu --check``; issue 15 point 6) is
 the short, staged version for a bare, lent H200 machine: every stage runs in its own process under a time box
-(the whole within :data:`CHECK_BUDGET_S`), writes ``$OUT/stage-<name>.json`` when it ends (or a ``timeout`` /
+(the whole within :data:`CHECK_BUDGET_S`), writes its record when it ends (or a ``timeout`` /
 ``failed`` record), and ``$OUT/gpu.json`` is rewritten after every stage, so a run cut short still returns what
 it measured. ``--device cpu --n 64`` is its dry run (CI, ``tests/test_gpu.py``). See :func:`check_main`.
 """
@@ -404,24 +404,42 @@ def _model_dir(a) -> str:
 def check_main(argv) -> int:
     """``--check``: run the stages in order, each in a subprocess under its time box; ``--stage X``: one stage.
 
-    Writes ``<out>/stage-<name>.json`` per stage (``status`` ok / failed / timeout / skipped, ``seconds`` and the
-    stage's figures) and ``<out>/gpu.json`` (all stages so far, the ceilings, which binds, the target) after
-    each stage. Returns 0 when every stage that ran is ok.
+    ``<out>`` receives few files, because the device tool returns at most 8: ``gpu.json`` (every stage's record
+    — ``status`` ok / failed / timeout / skipped, ``seconds``, the stage's figures —, the ceilings, which binds,
+    the target, the install record), rewritten after each stage; ``stage-current.json`` (the running stage's
+    partial record, saved as it goes: a check cut short still returns it); ``check.log`` (one line per stage);
+    beside ``install.json``, ``image.txt`` and ``pip.log`` from ``gpu_check.sh``. Each stage's own record is also
+    kept in ``<cache>/stages/``. Returns 0 when every stage that ran is ok.
     """
     import sys
 
     a = _check_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     a.cache.mkdir(parents=True, exist_ok=True)
+    (a.cache / "stages").mkdir(exist_ok=True)
     if a.stage:
         return _run_stage(a)
     t_start = time.time()
     base = [x for x in argv if x != "--check"]
     summary: dict = {"target_spectra_per_s": TARGET, "device": a.device, "n": a.n, "T": a.T, "stages": {}}
+    install = _read_json(a.out / "install.json")
+    if install:
+        summary["install"] = install
+    try:
+        summary["image"] = dict(ln.split(" ", 1) for ln in (a.out / "image.txt").read_text().splitlines() if " " in ln)
+    except OSError:
+        pass
+
+    def say(msg: str) -> None:
+        log(msg)
+        with open(a.out / "check.log", "a") as fh:
+            fh.write(msg + "\n")
+
     rc = 0
     for name, box in a.boxes.items():
         left = a.budget_s - (time.time() - t_start)
-        out_json = a.out / f"stage-{name}.json"
+        out_json = _stage_file(a, name)
+        out_json.unlink(missing_ok=True)  # never read a record left by an earlier check
         if name == "pytest" and not a.device.startswith("cuda") and not a.with_pytest:
             rec = {"status": "skipped", "why": "dry run (--device cpu): the gpu tests skip without a GPU"}
         elif left < MIN_STAGE_S:
@@ -429,7 +447,7 @@ def check_main(argv) -> int:
         else:
             limit = min(box, left)
             t0 = time.time()
-            log(f"stage {name} (box {limit:.0f} s)")
+            say(f"stage {name} (box {limit:.0f} s)")
             code, stdout, stderr, timed_out = _run_in_group(
                 [sys.executable, "-m", "benchmarks.gpu", *base, "--stage", name, "--stage-box", f"{limit:.1f}"],
                 limit)
@@ -451,7 +469,8 @@ def check_main(argv) -> int:
         _write_json(a.out / "gpu.json", summary)
         why_lines = str(rec.get("why") or "").strip().splitlines()
         why = f": {why_lines[-1][:200]}" if rec.get("status") != "ok" and why_lines else ""
-        log(f"gpu-check stage {name}: {str(rec.get('status')).upper()} in {rec.get('seconds', 0):.1f} s{why}")
+        say(f"gpu-check stage {name}: {str(rec.get('status')).upper()} in {rec.get('seconds', 0):.1f} s{why}")
+    (a.out / "stage-current.json").unlink(missing_ok=True)  # every record is in gpu.json
     if a.results:
         from . import RESULTS
 
@@ -525,15 +544,23 @@ def _ceilings(stages: dict) -> dict:
     return out
 
 
+def _stage_file(a, name: str):
+    """Where stage ``name`` keeps its record (outside ``--out``: the device tool returns at most 8 files)."""
+    return a.cache / "stages" / f"stage-{name}.json"
+
+
 def _run_stage(a) -> int:
-    out_json = a.out / f"stage-{a.stage}.json"
+    out_json = _stage_file(a, a.stage)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     rec: dict = {"status": "running", "stage": a.stage}
-    _write_json(out_json, rec)
 
-    def save(**kw):  # partial results survive a time-out
+    def save(**kw):  # partial results survive a time-out (also in $OUT/stage-current.json)
         rec.update(kw)
         _write_json(out_json, rec)
+        _write_json(a.out / "stage-current.json", rec)
+
+    save()
 
     if a.stage not in ("env", "store") and _store_rows(a):  # the rows the store stage managed to tile
         a.n = min(a.n, _store_rows(a))
@@ -546,7 +573,7 @@ def _run_stage(a) -> int:
 
         rec.update(status="failed", why=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2000:])
     rec["seconds"] = round(time.time() - t0, 2)
-    _write_json(out_json, rec)
+    save()
     return 0 if rec["status"] == "ok" else 1
 
 
@@ -942,7 +969,9 @@ def _one_run(store, cat, model: str, T: int, extra: tuple, limit_s: float) -> di
 def _stage_end_to_end(a, save) -> None:
     """``survey-infer run`` (T = a.T) repeated into fresh catalogs for ``sustain_s``; sustained spectra/s
     (spectra / wall time, start-up included as a user pays it). Each run is stopped before the stage's box ends
-    (``--stage-box``); a stopped run counts the blocks it finished."""
+    (``--stage-box``); a stopped run counts the blocks it finished. A first run that fails with CUDA out of
+    memory (B = 1,024 on each of the worker's threads) is retried once with ``SURVEY_INFER_MICRO_BATCH=256``."""
+    import os
     import shutil
 
     gpu = a.device.startswith("cuda")
@@ -957,6 +986,13 @@ def _stage_end_to_end(a, save) -> None:
         done = sum(x["spectra_done"] for x in runs)
         save(runs=runs, sustained_spectra_per_s=done / sum(x["wall_s"] for x in runs),
              sustained_over_s=time.time() - t0, n_per_run=a.n, complete_runs=sum(x["complete"] for x in runs))
+        oom = "out of memory" in (r.get("stderr_tail") or "").lower()
+        if gpu and oom and not r["spectra_done"] and "SURVEY_INFER_MICRO_BATCH" not in os.environ \
+                and time.time() < end - 30:
+            # B = 1,024 on every worker thread did not fit: one more try at B = 256 (recorded, fingerprinted)
+            os.environ["SURVEY_INFER_MICRO_BATCH"] = "256"
+            save(oom_fallback_micro_batch=256)
+            continue
         if not r["complete"]:
             break
     shutil.rmtree(cat, ignore_errors=True)

@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 TOTAL="${GPU_CHECK_TOTAL_S:-470}"
 export OUT="${OUT:-$PWD/gpu-check-out}"
 mkdir -p "$OUT"
-say() { echo "gpu-check: $*" >&2; }
+say() { echo "gpu-check: $*" | tee -a "$OUT/check.log" >&2; }
 # dask-cuda pins dask/distributed through rapids-dask-dependency (which also wants bokeh: skipped, --no-deps);
 # zarr, numcodecs, astropy: the versions CI runs here
 DASK_CUDA="dask-cuda==26.10.*"
