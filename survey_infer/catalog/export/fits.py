@@ -20,9 +20,14 @@ How it is written, all with astropy: the column layout and the serialized-column
 ``NAXIS2``, opens a :class:`astropy.io.fits.StreamingHDU`; each block of rows is encoded by astropy
 (``Table.write`` to memory: big-endian, ``T``/``F`` logicals, ``TZERO`` offsets) and its data bytes are appended
 to the stream; the ``Z_GRID`` image is appended with :func:`astropy.io.fits.append`; finally the file is opened
-in update mode and :meth:`~astropy.io.fits.hdu.base._ValidHDU.add_checksum` sets each HDU's checksums (the
+in update mode and astropy's ``add_checksum`` sets each HDU's checksums (the
 cards were reserved when the headers were written, so no header grows and only headers are rewritten; astropy
 reads the table back through a memory map to sum it).
+
+Written here rather than left to astropy, and why: the cut of card comments (astropy cuts an over-long comment
+with a warning and no mark; TOPCAT shows the TTYPE comment), ASCII spellings of symbols in headers and text
+columns (FITS holds ASCII), ``TUNIT`` for units FITS syntax lacks (astropy drops ``dex(...)``/``mag(AB)`` with a
+warning), and three dtype choices (no float16 in FITS; astropy 8.0 writes int8 as a logical column).
 """
 from __future__ import annotations
 
