@@ -33,9 +33,16 @@ import numpy as np
 
 __all__ = ["Bit", "ZWarn", "ZWARN_BITS", "BAD_MASK", "INFO_MASK", "USER_MASK", "USER_BITS", "REDROCK_BITS",
            "NBITS", "LAYOUT", "z_reliable", "describe", "bit_table", "flag_counts", "cf_flag_attrs",
-           "layout_mismatch", "DEFAULT_THRESHOLDS"]
+           "layout_mismatch", "DEFAULT_THRESHOLDS", "MASK_BAD_SOURCE", "MASK_INVALID_INPUT"]
 
 LAYOUT = "redrock-1"  # recorded in the catalog attrs (``zwarn_layout``); change with any bit move
+
+# bit values of the survey store's ``mask`` column (input flags; the store is written by the input room, read by
+# the science layer: both import them from here)
+#: ``mask`` bit value: channel inside the source's range rejected for bad (masked or invalid) source pixels
+MASK_BAD_SOURCE = 1
+#: ``mask`` bit value: the input had non-finite flux or NaN/inf/negative ivar in this channel (zeroed)
+MASK_INVALID_INPUT = 2
 
 DEFAULT_THRESHOLDS = {
     "quality": 0.5,  # SCREENED below this (calibrated)

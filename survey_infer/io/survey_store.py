@@ -57,10 +57,7 @@ __all__ = [
 
 SURVEY_SCHEMA = 1
 DEFAULT_CHUNK_OBJECTS = 256
-#: ``mask`` bit value: channel inside the source's range rejected for bad (masked or invalid) source pixels
-MASK_BAD_SOURCE = 1
-#: ``mask`` bit value: the input had non-finite flux or NaN/inf/negative ivar in this channel (zeroed)
-MASK_INVALID_INPUT = 2
+from ..flags import MASK_BAD_SOURCE, MASK_INVALID_INPUT  # noqa: E402,F401  (mask bit values; re-exported)
 REQUIRED_VARS = ("flux", "ivar", "wave", "arm", "object_id")
 from ..columns import COLUMN_ATTRS, ROW_COLUMN_DTYPES  # noqa: E402,F401  (the row-column contract; re-exported)
 

@@ -206,7 +206,7 @@ def infer_window_device(model: Model, flux: np.ndarray, ivar: np.ndarray, mask: 
     """
     import time
 
-    from ..io.survey_store import MASK_INVALID_INPUT
+    from ..flags import MASK_INVALID_INPUT
     from .torch_preprocess import preprocess_torch
     from .torch_screening import finish_rows
 

@@ -210,7 +210,7 @@ def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.
     """
     import time
 
-    from ..io.survey_store import MASK_INVALID_INPUT
+    from ..flags import MASK_INVALID_INPUT
 
     tm = timings if timings is not None else {}
     n = len(flux)
