@@ -34,7 +34,8 @@ import numpy as np
 
 def bench_speed(n: int, workers: int, chunk: int) -> dict:
     from survey_infer.io.survey_store import open_survey
-    from survey_infer.simulate import SimConfig, simulate_block, simulate_survey
+    from survey_infer.io.simulated import simulate_survey
+    from survey_infer.simulate import SimConfig, simulate_block
 
     simulate_block(0, 8, 0)  # warm caches (sky model, templates, cosmology)
     t0 = time.perf_counter()

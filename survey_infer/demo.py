@@ -79,7 +79,7 @@ def run_demo(out: str | Path = "survey-infer-demo", n: int = 3000, seed: int = 2
     from .evaluate import evaluate_catalog, format_report
     from .pipeline.summary import print_summary
     from .pipeline.runner import run_catalog
-    from .simulate import simulate_survey
+    from .io.simulated import simulate_survey
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def tiny_model_b(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_survey(tmp_path_factory) -> Path:
     """300 simulated MOONS spectra, chunks of 64 (a few interlopers), written once per session."""
-    from survey_infer.simulate import simulate_survey
+    from survey_infer.io.simulated import simulate_survey
 
     out = tmp_path_factory.mktemp("survey") / "small.zarr"
     simulate_survey(300, 7, out, chunk_objects=64)

@@ -21,7 +21,7 @@ import pytest
 from conftest import assert_catalogs_identical, cli
 from resume_helpers import QUIET
 from survey_infer.pipeline.runner import RunError, run_catalog
-from survey_infer.simulate import simulate_survey
+from survey_infer.io.simulated import simulate_survey
 
 T, BLOCK = 4, 16
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}

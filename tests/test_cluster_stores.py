@@ -15,7 +15,7 @@ from conftest import assert_catalogs_identical
 from resume_helpers import QUIET
 from survey_infer.pipeline.resume import input_stamp
 from survey_infer.pipeline.runner import run_catalog
-from survey_infer.simulate import simulate_survey
+from survey_infer.io.simulated import simulate_survey
 
 T, BLOCK = 4, 64
 

@@ -61,7 +61,7 @@ def test_identical_across_workers_chunking_and_in_process(reference, small_surve
     assert s.ok
     assert_catalogs_identical(reference, two)
     # 1 worker, input re-chunked to 37 rows (not a multiple of anything), blocks of 96
-    from survey_infer.simulate import simulate_survey
+    from survey_infer.io.simulated import simulate_survey
 
     rechunked = simulate_survey(300, 7, tmp_path / "rechunked.zarr", chunk_objects=37)
     one = tmp_path / "one.zarr"

@@ -8,7 +8,8 @@ import pytest
 import xarray as xr
 
 from survey_infer.cli import main as cli_main
-from survey_infer.simulate import SimConfig, simulate_block, simulate_survey
+from survey_infer.io.simulated import simulate_survey
+from survey_infer.simulate import SimConfig, simulate_block
 from survey_infer.simulate.simulator import (FAMILIES, KIND_GALAXY, KIND_HIGHZ, KIND_LOWZ, KIND_STAR, SFH_KINDS,
                                             SIM_VERSION, _simulate)
 

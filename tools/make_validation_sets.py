@@ -40,7 +40,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from survey_infer.simulate import SIM_VERSION, SimConfig, simulate_survey  # noqa: E402
+from survey_infer.io.simulated import simulate_survey  # noqa: E402
+from survey_infer.simulate import SIM_VERSION, SimConfig  # noqa: E402
 from survey_infer.simulate.simulator import FAMILIES, TRUTH_COLUMNS  # noqa: E402
 
 CHUNK = 256

@@ -1,5 +1,5 @@
 """``survey-infer simulate``: its options and how they become a library call (write a simulated MOONS survey
-store with :func:`survey_infer.simulate.simulate_survey`)."""
+store with :func:`survey_infer.io.simulated.simulate_survey`)."""
 from __future__ import annotations
 
 import argparse
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from ..errors import UserError
     from ..simulate.simulator import SimConfig
-    from ..simulate.survey import simulate_survey
+    from ..io.simulated import simulate_survey
 
     if args.n <= 0:
         raise UserError(f"--n must be positive, got {args.n}")

@@ -1,4 +1,8 @@
-"""Write a simulated survey to a store: one Dask task per store chunk, each writing its own region."""
+"""Write a simulated survey to a store: one Dask task per store chunk, each writing its own region.
+
+The simulator (:mod:`survey_infer.simulate`) makes the spectra; this module of the input room writes them, like
+:mod:`survey_infer.io.ingest` writes spectra read from files.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,8 +10,8 @@ from pathlib import Path
 
 
 from ..instrument import Instrument, load_instrument
-from ..io.survey_store import SurveyWriter, create_survey
-from .simulator import COLUMN_FLAGS, SIM_VERSION, TRUTH_COLUMNS, SimConfig, simulate_block
+from ..simulate.simulator import COLUMN_FLAGS, SIM_VERSION, TRUTH_COLUMNS, SimConfig, simulate_block
+from .survey_store import SurveyWriter, create_survey
 
 __all__ = ["simulate_survey"]
 log = logging.getLogger(__name__)
