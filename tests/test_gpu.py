@@ -206,9 +206,11 @@ def test_screening_on_the_gpu_is_close_to_numpy_and_repeatable():
     import torch
 
     from survey_infer.model import torch_screening as ts
+    from survey_infer.model.device import configure_numerics
     from survey_infer.model.zgrid import ZGrid
     from survey_infer.screening import pdf_statistics
 
+    configure_numerics("cuda")  # deterministic algorithms, as on a GPU worker (torch.cumsum would raise)
     zg = ZGrid()
     rng = np.random.default_rng(4)
     pz = rng.random((3000, zg.n)) ** rng.uniform(1, 400, (3000, 1))

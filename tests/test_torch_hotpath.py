@@ -444,3 +444,24 @@ def test_pack_rows_round_trip():
     out = unpack_rows(buf.numpy(), layout)
     for k, v in cols.items():
         assert out[k].dtype == v.numpy().dtype and np.array_equal(out[k], v.numpy()), k
+
+
+def test_running_sums_avoid_cumsum_off_the_cpu():
+    """``torch.cumsum`` of floats raises on CUDA under deterministic algorithms (GPU workers set them): the device
+    modules take running sums through ``running_sum`` (cumsum on the CPU = numpy's bits; a doubling scan of
+    elementwise additions elsewhere, checked here against cumsum)."""
+    import inspect
+    import re
+
+    from survey_infer.model import hotpath, torch_preprocess, torch_screening
+    from survey_infer.model.torch_screening import running_sum, scan_sum
+
+    rng = np.random.default_rng(2)
+    for m in (1, 2, 7, 8, 264, 574):
+        x = torch.from_numpy(rng.random((30, m)) ** 4)
+        assert torch.equal(running_sum(x), torch.from_numpy(np.cumsum(x.numpy(), axis=1)))
+        np.testing.assert_allclose(scan_sum(x).numpy(), np.cumsum(x.numpy(), axis=1), rtol=1e-14, atol=1e-15)
+        assert torch.equal(scan_sum(x)[5:], scan_sum(x[5:]))  # row-independent
+    for mod in (hotpath, torch_preprocess, torch_screening):
+        src = inspect.getsource(mod).replace(inspect.getsource(running_sum), "")
+        assert not re.search(r"torch\.cumsum\(|\.cumsum\(dim", src), mod.__name__  # np.cumsum on the host is fine

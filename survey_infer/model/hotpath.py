@@ -28,7 +28,7 @@ import torch
 
 from .checkpoint import Model
 from .device import device_class, micro_batch_size
-from .inference import STREAMS, window_stats
+from .microbatch import STREAMS, window_stats
 from .torch_masks import make_masks
 
 __all__ = [
@@ -252,7 +252,7 @@ def use_device_path(device: str | torch.device, cache: dict | None = None) -> bo
 def pipeline_micro_batch(device: str | torch.device) -> int:
     """The micro-batch size the pipeline really uses on ``device`` (for the fingerprint): the numpy path's
     ``inference.MICRO_BATCH`` (32) on the CPU, :func:`.device.micro_batch_size` on a GPU."""
-    from .inference import MICRO_BATCH
+    from .microbatch import MICRO_BATCH
 
     return micro_batch_size(device) if device_class(device) == "cuda" else MICRO_BATCH
 
@@ -303,7 +303,9 @@ def pdf_moments_torch(pz: torch.Tensor, zc: torch.Tensor, dz: float, conf_window
     left = torch.nn.functional.pad(sm, (1, 0), value=-1.0)[:, :-1]
     right = torch.nn.functional.pad(sm, (0, 1), value=-1.0)[:, 1:]
     is_max = (sm > left) & (sm >= right)
-    cs = torch.cumsum(torch.nn.functional.pad(pz, (4, 3)), dim=1)
+    from .torch_screening import running_sum
+
+    cs = running_sum(torch.nn.functional.pad(pz, (4, 3)))  # torch.cumsum of floats raises on CUDA (deterministic)
     win = cs[:, 7:] - cs[:, :-7]
     npk = (is_max & (win >= peak_mass)).sum(dim=1).to(torch.int16)
     return {"z": z, "z_mean": zmean, "z_err": zerr, "pz_peak": pz.gather(1, i[:, None])[:, 0], "pz_conf": conf,

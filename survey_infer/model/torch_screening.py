@@ -7,18 +7,19 @@ results in one copy. Every operation is the reference's, in the reference's orde
   values summed with 8 accumulators, larger runs split in two at a multiple of 8 — numpy's ``pairwise_sum``),
   not torch's own reduction order, so a row's sums are the numpy bits on any device and never depend on the
   other rows of the window (the determinism rule);
-* running sums (:func:`count_peaks`, the intervals' enclosed mass) are ``torch.cumsum``: sequential on the CPU
-  (numpy's order), a scan on CUDA;
+* running sums (:func:`count_peaks`, the intervals' enclosed mass) are :func:`running_sum`: ``torch.cumsum`` on
+  the CPU (sequential: numpy's order), a doubling scan of elementwise additions on a GPU (``torch.cumsum`` of
+  floats raises there under deterministic algorithms);
 * the greedy interval growth of :func:`survey_infer.screening._greedy_interval` (a loop with one step per
   cell) is computed without a loop (:func:`greedy_interval`): taking the denser of the two neighbouring cells
   at each step is a merge of the cells left and right of the start, ordered by their running minima (see
-  there), so its result is found with ``cummin``, ``searchsorted``, a scatter and a ``cumsum``.
+  there), so its result is found with ``cummin``, ``searchsorted``, a scatter and a running sum.
 
 Agreement with the reference (``tests/test_torch_hotpath.py``): on the CPU every column is bit-identical on
 the same PDFs — the elementwise operations and the division are IEEE, the orders above are numpy's, and ``log``
 and ``sqrt`` of CPU tensors are numpy's own (torch's CPU float64 ``sqrt`` is not always correctly rounded).
 On a GPU ``sqrt`` and division are IEEE round-to-nearest, but ``log`` (refined mode, entropy) has ≤ 1 ulp error
-and ``cumsum`` adds in another order; so ``z``, ``z_err``, the intervals and ``pz_entropy`` may differ from the
+and the running sums add in another order; so ``z``, ``z_err``, the intervals and ``pz_entropy`` may differ from the
 host's by a few ulp (≲ 1e-15 in z; 1e-12 relative is the stated tolerance), and a ``zwarn`` bit, a peak count or
 an interval's start cell can differ only for an object whose statistic lies within that distance of a
 threshold or a sub-cell edge. On one GPU the results are repeatable and independent of the other rows.
@@ -39,6 +40,8 @@ __all__ = [
     "numpy_order_sum",
     "pdf_statistics",
     "refine_mode",
+    "running_sum",
+    "scan_sum",
     "set_flags",
     "z_error",
 ]
@@ -91,6 +94,42 @@ def _sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.sqrt(x.numpy())) if x.device.type == "cpu" else torch.sqrt(x)
 
 
+def scan_sum(x: torch.Tensor) -> torch.Tensor:
+    """Inclusive running sum along dim 1 by doubling steps (Hillis & Steele 1986): ``⌈log2 m⌉`` elementwise
+    additions, the same order for every row on any device (deterministic, independent of the other rows).
+
+    Parameters
+    ----------
+    x : (n, m) tensor.
+
+    Returns
+    -------
+    (n, m) tensor; the cumulative sum up to rounding (a tree of additions per element).
+    """
+    s = 1
+    while s < x.shape[1]:
+        x = torch.cat([x[:, :s], x[:, s:] + x[:, :-s]], dim=1)
+        s *= 2
+    return x
+
+
+def running_sum(x: torch.Tensor) -> torch.Tensor:
+    """Inclusive running sum along dim 1: ``torch.cumsum`` on the CPU (sequential: numpy's ``cumsum`` bits), the
+    doubling scan :func:`scan_sum` elsewhere — ``torch.cumsum`` of floats on CUDA has no deterministic
+    implementation and raises under ``torch.use_deterministic_algorithms(True)``, which GPU workers set
+    (:func:`survey_infer.model.device.configure_numerics`).
+
+    Parameters
+    ----------
+    x : (n, m) tensor.
+
+    Returns
+    -------
+    (n, m) tensor.
+    """
+    return torch.cumsum(x, dim=1) if x.device.type == "cpu" else scan_sum(x)
+
+
 def _rows(t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     """``t[r, i[r]]`` for every row r."""
     return t.gather(1, i[:, None])[:, 0]
@@ -131,7 +170,8 @@ def greedy_interval(cell: torch.Tensor, start: torch.Tensor, level: float
     their first values, i.e. the stable merge of the cells by their running minima (``cummin``) in decreasing
     order, ties to the left. Each cell's place in the merge is its index on its side plus the number of cells
     on the other side merged before it (``searchsorted`` on the other side's running minima); the enclosed mass
-    after ``t`` steps is the running sum (``cumsum``) of the merged cells, the same additions as the loop's.
+    after ``t`` steps is the running sum (:func:`running_sum`) of the merged cells, on the CPU the same
+    additions as the loop's.
 
     Parameters
     ----------
@@ -163,7 +203,7 @@ def greedy_interval(cell: torch.Tensor, start: torch.Tensor, level: float
     merged.scatter_(1, pos_l, lval)
     merged.scatter_(1, pos_r, rval)
     # the first L merged cells are the real ones (sentinels sort last); running mass after t = 0..L steps
-    mass_t = torch.cumsum(torch.cat([c0[:, None], merged[:, :L]], dim=1), dim=1)
+    mass_t = running_sum(torch.cat([c0[:, None], merged[:, :L]], dim=1))
     ge = mass_t >= level
     t = torch.where(ge.any(dim=1), torch.argmax(ge.to(torch.uint8), dim=1), torch.full_like(start, L))
     mass = _rows(mass_t, t)
@@ -247,7 +287,7 @@ def count_peaks(pz: torch.Tensor, min_mass: float) -> torch.Tensor:
     left = F.pad(sm, (1, 0), value=-1.0)[:, :-1]
     right = F.pad(sm, (0, 1), value=-1.0)[:, 1:]
     is_max = (sm > left) & (sm >= right)
-    c = torch.cumsum(F.pad(pz, (4, 3)), dim=1)
+    c = running_sum(F.pad(pz, (4, 3)))
     win = c[:, 7:] - c[:, :-7]
     return (is_max & (win >= min_mass)).sum(dim=1).to(torch.int16)
 
