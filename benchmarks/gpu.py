@@ -586,7 +586,7 @@ def _stage_env(a, save) -> None:
 
     import torch
 
-    from survey_infer.model.device import configure_numerics, fingerprint_fields
+    from survey_infer.model.device import configure_numerics, fingerprint_fields, gpu_fingerprint
 
     vers = {}
     for name in ("torch", "numpy", "dask", "distributed", "dask-cuda", "zarr", "numcodecs", "astropy", "xarray",
@@ -597,7 +597,8 @@ def _stage_env(a, save) -> None:
             vers[name] = None
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"torch {torch.__version__} sees no CUDA GPU")
-    save(numerics=configure_numerics(a.device), fingerprint=fingerprint_fields(a.device), versions=vers,
+    save(numerics=configure_numerics(a.device), fingerprint=fingerprint_fields(a.device),
+         gpu_fingerprint=gpu_fingerprint(a.device), versions=vers,
          python=platform.python_version(), cpus=os.cpu_count(),
          cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
          installed_from_wheels=os.environ.get("GPU_CHECK_INSTALLED", ""))

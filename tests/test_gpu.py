@@ -65,6 +65,7 @@ def test_gpu_check_dry_run_writes_every_stage(small_survey, tiny_model, tmp_path
     assert "gpu-check stage end_to_end: OK" in (out / "check.log").read_text()
     st = summary["stages"]
     assert st["env"]["fingerprint"]["device_class"] == "cpu" and st["env"]["fingerprint"]["micro_batch"] == 32
+    assert st["env"]["gpu_fingerprint"] == {}  # the worker-side GPU record adds nothing on the CPU
     assert st["store"]["n"] == 64 and st["store"]["simulated"] == 0
     assert st["network"]["repeat_bit_identical"] is True and st["network"]["micro_batch"] == 32
     assert st["end_to_end"]["n_per_run"] == 64 and st["end_to_end"]["sustained_spectra_per_s"] > 0
