@@ -315,7 +315,7 @@ def warm_up(model, device: str | torch.device, B: int | None = None, T: int = 2)
     """
     import time
 
-    from .inference import STREAMS
+    from .microbatch import STREAMS
     from .torch_masks import make_masks
 
     B = B or micro_batch_size(device)

@@ -16,10 +16,9 @@ from ..preprocess import preprocess
 from ..screening import pdf_statistics, set_flags
 from . import mc
 from .checkpoint import Model
+from .microbatch import MICRO_BATCH, STREAMS, window_stats  # noqa: F401  (re-exported: public names)
 
-MICRO_BATCH = 32
 PREPROCESS_ROWS = 256  # rows preprocessed at once (bounds memory: ~250 kB per MOONS spectrum)
-STREAMS = {"h1": 1, "h2": 2, "mlp_in": 3, "mlp_hidden": 4}
 
 
 def make_masks(model: Model, object_id: np.ndarray, valid: np.ndarray, T: int, seed: int) -> dict[str, torch.Tensor]:
@@ -52,57 +51,6 @@ def pack_micro_batch(x: np.ndarray, scalars: np.ndarray, object_id: np.ndarray, 
     valid = np.zeros(B, bool)
     xb[slots], sb[slots], ob[slots], valid[slots] = x[sel], scalars[sel], object_id[sel], True
     return xb, sb, ob, valid
-
-
-def window_stats(model: Model, hd: dict, mc_samples: int, B: int, zc: torch.Tensor) -> dict[str, torch.Tensor]:
-    """MC statistics of one micro-batch of network outputs, on the outputs' device.
-
-    Parameters
-    ----------
-    model : Model
-        Supplies the temperature, target normalisation and error scales (``model.calibration``).
-    hd : dict of tensors
-        :meth:`SpectrumNet.head` outputs for B objects and T = ``mc_samples`` passes.
-    mc_samples : int
-        T (1: deterministic pass, MC spreads are 0).
-    B : int
-        Micro-batch size.
-    zc : (Z,) tensor
-        Redshift bin centres.
-
-    Returns
-    -------
-    dict of (B,) float64 tensors (``pz`` is (B, Z)): ``pz``, ``p_outside``, ``z_mc_std``, ``logmstar``,
-    ``logmstar_err``, ``logmstar_err_mc``, ``logsfr``, ``logsfr_err``, ``logsfr_err_mc``. The error is the
-    square root of the mean heteroscedastic variance plus the MC variance (Kendall & Gal 2017), times the
-    calibrated scale.
-    """
-    Z = model.zgrid.n
-    cal = model.calibration
-    temp = float(cal.get("temperature", 1.0))
-    tn = cal.get("target_norm", {"logmstar": [10.0, 1.0], "logsfr": [1.0, 1.0]})
-    logits = torch.cat([hd["logits_z"], hd["logit_out"][..., None]], dim=-1) / temp  # (B, T, Z+1)
-    prob = torch.softmax(logits.double(), dim=-1)
-    pbar = prob.mean(dim=1)
-    p_out = pbar[:, Z]
-    pz = pbar[:, :Z] / pbar[:, :Z].sum(dim=1, keepdim=True)
-    pz_t = torch.softmax(hd["logits_z"].double() / temp, dim=-1)
-    zmean_t = (pz_t * zc.double()).sum(-1)  # (B, T)
-    res = {"pz": pz, "p_outside": p_out,
-           "z_mc_std": zmean_t.std(dim=1, unbiased=False) if mc_samples > 1
-           else torch.zeros(B, dtype=torch.float64, device=pz.device)}
-    for name in ("mstar", "sfr"):
-        key = "logmstar" if name == "mstar" else "logsfr"
-        mu0, sd0 = tn[key]
-        mu = hd[name][..., 0].double() * sd0 + mu0
-        var = torch.exp(hd[name][..., 1].double()) * sd0 ** 2
-        mean = mu.mean(dim=1)
-        var_mc = mu.var(dim=1, unbiased=False) if mc_samples > 1 else torch.zeros_like(mean)
-        scale = float(cal.get("err_scale", {}).get(key, 1.0))
-        res[key] = mean
-        res[key + "_err"] = torch.sqrt(var.mean(dim=1) + var_mc) * scale
-        res[key + "_err_mc"] = torch.minimum(torch.sqrt(var_mc), res[key + "_err"])
-    return res
 
 
 @torch.inference_mode()
