@@ -82,7 +82,7 @@ def execute_blocks(pending: list, ctx: RunContext, *, cluster: str, workers: int
     finally:
         col.bar.close()
         if own_client:
-            _close_quietly(client, own)
+            close_client(client, own)
     return col.results
 
 
@@ -344,7 +344,7 @@ def _cancel(client, futures: list) -> None:
         pass
 
 
-def _close_quietly(client, own) -> None:
+def close_client(client, own) -> None:
     """Close the client (and the cluster this run started) without hanging on a dead scheduler."""
     for obj in (client, own) if own is not None else (client,):
         try:

@@ -125,9 +125,9 @@ def run_catalog(input_store: str | Path, output: str | Path, *, model: str | Pat
                 print_fn(f"warning: {lock.release_error}")
     finally:
         if own_client:
-            from .execute import _close_quietly
+            from .execute import close_client
 
-            _close_quietly(client, own_cluster)
+            close_client(client, own_cluster)
 
 
 def _plan_execute_record(cat_path: Path, inp: "_Input", lock: LeaseLock, epoch: int, spec: str, *, t_start: float,
