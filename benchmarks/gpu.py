@@ -419,6 +419,7 @@ def check_main(argv) -> int:
     (a.cache / "stages").mkdir(exist_ok=True)
     if a.stage:
         return _run_stage(a)
+    _kill_groups_on_term()
     t_start = time.time()
     base = [x for x in argv if x != "--check"]
     summary: dict = {"target_spectra_per_s": TARGET, "device": a.device, "n": a.n, "T": a.T, "stages": {}}
@@ -490,6 +491,7 @@ def _run_in_group(cmd: list[str], limit_s: float) -> tuple[int | None, str, str,
     import subprocess
 
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _GROUPS.add(p.pid)
     try:
         out, err = p.communicate(timeout=max(0.1, limit_s))
         timed_out = False
@@ -509,7 +511,30 @@ def _run_in_group(cmd: list[str], limit_s: float) -> tuple[int | None, str, str,
         os.killpg(p.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    _GROUPS.discard(p.pid)
     return p.returncode, out or "", err or "", timed_out
+
+
+#: process groups started by :func:`_run_in_group` and still running (killed when the check itself is stopped)
+_GROUPS: set[int] = set()
+
+
+def _kill_groups_on_term() -> None:
+    """SIGTERM / SIGINT to the check (``timeout`` in gpu_check.sh): kill the running stage's process group too
+    (it runs in its own session, which ``timeout`` does not reach), then exit with 124."""
+    import os
+    import signal
+
+    def handler(signum, frame):
+        for pid in list(_GROUPS):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        raise SystemExit(124)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def _ceilings(stages: dict) -> dict:
@@ -586,7 +611,11 @@ def _stage_env(a, save) -> None:
 
     import torch
 
-    from survey_infer.model.device import configure_numerics, fingerprint_fields, gpu_fingerprint
+    from survey_infer.model.device import (
+        configure_numerics,
+        fingerprint_fields,
+        gpu_fingerprint,
+    )
 
     vers = {}
     for name in ("torch", "numpy", "dask", "distributed", "dask-cuda", "zarr", "numcodecs", "astropy", "xarray",

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_catalogs_identical, cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,6 +125,34 @@ def test_gpu_check_time_box_kills_the_stage_with_its_children():
     assert (code, out, err, timed_out) == (3, "hi\n", "oops\n", False)
 
 
+def test_stopping_the_check_stops_the_running_stage(tmp_path):
+    """``timeout`` in gpu_check.sh signals the check only; the stage runs in its own session, so the check kills
+    its group on SIGTERM (else the stage would run on after the command ended)."""
+    import signal
+    import sys
+    import time
+
+    pid_file = tmp_path / "stage.pid"
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+            "from benchmarks.gpu import _kill_groups_on_term, _run_in_group\n"
+            "_kill_groups_on_term()\n"
+            f"_run_in_group(['bash', '-c', 'echo $$ > {pid_file}; exec sleep 60'], 100)\n")
+    p = subprocess.Popen([sys.executable, "-c", code])
+    t0 = time.time()
+    while not pid_file.exists() and time.time() - t0 < 30:
+        time.sleep(0.1)
+    pid = int(pid_file.read_text())
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=20) == 124
+    for _ in range(50):  # gone, or a zombie waiting to be reaped
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists() or "State:\tZ" in status.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"stage process {pid} still running after the check was stopped")
+
+
 # ---------------------------------------------------------------------------------------------- on the GPU
 @pytest.mark.gpu
 def test_torch_masks_on_the_gpu_are_the_numpy_bits():
@@ -177,8 +204,8 @@ def test_resuming_a_cpu_catalog_on_the_gpu_is_refused(small_survey, tmp_path):
 @pytest.mark.gpu
 def test_hot_path_on_gpu_is_close_to_cpu_and_repeatable(tmp_path):
     import torch
-
     from conftest import make_tiny_model
+
     from survey_infer.model.checkpoint import load_model
     from survey_infer.model.device import configure_numerics
     from survey_infer.model.hotpath import run_network_device
