@@ -6,15 +6,26 @@ import argparse
 import json
 from pathlib import Path
 
-from .. import train as _train
-
 __all__ = ["register", "run"]
+
+
+def _description() -> str:
+    """The docstring of :mod:`survey_infer.train`, read from its source: importing it would import torch (~2 s)
+    every time any command builds its parser."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("survey_infer.train")
+    try:
+        return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or ""
+    except (OSError, TypeError, AttributeError):  # no source (e.g. a zipped install): a short line
+        return "Train a model on simulated surveys (or spectra simulated on the fly), then calibrate it."
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand and its options to ``subparsers``; return its parser."""
     p = subparsers.add_parser("train", help="train a model on simulated survey stores",
-                              description=_train.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", default=None,
                    help="training survey store (with truth columns); omit with --online-steps")
     p.add_argument("--val", default=None, help="validation survey store (calibration, thresholds)")
@@ -48,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _calibrate_if_val(args: argparse.Namespace, res: dict) -> None:
     """Export the on-the-fly model's last checkpoint into ``--out`` and calibrate it on ``--val`` if given."""
+    from .. import train as _train
+
     _train.export_online(args.out, args.out)
     if args.val:
         from ..calibrate import calibrate_model
@@ -71,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         ``--finalize`` with ``--online-steps`` but no training state in ``--out``; neither ``--online-steps`` nor
         both ``--train`` and ``--val``.
     """
+    from .. import train as _train
     from ..errors import UserError
 
     if args.online_steps and args.finalize:  # no further training: export the last checkpoint and calibrate
