@@ -99,6 +99,7 @@ class _Collector:
         self.ctx, self.lock = ctx, lock
 
     def done(self, rec: dict) -> None:
+        """Record a block's status record (and show it on the progress bar)."""
         fault_point("block-done")
         self.results.append(rec)
         if rec.get("ok"):
@@ -107,11 +108,13 @@ class _Collector:
             self.bar.write(f"block {rec['block']} failed: {rec['reason']}")
 
     def lost(self) -> bool:
+        """Whether this run lost the catalog lock (taken over, or a task refused as stale)."""
         lock = self.lock
         return lock is not None and (lock.lost.is_set() or bool(self.results and self.results[-1].get("stale"))
                                      or not lock.still_owner())
 
     def not_run(self, blocks) -> None:
+        """Record ``blocks`` as not run because the lock was lost (naming the run that holds it)."""
         cur = read_json(Path(self.ctx.catalog) / LOCK) or {}
         for b in blocks:
             self.results.append({"block": b, "ok": False, "reason": f"not run: this run (epoch {self.ctx.epoch}) lost "
@@ -135,9 +138,11 @@ class _DaskLoop:
         self.health: ClusterHealth | None = None
 
     def tick(self) -> None:
+        """The loop made progress (the lock's heartbeat goes on only while it does)."""
         self.last_tick = time.monotonic()
 
     def run(self, pending: list) -> None:
+        """Run ``pending`` blocks to the end, or until the lock or the cluster is lost."""
         lock = self.col.lock
         stall_s = max(3 * (lock.lease_s if lock else 60.0), 2 * self.grace_s)
         if lock is not None:

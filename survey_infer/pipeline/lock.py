@@ -40,7 +40,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_json, temporary_name
 from .faults import fault_point, storage_message
-from .liveness import boot_id, holder_is_dead, holder_liveness, pid_ns, proc_start  # noqa: F401  (holder_is_dead: resume)
+from .liveness import boot_id, holder_liveness, pid_ns, proc_start
 from ..errors import LockHeldError, StaleEpochError  # noqa: F401  (defined in survey_infer.errors)
 
 LOCK = "_lock.json"

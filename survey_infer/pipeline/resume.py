@@ -33,8 +33,9 @@ import numpy as np
 
 from ..catalog.store import output_hash, read_block
 
+from .liveness import holder_is_dead  # noqa: F401 - re-exported (status)
 from .lock import (CLOCK_SKEW_S, LOCK, LOCK_DIR, LeaseLock, LockHeldError, StaleEpochError,  # noqa: F401 - re-exported
-                   check_epoch, current_epoch, holder_is_dead, lock_record)
+                   check_epoch, current_epoch, lock_record)
 from ..atomic import atomic_write_json  # noqa: F401  (used by the runner and the worker)
 from ..errors import FingerprintMismatch, DamagedBlockError  # noqa: F401  (defined in survey_infer.errors)
 
@@ -55,19 +56,23 @@ def read_json(path: Path) -> dict | None:
 def fingerprint_diff(old: dict, new: dict) -> list[str]:
     """Human-readable differences between two numerics fingerprints."""
     keys = sorted(set(old) | set(new))
-    return [f"{k}: catalog has {old.get(k)!r}, this run would use {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return [f"{k}: catalog has {old.get(k)!r}, this run would use {new.get(k)!r}" for k in keys
+            if old.get(k) != new.get(k)]
 
 
 # ---- markers ----------------------------------------------------------------------------------------------------
 def marker_path(catalog: Path, job: str, block: int) -> Path:
+    """The done-marker of ``job``'s ``block``: ``CATALOG/_markers/<job>/block-NNNNNN.json``."""
     return Path(catalog) / MARKERS / job / f"block-{block:06d}.json"
 
 
 def intent_path(catalog: Path, job: str, block: int) -> Path:
+    """The merge intent of a reprocessing ``job``'s ``block``: ``CATALOG/_markers/<job>/intent-NNNNNN.json``."""
     return Path(catalog) / MARKERS / job / f"intent-{block:06d}.json"
 
 
 def failure_path(catalog: Path, job: str, block: int) -> Path:
+    """The failure record of ``job``'s ``block``: ``CATALOG/_failures/<job>/block-NNNNNN.json``."""
     return Path(catalog) / FAILURES / job / f"block-{block:06d}.json"
 
 

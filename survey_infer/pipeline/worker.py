@@ -81,6 +81,13 @@ class ModelPlugin(WorkerPlugin):
         self.torch_threads = torch_threads
 
     def setup(self, worker=None):
+        """Check the worker's software against the driver's, set its numerics and load the model (once).
+
+        Raises
+        ------
+        RuntimeError
+            The worker runs other software versions than the driver.
+        """
         from ..model.checkpoint import load_model
         from ..provenance import software_versions
 
@@ -104,6 +111,7 @@ class ModelPlugin(WorkerPlugin):
         _LOCAL_MODELS[self.sha256] = model
 
     def teardown(self, worker=None):
+        """Forget the loaded model."""
         _LOCAL_MODELS.pop(self.sha256, None)
 
 

@@ -52,6 +52,7 @@ class SlurmOption:
 
     @property
     def key(self) -> str:
+        """The ``dask.config`` key under ``survey-infer.slurm`` (the name with dashes)."""
         return self.name.replace("_", "-")
 
     @property
