@@ -186,6 +186,8 @@ def _online_setup(out: Path, *, arch: dict | None, seed: int, init_from, has_sta
     inst = load_instrument()
     sky = instrument_sky_mask(inst)
     zg = ZGrid()
+    if has_state:  # the saved run decides its architecture (a resumed leg is not given --arch again)
+        arch = json.loads((out / STATE_DIR / "state.json").read_text()).get("architecture") or arch
     cfg, net = _new_net(inst, zg, arch, seed)
     tnorm = {"logmstar": [10.0, 0.9], "logsfr": [1.0, 0.8]}
     if cfg.xc_templates > 0:
