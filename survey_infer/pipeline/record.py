@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 
-from ..flags import NBITS, ZWARN_BITS
+from ..flags import ZWARN_BITS
 from ..provenance import provenance, utc_now
 from .faults import fault_point
 from .lock import LeaseLock
@@ -57,15 +56,16 @@ def summarise(summary: RunSummary, results: list[dict], n_todo: int, t_start: fl
     failed = sorted((r for r in results if not r.get("ok")), key=lambda r: r["block"])
     summary.blocks_failed = [{"block": r["block"], "reason": r["reason"]} for r in failed]
     summary.blocks_computed = len(results) - len(failed)
-    fl = np.zeros(NBITS, np.int64)
+    counts: dict[str, int] = {}
     for r in results:
         if r.get("ok"):
-            fl += np.asarray(r["zwarn"], np.int64)
+            for name, n in r["zwarn"].items():  # flags.flag_counts of the block
+                counts[name] = counts.get(name, 0) + int(n)
             summary.n_reliable += r["n_reliable"]
             for k, v in r["timings"].items():
                 summary.timings[k] = summary.timings.get(k, 0.0) + v
             summary.worker_max_rss_mb = max(summary.worker_max_rss_mb, float(r.get("max_rss_mb", 0.0)))
-    summary.flag_counts = {b.name: int(fl[b.bit]) for b in ZWARN_BITS if b.used}
+    summary.flag_counts = {b.name: counts.get(b.name, 0) for b in ZWARN_BITS if b.used}
     summary.seconds = time.time() - t_start
     summary.spectra_per_s = n_todo / summary.seconds if summary.seconds > 0 else 0.0
 

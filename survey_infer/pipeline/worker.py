@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..catalog.store import output_hash, read_block, write_block
+from ..flags import flag_counts
 from .faults import TransientIOError, fault_point, storage_message, transient_oserror
 from .resume import (SUB_ROWS, DamagedBlockError, StaleEpochError, atomic_write_json, check_epoch, crc_update,
                      failure_path, hash_parts, input_stamp, intent_path, iter_input_rows, latest_marker, marker_path,
@@ -198,7 +199,7 @@ def process_block(block: int, lo: int, hi: int, ctx: RunContext, rows: np.ndarra
         _write_and_mark(block, lo, hi, rows, todo, values, in_crc, ctx, timings)
         return {"block": block, "ok": True, "n": int(len(todo)), "seconds": time.perf_counter() - t_start,
                 "timings": timings, "n_reliable": int(np.count_nonzero(values["z_reliable"])),
-                "zwarn": zwarn_bit_counts(values["zwarn"]), "max_rss_mb": _max_rss_mb()}
+                "zwarn": flag_counts(values["zwarn"]), "max_rss_mb": _max_rss_mb()}
     except Exception as exc:  # noqa: BLE001 - reported per block, the run goes on
         return _failed(block, lo, hi, ctx, exc, t_start)
 
@@ -309,13 +310,6 @@ def _failed(block: int, lo: int, hi: int, ctx: RunContext, exc: Exception, t_sta
         time.sleep(TRANSIENT_BACKOFF_S)  # let the hiccup pass, then Dask retries the task (bounded)
         raise TransientIOError(reason) from exc
     return rec
-
-
-def zwarn_bit_counts(zwarn: np.ndarray, nbits: int = 31) -> list[int]:
-    """Number of objects with each zwarn bit set (an object counts once for every bit it carries)."""
-    zw = np.asarray(zwarn, np.int64)
-    zw = zw[zw > 0]
-    return [int(np.count_nonzero((zw >> b) & 1)) for b in range(nbits)]
 
 
 def _keep_hash(block_values: dict[str, np.ndarray], keep: np.ndarray) -> str:
