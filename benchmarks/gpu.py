@@ -490,8 +490,16 @@ def _run_in_group(cmd: list[str], limit_s: float) -> tuple[int | None, str, str,
     import signal
     import subprocess
 
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _GROUPS.add(p.pid)
+    # SIGTERM/SIGINT held back until the group is registered: a stop arriving while Popen runs would otherwise
+    # find no group to kill and leave the stage running (the child gets the caller's mask back before exec)
+    held = {signal.SIGTERM, signal.SIGINT}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, old_mask))
+        _GROUPS.add(p.pid)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     try:
         out, err = p.communicate(timeout=max(0.1, limit_s))
         timed_out = False
