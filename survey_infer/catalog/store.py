@@ -198,7 +198,7 @@ def write_block(path: str | Path, lo: int, hi: int, values: dict[str, np.ndarray
         has the wrong number of rows.
     """
     g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)  # never stale shapes
-    if missing := sorted(set(values) - set(g.array_keys())):  # refuse before writing anything (never half-written)
+    if missing := sorted(set(values) - set(array_names(g))):  # refuse before writing anything (never half-written)
         raise CatalogError(f"{path}: no variable(s) {', '.join(missing)} in the catalog; block [{lo}, {hi}) not written")
     stored = {}
     for name, v in values.items():
@@ -214,6 +214,28 @@ def write_block(path: str | Path, lo: int, hi: int, values: dict[str, np.ndarray
         arr[lo:hi] = v
         stored[name] = v
     return output_hash(stored)
+
+
+def array_names(group) -> list[str]:
+    """The names of the arrays in a catalog's Zarr group, listed without zarr's warnings.
+
+    A catalog keeps its own files beside its arrays (``_lock.json``, ``_lock/``, ``_markers/``, ``_jobs/``,
+    ``_failures/``); zarr 3 warns once per such entry ("Object at … is not recognized as a component of a Zarr
+    hierarchy") whenever the group is listed, on every worker and every block. They are the catalog's by design.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        The catalog's root group.
+
+    Returns
+    -------
+    list of str
+        Array names, in zarr's order.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
+        return list(group.array_keys())
 
 
 def read_block(path: str | Path, lo: int, hi: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -234,7 +256,7 @@ def read_block(path: str | Path, lo: int, hi: int, names: list[str] | None = Non
         Shape ``(hi - lo, ...)`` each, stored dtypes.
     """
     g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
-    names = names or [k for k in g.array_keys() if k != "z_grid"]
+    names = names or [k for k in array_names(g) if k != "z_grid"]
     return {k: g[k][lo:hi] for k in names}
 
 

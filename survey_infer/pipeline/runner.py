@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..catalog.schema import PASSTHROUGH, PER_OBJECT
-from ..catalog.store import create_catalog, passthrough_columns
+from ..catalog.store import array_names, create_catalog, passthrough_columns
 from ..errors import CatalogStorageError, ClusterError, FingerprintMismatch, RunError, SurveyStoreError
 from ..flags import BAD_MASK, bit_table, layout_mismatch
 from ..io.survey_store import validate_survey
@@ -333,14 +333,14 @@ def _grow(g_cat, cat_path: Path, inp: _Input, selecting: bool, print_fn) -> None
     if selecting:
         raise RunError(f"input store {inp.path} has grown to {n} rows (catalog: {n_cat}); resume the main "
                        f"job first (the original command), then reprocess")
-    for name in g_cat.array_keys():
+    for name in array_names(g_cat):
         arr = g_cat[name]
         if arr.metadata.dimension_names and arr.metadata.dimension_names[0] == "object":
             arr.resize((n,) + arr.shape[1:])
     # (a consolidated copy in the root, as zarr.consolidate_metadata writes, still holds the old shapes: it
     # is never read here and is rewritten by the run-record update, before any task starts)
     print_fn(f"input appended: catalog grown from {n_cat:,} to {n:,} rows")
-    if new_cols := sorted(set(inp.passthrough) - set(g_cat.array_keys())):  # added by an append
+    if new_cols := sorted(set(inp.passthrough) - set(array_names(g_cat))):  # added by an append
         print_fn(f"  input column(s) {', '.join(new_cols)} are newer than the catalog: not passed through")
 
 
