@@ -400,9 +400,10 @@ def young_share(seed: int, n: int = 300) -> dict | None:
         from survey_infer.instrument import load_instrument
         from survey_infer.simulate import physics as ph
         from survey_infer.simulate import simulator as sim
+        from survey_infer.simulate.galaxies import YOUNG
     except ImportError:
         return None
-    if not hasattr(sim, "YOUNG") or not hasattr(ph, "template_basis"):
+    if not hasattr(ph, "template_basis"):
         return None
     inst = load_instrument()
     sl = inst.arm_slices()
@@ -412,7 +413,7 @@ def young_share(seed: int, n: int = 300) -> dict | None:
     base = sim._simulate(0, n, seed, cfg, inst, extras=True)
     tb = dict(ph.template_basis())
     tb["flux"] = tb["flux"].copy()
-    tb["flux"][sim.YOUNG] = 0.0
+    tb["flux"][YOUNG] = 0.0
     orig = ph.template_basis
     ph.template_basis = lambda: tb
     try:
