@@ -238,7 +238,7 @@ class _DaskLoop:
                                               ctx.run_id, r):
             # the result was lost (with its worker or the scheduler connection) but the block's own marker
             # from this run proves it done
-            rec = {"block": b, "ok": True, "n": (hi - lo) if r is None else len(r), "zwarn": [0],
+            rec = {"block": b, "ok": True, "n": (hi - lo) if r is None else len(r), "zwarn": {},
                    "n_reliable": 0, "timings": {}, "confirmed_by_marker": True}
         if rec is None:  # lost with the scheduler connection: run it again if the cluster comes back
             self.retries[b] = self.retries.get(b, 0) + 1

@@ -139,7 +139,7 @@ def final_check(results: list[dict], todo_blocks: dict, bounds, cat_path: Path, 
             unconfirmed = "lo" not in rec and int(m.get("epoch", -1)) == int(epoch) and not rec.get("stale")
             if unconfirmed and block_is_done(cat_path, job, b, lo, hi, fp, input_store, chunk_rows, rows=r,
                                              run_id=run_id, markers=markers, run_ids=run_ids)[0]:
-                out.append({"block": b, "ok": True, "n": int(m.get("n_rows", hi - lo)), "zwarn": [0],
+                out.append({"block": b, "ok": True, "n": int(m.get("n_rows", hi - lo)), "zwarn": {},
                             "n_reliable": 0, "timings": {}, "confirmed_by_marker": True})
             else:
                 out.append(rec)
