@@ -227,6 +227,48 @@ def pdf_statistics(pz: np.ndarray, zc: np.ndarray, dz: float, thresholds: dict |
     }
 
 
+def flag_conditions(stats: dict, *, p_outside, z_mc_std, snr, usable_fraction, bad_input_fraction, nodata, quality,
+                    z_range: tuple[float, float], th: dict) -> list[tuple[object, int]]:
+    """The screening's rules: one ``(condition, zwarn bit)`` pair per bit, in the order they are set.
+
+    Element-wise comparisons and ``& | ~`` only, so the same rules serve numpy arrays (:func:`set_flags`) and
+    torch tensors on a device (:func:`survey_infer.model.torch_screening.set_flags`) and cannot drift apart.
+
+    Parameters
+    ----------
+    stats : dict of (n,) arrays or tensors
+        :func:`pdf_statistics` (or its torch twin) of the objects.
+    p_outside, z_mc_std, snr, usable_fraction, bad_input_fraction : (n,) arrays or tensors
+        Per-object inputs as in :func:`set_flags`.
+    nodata : (n,) bool
+        Objects without a usable channel.
+    quality : (n,) float
+        ``pz_conf * (1 - p_outside)`` clipped to 0-1.
+    z_range : (z_min, z_max)
+        The redshift grid's range.
+    th : dict
+        Complete thresholds (:data:`DEFAULT_THRESHOLDS` with the model's overrides).
+
+    Returns
+    -------
+    list of (condition, int)
+        Boolean (n,) condition and the :class:`~survey_infer.flags.ZWarn` bit it sets.
+    """
+    return [
+        (nodata, ZWarn.NODATA),
+        (bad_input_fraction > th["bad_input"], ZWarn.POORDATA),
+        (usable_fraction < th["little_coverage"], ZWarn.LITTLE_COVERAGE),
+        (~nodata & ~(snr >= th["low_snr"]), ZWarn.LOW_SNR),
+        (stats["pz_npeaks"] > 1, ZWarn.MULTI_PEAK),
+        ((stats["z_hi68"] - stats["z_lo68"]) > th["broad_pdf"], ZWarn.BROAD_PDF),
+        (stats["pz_conf"] < th["low_confidence"], ZWarn.LOW_CONFIDENCE),
+        (z_mc_std > th["mc_unstable"], ZWarn.MC_UNSTABLE),
+        ((stats["z"] < z_range[0] + th["z_edge"]) | (stats["z"] > z_range[1] - th["z_edge"]), ZWarn.Z_FITLIMIT),
+        (p_outside > th["p_outside"], ZWarn.OUT_OF_RANGE),
+        (quality < th["quality"], ZWarn.SCREENED),
+    ]
+
+
 def set_flags(stats: dict[str, np.ndarray], *, p_outside: np.ndarray, z_mc_std: np.ndarray, snr: np.ndarray,
               usable_fraction: np.ndarray, bad_input_fraction: np.ndarray, n_good: np.ndarray,
               z_range: tuple[float, float], thresholds: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -255,17 +297,10 @@ def set_flags(stats: dict[str, np.ndarray], *, p_outside: np.ndarray, z_mc_std: 
     quality = np.clip(stats["pz_conf"] * (1.0 - p_outside), 0.0, 1.0)
     quality = np.where(np.isfinite(quality), quality, 0.0)
     nodata = n_good == 0
-    setbit(nodata, ZWarn.NODATA)
-    setbit(bad_input_fraction > th["bad_input"], ZWarn.POORDATA)
-    setbit(usable_fraction < th["little_coverage"], ZWarn.LITTLE_COVERAGE)
-    setbit(~nodata & ~(snr >= th["low_snr"]), ZWarn.LOW_SNR)
-    setbit(stats["pz_npeaks"] > 1, ZWarn.MULTI_PEAK)
-    setbit((stats["z_hi68"] - stats["z_lo68"]) > th["broad_pdf"], ZWarn.BROAD_PDF)
-    setbit(stats["pz_conf"] < th["low_confidence"], ZWarn.LOW_CONFIDENCE)
-    setbit(z_mc_std > th["mc_unstable"], ZWarn.MC_UNSTABLE)
-    setbit((stats["z"] < z_range[0] + th["z_edge"]) | (stats["z"] > z_range[1] - th["z_edge"]), ZWarn.Z_FITLIMIT)
-    setbit(p_outside > th["p_outside"], ZWarn.OUT_OF_RANGE)
-    setbit(quality < th["quality"], ZWarn.SCREENED)
+    for cond, bit in flag_conditions(stats, p_outside=p_outside, z_mc_std=z_mc_std, snr=snr,
+                                     usable_fraction=usable_fraction, bad_input_fraction=bad_input_fraction,
+                                     nodata=nodata, quality=quality, z_range=z_range, th=th):
+        setbit(cond, bit)
     quality = np.where(nodata, 0.0, quality)
     return zw.astype(np.int32), quality.astype(np.float32)
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..flags import ZWarn
-from ..screening import DEFAULT_THRESHOLDS, HPD_SUBCELLS, HPD_WINDOW
+from ..screening import DEFAULT_THRESHOLDS, HPD_SUBCELLS, HPD_WINDOW, flag_conditions
 
 __all__ = [
     "count_peaks",
@@ -351,17 +351,10 @@ def set_flags(stats: dict[str, torch.Tensor], *, p_outside: torch.Tensor, z_mc_s
     quality = torch.clamp(stats["pz_conf"] * (1.0 - p_outside), 0.0, 1.0)
     quality = torch.where(torch.isfinite(quality), quality, torch.zeros_like(quality))
     nodata = n_good == 0
-    bit(nodata, ZWarn.NODATA)
-    bit(bad_input_fraction > th["bad_input"], ZWarn.POORDATA)
-    bit(usable_fraction < th["little_coverage"], ZWarn.LITTLE_COVERAGE)
-    bit(~nodata & ~(snr >= th["low_snr"]), ZWarn.LOW_SNR)
-    bit(stats["pz_npeaks"] > 1, ZWarn.MULTI_PEAK)
-    bit((stats["z_hi68"] - stats["z_lo68"]) > th["broad_pdf"], ZWarn.BROAD_PDF)
-    bit(stats["pz_conf"] < th["low_confidence"], ZWarn.LOW_CONFIDENCE)
-    bit(z_mc_std > th["mc_unstable"], ZWarn.MC_UNSTABLE)
-    bit((stats["z"] < z_range[0] + th["z_edge"]) | (stats["z"] > z_range[1] - th["z_edge"]), ZWarn.Z_FITLIMIT)
-    bit(p_outside > th["p_outside"], ZWarn.OUT_OF_RANGE)
-    bit(quality < th["quality"], ZWarn.SCREENED)
+    for cond, b in flag_conditions(stats, p_outside=p_outside, z_mc_std=z_mc_std, snr=snr,
+                                   usable_fraction=usable_fraction, bad_input_fraction=bad_input_fraction,
+                                   nodata=nodata, quality=quality, z_range=z_range, th=th):
+        bit(cond, b)
     quality = torch.where(nodata, torch.zeros_like(quality), quality)
     return zw.to(torch.int32), quality.to(torch.float32)
 
