@@ -409,3 +409,12 @@ def test_fits_export_memory_follows_the_block_not_the_catalog(tmp_path):
         finally:
             tracemalloc.stop()
     assert peaks[100] < peaks[600] / 3, peaks
+
+
+def test_export_refuses_a_survey_store(small_survey, tmp_path, capsys):
+    """A survey store has an ``object`` dimension too; given to export it was written out as if it were a catalog.
+    Now: one line naming the store and what to run first, exit 2, no file."""
+    assert cli_main(["export", str(small_survey), "--out", str(tmp_path / "x.fits")]) == 2
+    err = capsys.readouterr().err
+    assert "is a survey store (input spectra), not a catalog" in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.glob("*.fits")) and not list(tmp_path.glob(".x.fits*"))

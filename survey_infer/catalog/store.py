@@ -133,8 +133,8 @@ def open_catalog(path: str | Path, *, dask: bool = True):
     Raises
     ------
     CatalogError
-        ``path`` does not exist, is not a readable Zarr v3 catalog, or has no ``object`` dimension (e.g. a survey
-        store was given).
+        ``path`` does not exist, is not a readable Zarr v3 catalog, has no ``object`` dimension, or is a survey store
+        (its ``survey_schema`` attribute).
     """
     import xarray as xr
 
@@ -150,6 +150,9 @@ def open_catalog(path: str | Path, *, dask: bool = True):
         raise CatalogError(f"{path} is not a readable Zarr catalog: {exc}") from exc
     if "object" not in ds.dims:
         raise CatalogError(f"{path} has no 'object' dimension; is it a survey-infer catalog (not a survey store)?")
+    if "survey_schema" in ds.attrs:  # a survey store has an object dimension too: refuse it by its own mark
+        raise CatalogError(f"{path} is a survey store (input spectra), not a catalog: make the catalog first with "
+                           f"survey-infer run --input {path} --output CATALOG")
     return ds
 
 
