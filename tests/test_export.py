@@ -316,6 +316,8 @@ def test_with_pz_requires_stored_pz(tmp_path):
 def test_docs_embed_generated_tables():
     doc = (ROOT / "docs" / "catalog.md").read_text()
     assert zwarn_markdown() in doc, "regenerate with: python -m survey_infer.catalog.export --markdown zwarn"
+    # the README shows the same bit table (with the shipped model's threshold): it must not go stale either
+    assert zwarn_markdown() in (ROOT / "README.md").read_text(), "README: regenerate its zwarn table"
     assert columns_markdown() in doc, "regenerate with: python -m survey_infer.catalog.export --markdown columns"
     for b in flags.ZWARN_BITS:
         assert f"`{b.name}`" in doc

@@ -191,6 +191,43 @@ def test_calibrate_thresholds_reaches_target_or_caps():
     assert not r2["target_met"] and abs(r2["val_set_aside"] - 0.12) < 0.01
 
 
+def test_screening_threshold_is_raised_until_interlopers_are_caught():
+    """Galaxies alone would allow a low threshold; interlopers the network places confidently in the grid (high
+    quality, no other bit) are only caught by SCREENED, so the threshold rises until ≥ the aimed fraction of
+    them is not reliable — unless that would set aside more galaxies than the cap."""
+    from survey_infer.calibrate import _fit_threshold, _interloper_threshold
+    from survey_infer.flags import ZWarn
+
+    # the helper: 10 interlopers, 4 already flagged by another bit; keep at most 1 of 10 reliable
+    q = np.array([0.99, 0.98, 0.97, 0.5, 0.4, 0.3, 0.2, 0.95, 0.96, 0.1], np.float32)
+    other = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1], bool)
+    t = _interloper_threshold(q, other, aim=0.9)
+    assert np.float32(0.98) < t and (~other & (q >= t)).sum() == 1
+    assert _interloper_threshold(q, np.ones(10, bool), aim=0.99) == 0.0
+
+    rng = np.random.default_rng(1)
+    n_gal, n_int = 4000, 600
+    qg = rng.random(n_gal).astype(np.float32)
+    zt = np.concatenate([rng.uniform(1, 2, n_gal), np.full(n_int, 3.0)])
+    right = rng.random(n_gal) < 0.95 + 0.05 * qg  # galaxies: ≥ 0.95 right whatever the threshold
+    z = np.concatenate([np.where(right, zt[:n_gal], zt[:n_gal] + 0.5), np.full(n_int, 1.5)])
+    qi = rng.uniform(0.0, 0.8, n_int).astype(np.float32)  # many interlopers above the galaxies' threshold
+    zwarn = np.zeros(n_gal + n_int, np.int32)
+    zwarn[n_gal:n_gal + 300] = ZWarn.OUT_OF_RANGE  # half caught by their own bit
+    cat = {"z": z, "quality": np.concatenate([qg, qi]), "zwarn": zwarn}
+    inr = np.arange(n_gal + n_int) < n_gal
+    base = _fit_threshold(cat, zt, inr, 0.95, 0.9, 2.0, interloper_target=0.0)
+    thr = _fit_threshold(cat, zt, inr, 0.95, 0.9, 2.0, interloper_target=0.97)
+    assert base["quality"] < 0.05  # the galaxies alone need (almost) no threshold
+    reliable = (zwarn == 0) & (cat["quality"] >= thr["quality"])
+    assert thr["interloper_target_met"] and 1 - reliable[~inr].mean() >= thr["interloper_aim"] > 0.97
+    assert thr["val_interlopers_not_reliable"] == pytest.approx(1 - reliable[~inr].mean())
+    assert thr["val_set_aside"] == pytest.approx(1 - reliable[inr].mean())
+    # the set-aside cap wins over the interloper target (and the report says so)
+    capped = _fit_threshold(cat, zt, inr, 0.95, 0.5, 2.0, interloper_target=0.99)
+    assert capped["val_set_aside"] <= 0.5 and not capped["interloper_target_met"]
+
+
 def test_training_resumes_exactly(small_survey, tmp_path):
     from safetensors.torch import load_file
 
@@ -230,6 +267,11 @@ def test_calibrate_command_rewrites_the_model(small_survey, tmp_path):
     m = load_model(d)
     assert m.sha256 == report["model_sha256"] != before
     assert m.calibration["temperature"] == report["temperature"] > 0
+    # the slope of the per-object temperature is fitted with the groups' coverage (this store has is_passive,
+    # t_exp, mag_h) and reported per group
+    assert m.calibration["temperature_entropy_slope"] == report["temperature_entropy_slope"] >= 0
+    assert {"passive", "star-forming"} <= set(m.calibration["report"]["coverage_by_group"])
+    assert report["interloper_target"] == 0.97 and "interloper_target_enforced" in report
     assert m.calibration["thresholds"]["quality"] == report["quality_threshold"]
     assert set(m.calibration["err_scale"]) == {"logmstar", "logsfr"}
     assert report["aimed_accuracy"] > report["target_accuracy"] == 0.99
@@ -245,6 +287,17 @@ def test_calibrate_command_rewrites_the_model(small_survey, tmp_path):
     del g["z_true"]
     r3 = cli("calibrate", d, "--val", nt)
     assert r3.returncode == 2 and "z_true" in r3.stderr and "Traceback" not in r3.stderr
+    # no group columns: overall coverage alone cannot fix the entropy slope, so only b = 0 is fitted
+    ng = tmp_path / "nogroups.zarr"
+    shutil.copytree(small_survey, ng)
+    g = zarr.open_group(str(ng), mode="r+")
+    for k in ("is_passive", "t_exp", "mag_h"):
+        del g[k]
+    d2 = make_tiny_model(tmp_path / "m2")
+    r5 = cli("calibrate", d2, "--val", ng, "--n", 128, "--mc-samples", 4)
+    assert r5.returncode == 0, r5.stderr
+    assert json.loads(r5.stdout)["temperature_entropy_slope"] == 0.0
+    assert load_model(d2).calibration["report"]["coverage_by_group"] == {}
     # settings that cannot give a calibration: one line each, exit 2, model untouched
     for bad, word in ((("--n", 0), "n = 0"), (("--mc-samples", 0), "mc_samples"),
                       (("--target-accuracy", 1.5), "target accuracy"), (("--max-set-aside", -1), "set-aside")):
@@ -349,7 +402,7 @@ def test_raw_output_cache_gives_the_same_bits_without_rerunning_the_network(mode
     cache: dict = {}
     model.calibration["temperature"] = 0.5
     first = infer_block(model, flux, ivar, oid, 0, mc_samples=4, seed=2, cache=cache)
-    assert len(cache) == 2  # two micro-batches
+    assert sum(k[0] != "preprocess" for k in cache) == 2  # two micro-batches (and one preprocessed window)
     calls = []
     monkeypatch.setattr(model.net, "trunk", lambda *a, **k: calls.append(1))
     for temp in (0.5, 2.0):
@@ -362,4 +415,33 @@ def test_raw_output_cache_gives_the_same_bits_without_rerunning_the_network(mode
             assert np.array_equal(again[k], fresh[k], equal_nan=True), k
     assert not calls  # the cached calls never ran the network
     assert not np.array_equal(first["pz"], again["pz"])  # the temperature still acts on cached outputs
+    import survey_infer.model.inference as inference
+
+    monkeypatch.setattr(inference, "preprocess", lambda *a, **k: calls.append("preprocess"))
+    model.calibration["temperature_entropy_slope"] = 3.0  # a per-object temperature acts on cached outputs too
+    sloped = infer_block(model, flux, ivar, oid, 0, mc_samples=4, seed=2, cache=cache)
+    assert not calls and not np.array_equal(sloped["pz"], again["pz"])  # neither preprocessing nor network ran
+    model.calibration.pop("temperature_entropy_slope")
+    model.calibration["temperature"] = 1.0
+
+
+def test_object_temperature_follows_the_pdf_entropy(model):
+    """T_i = T0 exp(b (H_i - 1/2)): a flat PDF (H = 1) is heated by exp(b/2), a one-bin PDF (H ~ 0) cooled by
+    exp(-b/2); b = 0 (or absent) is the one temperature, a float, so the old numerics are kept bit for bit."""
+    from survey_infer.model.microbatch import object_temperature
+
+    Z = model.zgrid.n
+    logits = torch.zeros(3, 4, Z)
+    logits[1, :, 7] = 200.0  # one bin holds all the mass
+    logits[2, :, :] = torch.linspace(0, 3, Z)  # in between
+    model.calibration.update(temperature=0.25)
+    assert object_temperature(model, logits) == 0.25
+    model.calibration["temperature_entropy_slope"] = 2.0
+    t = object_temperature(model, logits)
+    assert t.shape == (3, 1, 1) and t.dtype == torch.float64
+    assert float(t[0]) == pytest.approx(0.25 * np.exp(1.0)) and float(t[1]) == pytest.approx(0.25 * np.exp(-1.0))
+    assert float(t[1]) < float(t[2]) < float(t[0])
+    # per row: an object's temperature does not depend on the other rows of its micro-batch
+    assert torch.equal(object_temperature(model, logits[2:3])[0], t[2])
+    model.calibration.pop("temperature_entropy_slope")
     model.calibration["temperature"] = 1.0

@@ -61,8 +61,8 @@ def run_network(model: Model, x: np.ndarray, scalars: np.ndarray, object_id: np.
 
     ``mc_samples = 1`` with ``seed = -1`` is the deterministic pass (no dropout). ``cache`` (a dict the caller
     keeps) stores the network's raw outputs per micro-batch, keyed by (window, T, seed): calling again on the
-    same rows with another temperature or error scale (calibration) skips the network. The caller must not
-    reuse a cache across models or inputs.
+    same rows with another temperature or error scale (calibration) skips the network, and ``x``/``scalars``
+    may then be None. The caller must not reuse a cache across models or inputs.
 
     Returns
     -------
@@ -81,11 +81,11 @@ def run_network(model: Model, x: np.ndarray, scalars: np.ndarray, object_id: np.
     for w in np.unique(windows):
         sel = np.flatnonzero(windows == w)
         slots = row_index[sel] % B
-        xb, sb, ob, valid = pack_micro_batch(x, scalars, object_id, sel, slots)
         key = (int(w), int(mc_samples), int(seed))
         if cache is not None and key in cache:
             hd = cache[key]
         else:
+            xb, sb, ob, valid = pack_micro_batch(x, scalars, object_id, sel, slots)
             masks = {k: v.to(device) for k, v in make_masks(model, ob, valid, mc_samples, seed).items()}
             tr = model.net.trunk(torch.from_numpy(xb).to(device), torch.from_numpy(sb).to(device))
             hd = model.net.head(tr["a"], tr["ctx"], masks, tr.get("zadd"))
@@ -149,7 +149,8 @@ def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.
     row_start : int — global row index of the first row (fixes each object's micro-batch slot).
     mc_samples : int — T; seed : int — MC seed.
     timings : dict, optional — seconds per stage are added to it.
-    cache : dict, optional — raw network outputs kept between calls on the same rows (:func:`run_network`).
+    cache : dict, optional — raw network outputs and per-row preprocessing results kept between calls on the
+        same rows (:func:`run_network`); a second call skips preprocessing and the network.
 
     Returns
     -------
@@ -181,16 +182,25 @@ def infer_block(model: Model, flux: np.ndarray, ivar: np.ndarray, object_id: np.
             for k, v in block.items():
                 cols.setdefault(k, []).append(v)
             continue
-        bad_in = ~np.isfinite(f) | ~np.isfinite(iv) | (iv < 0)
-        if mask is not None:  # the store zeroes invalid input at ingest and marks it in the mask (bit value 2)
-            bad_in |= (np.asarray(mask[s0:s1]) & MASK_INVALID_INPUT) != 0
-        bad_in = bad_in.mean(axis=1)
-        pp = preprocess(f, iv, model.instrument, model.sky_mask, None if mask is None else np.asarray(mask[s0:s1]))
+        pkey = ("preprocess", row_start + s0, s1 - s0, int(mc_samples), int(seed))
+        if cache is not None and pkey in cache:  # the network's outputs are cached too: its input is not needed
+            x = scalars = None
+            snr, masked_fraction, n_good, bad_in = cache[pkey]
+        else:
+            bad_in = ~np.isfinite(f) | ~np.isfinite(iv) | (iv < 0)
+            if mask is not None:  # the store zeroes invalid input at ingest and marks it in the mask (bit value 2)
+                bad_in |= (np.asarray(mask[s0:s1]) & MASK_INVALID_INPUT) != 0
+            bad_in = bad_in.mean(axis=1)
+            pp = preprocess(f, iv, model.instrument, model.sky_mask,
+                            None if mask is None else np.asarray(mask[s0:s1]))
+            x, scalars, snr, masked_fraction, n_good = pp.x, pp.scalars, pp.snr, pp.masked_fraction, pp.n_good
         t1 = time.perf_counter()
-        res = run_network(model, pp.x, pp.scalars, np.asarray(object_id[s0:s1]), row_start + np.arange(s0, s1),
+        res = run_network(model, x, scalars, np.asarray(object_id[s0:s1]), row_start + np.arange(s0, s1),
                           mc_samples, seed, device, cache=cache)
+        if cache is not None:
+            cache[pkey] = (snr, masked_fraction, n_good, bad_in)
         t2 = time.perf_counter()
-        block = finish_rows(model, res.pop("pz"), res, pp.snr, pp.masked_fraction, pp.n_good, bad_in, th, keep_pz)
+        block = finish_rows(model, res.pop("pz"), res, snr, masked_fraction, n_good, bad_in, th, keep_pz)
         for k, v in block.items():
             cols.setdefault(k, []).append(v)
         t3 = time.perf_counter()
