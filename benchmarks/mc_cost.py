@@ -9,6 +9,10 @@ All three run the network on the same preprocessed spectra, in this process, wit
 * **naive MC**: T full passes (trunk + head with sample t's dropout masks), the same statistics at the end —
   what MC dropout costs when the dropout sits in the trunk or the head is not batched.
 
+* **MC, one temperature**: the same with the per-object temperature switched off (b = 0, issue 12's session-5
+  calibration): what the entropy-dependent temperature (:func:`survey_infer.model.microbatch.object_temperature`)
+  costs, measured side by side.
+
 Target (DESIGN §9): T = 50 costs ≤ 1.3× the deterministic pass. A breakdown of the MC pass (mask hashing,
 trunk, head, statistics), timed on a replica of ``run_network``'s loop, says where the extra time goes.
 
@@ -123,7 +127,8 @@ def run(cfg: BenchConfig, state: dict) -> dict:
     x, sc, oid = load_preprocessed(store, n, model)
     rows_idx = np.arange(n)
     run_network(model, x[:32], sc[:32], oid[:32], rows_idx[:32], T, 0)  # warm-up
-    times = {"deterministic": [], "mc": [], "naive": []}
+    times = {"deterministic": [], "mc": [], "mc_one_temperature": [], "naive": []}
+    slope = model.calibration.get("temperature_entropy_slope", 0.0)
     quiet = []
     for rep in range(cfg.repeats):
         with Quiet(cfg, "mc_cost") as q:
@@ -133,6 +138,11 @@ def run(cfg: BenchConfig, state: dict) -> dict:
             t0 = time.perf_counter()
             run_network(model, x, sc, oid, rows_idx, T, 0)
             times["mc"].append((time.perf_counter() - t0) / n)
+            model.calibration["temperature_entropy_slope"] = 0.0
+            t0 = time.perf_counter()
+            run_network(model, x, sc, oid, rows_idx, T, 0)
+            times["mc_one_temperature"].append((time.perf_counter() - t0) / n)
+            model.calibration["temperature_entropy_slope"] = slope
         quiet.append(q.record)
     with Quiet(cfg, "mc_cost naive") as q:
         t0 = time.perf_counter()
@@ -146,6 +156,7 @@ def run(cfg: BenchConfig, state: dict) -> dict:
     bd1 = mc_breakdown(model, x, sc, oid, 1, -1)
     med = {k: median(v) for k, v in times.items()}
     ratio = med["mc"] / med["deterministic"]
+    temp_ratio = med["mc"] / med["mc_one_temperature"]
     naive_ratio = med["naive"] / med["deterministic"]
     busy = any(max(r.get("foreign_cores_before", 0), r.get("foreign_cores_after", 0)) > cfg.max_foreign_cores
                for r in quiet)
@@ -153,7 +164,8 @@ def run(cfg: BenchConfig, state: dict) -> dict:
            "median_s_per_spectrum": med, "ratio_mc_vs_deterministic": ratio, "ratio_naive_vs_deterministic":
            naive_ratio, "speedup_vs_naive": med["naive"] / med["mc"], "naive_vs_batched_pdf_maxdiff": naive_maxdiff,
            "breakdown_T_s_per_spectrum": bd, "breakdown_1_s_per_spectrum": bd1, "quiet": quiet, "busy": busy,
-           "mc_added_s_per_spectrum": {k: bd[k] - bd1[k] for k in ("masks", "head", "statistics")}}
+           "mc_added_s_per_spectrum": {k: bd[k] - bd1[k] for k in ("masks", "head", "statistics")},
+           "entropy_slope": slope, "ratio_object_temperature_vs_one": temp_ratio}
     state["mc_cost"] = res
     log(f"  mc_cost: det {med['deterministic'] * 1e3:.2f} ms, T={T} {med['mc'] * 1e3:.2f} ms, naive "
         f"{med['naive'] * 1e3:.1f} ms per spectrum")
@@ -165,6 +177,9 @@ def run(cfg: BenchConfig, state: dict) -> dict:
             f" ms to trunk {bd1['trunk'] * 1e3:.2f} ms" + ("; BUSY machine" if busy else "")),
         row("2 MC cost", f"naive MC (T={T} full passes) / deterministic", naive_ratio, "×", "", None,
             f"batched MC is {med['naive'] / med['mc']:.0f}× faster than naive"),
+        row("2 MC cost", f"T={T}: per-object temperature / one temperature", temp_ratio, "×", "", None,
+            f"{(med['mc'] - med['mc_one_temperature']) * 1e3:+.2f} ms/spectrum (entropy slope b = {slope:g}; "
+            "0 means the model has none and both runs are the same)"),
     ]
     return {"rows": rows, "details": res}
 
