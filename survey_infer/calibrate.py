@@ -259,6 +259,12 @@ def _raise_for_interlopers(thr: dict, cat: dict, inr: np.ndarray, correct: np.nd
         return
     sigma = float(np.sqrt(target * (1.0 - target) / inter.sum()))
     aim = min(target + margin_sigmas * sigma, 0.9999)
+    if int(np.floor((1.0 - aim) * inter.sum() + 1e-9)) == 0:
+        log.warning("%d interlopers in the validation set: aiming at %.4f not reliable (target %.2f + %.1f sigma) "
+                    "means catching every one of them, so the single most confident interloper sets the threshold; "
+                    "use a set with more interlopers (e.g. `survey-infer simulate --interloper-fraction 0.3`, "
+                    "≥ 1,000 of them) or --interloper-target 0 to fit on galaxies only",
+                    int(inter.sum()), aim, target, margin_sigmas)
     zw = np.asarray(cat["zwarn"]).astype(np.int64)
     other = ~z_reliable(zw & ~int(ZWarn.SCREENED))
     q = np.asarray(cat["quality"], np.float32)
