@@ -179,6 +179,18 @@ def _fit_temperature(model, flux, ivar, oid, zt: np.ndarray, inr: np.ndarray, gr
     return (*best, *tried[best][1:])
 
 
+def _aim(target: float, n: int, margin_sigmas: float) -> float:
+    """``target`` plus ``margin_sigmas`` binomial standard errors of a fraction measured on ``n`` objects (capped
+    at 0.9999): a threshold that just reaches the target on the validation sample falls short on a new survey
+    half of the time."""
+    return min(target + margin_sigmas * float(np.sqrt(target * (1.0 - target) / n)), 0.9999)
+
+
+def _n_allowed(aim: float, n: int) -> int:
+    """How many of ``n`` objects may miss while a fraction ``aim`` of them still succeeds."""
+    return int(np.floor((1.0 - aim) * n + 1e-9))
+
+
 def _fit_threshold(cat: dict, zt: np.ndarray, inr: np.ndarray, target_accuracy: float, max_set_aside: float,
                    margin_sigmas: float, interloper_target: float = 0.97) -> dict:
     """The SCREENED quality threshold (:func:`calibrate_thresholds`), aimed ``margin_sigmas`` binomial standard
@@ -186,15 +198,12 @@ def _fit_threshold(cat: dict, zt: np.ndarray, inr: np.ndarray, target_accuracy: 
     correct = inr & (np.abs(cat["z"] - zt) < 0.01)
     # the set-aside budget is counted among galaxies in range (interlopers are flagged on their own, mostly by
     # OUT_OF_RANGE, and must not eat the budget)
-    # aim ``margin_sigmas`` binomial standard errors above the target: the threshold is fitted on a sample, and
-    # a threshold that just reaches the target there falls short on a new survey half of the time (with 2 σ of a
-    # 5,000-object validation set and a survey of ≳ 10,000 objects, it holds ~95% of the time)
-    # σ is that of an accuracy measured on the kept galaxies: first with as few kept as the cap allows, then
+    # aim above the target (:func:`_aim`; with 2 σ of a 5,000-object validation set and a survey of ≳ 10,000
+    # objects, the target holds ~95% of the time); σ is that of an accuracy measured on the kept galaxies: first with as few kept as the cap allows, then
     # (once) with as many as that threshold keeps — the cap-based count overstated σ, hence the set-aside
     n_kept = max(int(inr.sum() * (1.0 - max_set_aside)), 1)
     for _ in range(2):
-        sigma = float(np.sqrt(target_accuracy * (1.0 - target_accuracy) / n_kept))
-        aim = min(target_accuracy + margin_sigmas * sigma, 0.9999)
+        aim = _aim(target_accuracy, n_kept, margin_sigmas)
         thr = calibrate_thresholds(np.nan_to_num(cat["quality"][inr]), correct[inr], aim, max_set_aside)
         n_kept = max(int(round(inr.sum() * (1.0 - thr["val_set_aside"]))), 1)
     thr["aimed_accuracy"], thr["aim_met"] = aim, thr["target_met"]
@@ -231,7 +240,7 @@ def _interloper_threshold(quality: np.ndarray, other_flags: np.ndarray, aim: flo
         0.0 when the other bits already reach ``aim``; else the next float32 above the quality of the
         (k+1)-th best unflagged interloper, k = ⌊(1 − aim)·m⌋ the number allowed to stay reliable.
     """
-    allowed = int(np.floor((1.0 - aim) * len(quality) + 1e-9))
+    allowed = _n_allowed(aim, len(quality))
     free = np.sort(np.asarray(quality, np.float32)[~other_flags])[::-1]
     if len(free) <= allowed:
         return 0.0
@@ -257,9 +266,8 @@ def _raise_for_interlopers(thr: dict, cat: dict, inr: np.ndarray, correct: np.nd
                     "with ≥ 30, e.g. `survey-infer simulate --interloper-fraction 0.3`)", int(inter.sum()))
         thr["interloper_target_enforced"] = False
         return
-    sigma = float(np.sqrt(target * (1.0 - target) / inter.sum()))
-    aim = min(target + margin_sigmas * sigma, 0.9999)
-    if int(np.floor((1.0 - aim) * inter.sum() + 1e-9)) == 0:
+    aim = _aim(target, int(inter.sum()), margin_sigmas)
+    if _n_allowed(aim, int(inter.sum())) == 0:
         log.warning("%d interlopers in the validation set: aiming at %.4f not reliable (target %.2f + %.1f sigma) "
                     "means catching every one of them, so the single most confident interloper sets the threshold; "
                     "use a set with more interlopers (e.g. `survey-infer simulate --interloper-fraction 0.3`, "
