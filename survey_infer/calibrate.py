@@ -53,17 +53,35 @@ def _coverage(cat: dict, zt: np.ndarray, ok: np.ndarray) -> tuple[float, float]:
     return float(c68), float(c95)
 
 
+def _rows(ds, name: str, n: int) -> np.ndarray:
+    """The first ``n`` rows of variable ``name`` of the validation survey, read now.
+
+    Raises
+    ------
+    SurveyStoreError
+        A chunk cannot be read (truncated or corrupt file): the message names the store, the variable and the
+        rows, instead of the codec's traceback.
+    """
+    try:
+        return ds[name][:n].values
+    except Exception as exc:  # noqa: BLE001 - any codec or file-system error of a damaged chunk
+        store = ds.encoding.get("source", "the validation survey")
+        raise SurveyStoreError(f"{store}: '{name}' rows 0..{n} cannot be read ({type(exc).__name__}: {exc}); "
+                               "the store is damaged: make it again (e.g. `survey-infer simulate` with its seed)"
+                               ) from exc
+
+
 def _groups(ds, n: int, inr: np.ndarray) -> dict[str, np.ndarray]:
     """In-range galaxies per type, exposure and m_H bin (groups with ≥ 30 galaxies), from truth columns."""
     groups: dict[str, np.ndarray] = {}
     if "is_passive" in ds:
-        p = ds["is_passive"][:n].values.astype(bool)
+        p = _rows(ds, "is_passive", n).astype(bool)
         groups.update({"passive": p, "star-forming": ~p})
     if "t_exp" in ds:
-        te = ds["t_exp"][:n].values
+        te = _rows(ds, "t_exp", n)
         groups.update({f"{h:g}h": np.isclose(te, h * 3600.0) for h in np.unique(np.round(te / 3600.0, 3))})
     if "mag_h" in ds:
-        m = ds["mag_h"][:n].values
+        m = _rows(ds, "mag_h", n)
         groups.update({f"m_H {a}-{a + 1}": (m >= a) & (m < a + 1) for a in (21, 22, 23, 24)})
     return {name: sel & inr for name, sel in groups.items() if (sel & inr).sum() >= 30}
 
@@ -80,7 +98,8 @@ def _group_coverage(groups: dict[str, np.ndarray], cat: dict, zt: np.ndarray) ->
 def _read_validation(ds, n: int):
     """The first ``n`` objects of the validation survey: ``(n, flux, ivar, object_id, z_true, in_range)``.
 
-    Raises :class:`SurveyStoreError` if truth columns are missing, :class:`CalibrationError` with fewer than
+    Raises :class:`SurveyStoreError` if truth columns are missing or a chunk cannot be read (:func:`_rows`),
+    :class:`CalibrationError` with fewer than
     :data:`MIN_GALAXIES` galaxies in range; warns below :data:`FEW_GALAXIES`.
     """
     val_store = ds.encoding.get("source", "the validation survey")
@@ -89,10 +108,10 @@ def _read_validation(ds, n: int):
         raise SurveyStoreError(f"{val_store}: calibration needs truth columns; missing {', '.join(missing)} "
                                "(use a store made by `survey-infer simulate`)")
     n = min(n, ds.sizes["object"])
-    flux, ivar = ds["flux"][:n].values, ds["ivar"][:n].values
-    oid = ds["object_id"][:n].values
-    zt = ds["z_true"][:n].values.astype(np.float64)
-    kind = ds["kind"][:n].values
+    flux, ivar = _rows(ds, "flux", n), _rows(ds, "ivar", n)
+    oid = _rows(ds, "object_id", n)
+    zt = _rows(ds, "z_true", n).astype(np.float64)
+    kind = _rows(ds, "kind", n)
     inr = kind == 0
     if inr.sum() < MIN_GALAXIES:
         raise CalibrationError(f"calibrate: {val_store} has {int(inr.sum())} galaxies in the model's z range among "
@@ -199,8 +218,9 @@ def _fit_threshold(cat: dict, zt: np.ndarray, inr: np.ndarray, target_accuracy: 
     # the set-aside budget is counted among galaxies in range (interlopers are flagged on their own, mostly by
     # OUT_OF_RANGE, and must not eat the budget)
     # aim above the target (:func:`_aim`; with 2 σ of a 5,000-object validation set and a survey of ≳ 10,000
-    # objects, the target holds ~95% of the time); σ is that of an accuracy measured on the kept galaxies: first with as few kept as the cap allows, then
-    # (once) with as many as that threshold keeps — the cap-based count overstated σ, hence the set-aside
+    # objects, the target holds ~95% of the time); σ is that of an accuracy measured on the kept galaxies:
+    # first with as few kept as the cap allows, then (once) with as many as that threshold keeps — the
+    # cap-based count overstated σ, hence the set-aside
     n_kept = max(int(inr.sum() * (1.0 - max_set_aside)), 1)
     for _ in range(2):
         aim = _aim(target_accuracy, n_kept, margin_sigmas)
@@ -297,7 +317,7 @@ def _err_scales(ds, n: int, cat: dict, inr: np.ndarray) -> dict[str, float]:
     """Factors on the log M* / log SFR errors so that they cover 68% of the validation truths (1 with ≤ 20)."""
     err_scale = {}
     for key in ("logmstar", "logsfr"):
-        truth = ds[f"{key}_true"][:n].values.astype(np.float64)
+        truth = _rows(ds, f"{key}_true", n).astype(np.float64)
         ok = inr & np.isfinite(cat[key]) & np.isfinite(truth) & (cat[key + "_err"] > 0)
         ratio = np.abs(cat[key][ok] - truth[ok]) / cat[key + "_err"][ok]
         err_scale[key] = float(np.quantile(ratio, 0.68)) if ok.sum() > 20 else 1.0
@@ -345,7 +365,7 @@ def calibrate_model(model_dir: str | Path, val, n: int = 5000, mc_samples: int =
     CalibrationError
         Settings out of range, or too few galaxies in range.
     SurveyStoreError
-        The survey lacks truth columns.
+        The survey lacks truth columns, or one of its chunks cannot be read.
     CheckpointError
         The model cannot be loaded.
     """

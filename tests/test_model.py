@@ -298,6 +298,14 @@ def test_calibrate_command_rewrites_the_model(small_survey, tmp_path):
     assert r5.returncode == 0, r5.stderr
     assert json.loads(r5.stdout)["temperature_entropy_slope"] == 0.0
     assert load_model(d2).calibration["report"]["coverage_by_group"] == {}
+    # a damaged chunk of the validation store: one line naming the store, the variable and the rows
+    bad = tmp_path / "damaged.zarr"
+    shutil.copytree(small_survey, bad)
+    chunk = next(p for p in sorted((bad / "flux").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"garbage")
+    r6 = cli("calibrate", d, "--val", bad, "--n", 128, "--mc-samples", 4)
+    assert r6.returncode == 2 and "'flux'" in r6.stderr and "damaged.zarr" in r6.stderr, r6.stderr
+    assert "Traceback" not in r6.stderr
     # settings that cannot give a calibration: one line each, exit 2, model untouched
     for bad, word in ((("--n", 0), "n = 0"), (("--mc-samples", 0), "mc_samples"),
                       (("--target-accuracy", 1.5), "target accuracy"), (("--max-set-aside", -1), "set-aside")):
